@@ -1,0 +1,358 @@
+//! Push parser for one XMPP stream: the header, then one top-level element at a time.
+
+use rxml::{Event, Parse, WithOptions};
+
+use crate::element::Element;
+
+/// Hard limits a peer cannot exceed.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Maximum serialised size of one top-level element, in bytes.
+    pub max_stanza_size: usize,
+    /// Maximum nesting depth below the stream root (a stanza is depth 1).
+    pub max_depth: usize,
+    /// Maximum number of attributes on one element.
+    pub max_attributes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_size: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+        }
+    }
+}
+
+/// The opening `<stream:stream>` tag.
+#[derive(Clone, Debug, Default)]
+pub struct StreamHeader {
+    pub name: String,
+    pub ns: String,
+    pub attrs: Vec<(String, String)>,
+}
+
+impl StreamHeader {
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the parser found in the bytes fed so far.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Header(StreamHeader),
+    Stanza(Element),
+    /// The peer closed its stream (`</stream:stream>`).
+    Close,
+}
+
+/// Why a stream cannot go on; each maps to one RFC 6120 §4.9.3 condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not well-formed XML (`not-well-formed`).
+    NotWellFormed(String),
+    /// A construct RFC 6120 §11 forbids: DTD, comment, PI, entity (`restricted-xml`).
+    Restricted(String),
+    /// A stanza larger than the limit (`policy-violation`).
+    TooLarge,
+    /// Elements nested deeper than the limit (`policy-violation`).
+    TooDeep,
+    /// More attributes than the limit (`policy-violation`).
+    TooManyAttributes,
+    /// Character data directly inside the stream root (`bad-format`).
+    TextAtStreamLevel,
+}
+
+/// Incremental parser; feed it whatever the socket gave.
+pub struct StreamParser {
+    parser: rxml::Parser,
+    limits: Limits,
+    /// Elements open below the root; the first one is the stanza being built.
+    stack: Vec<Element>,
+    root_open: bool,
+    stanza_bytes: usize,
+    failed: Option<ParseError>,
+}
+
+impl StreamParser {
+    pub fn new(limits: Limits) -> Self {
+        let mut options = rxml::Options::default();
+        options.max_token_length = limits.max_stanza_size.max(1024);
+        StreamParser {
+            parser: rxml::Parser::with_options(options),
+            limits,
+            stack: Vec::new(),
+            root_open: false,
+            stanza_bytes: 0,
+            failed: None,
+        }
+    }
+
+    /// Parses from `buf`, advancing it. Returns `Ok(None)` once `buf` is used up without a
+    /// complete event; call again with more data.
+    pub fn feed(&mut self, buf: &mut &[u8]) -> Result<Option<StreamEvent>, ParseError> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        loop {
+            let event = match self.parser.parse(buf, false) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Ok(None),
+                Err(rxml::error::EndOrError::NeedMoreData) => return Ok(None),
+                Err(rxml::error::EndOrError::Error(e)) => return Err(self.fail(map_error(e))),
+            };
+            match self.handle(event) {
+                Ok(Some(out)) => return Ok(Some(out)),
+                Ok(None) => continue,
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+    }
+
+    fn fail(&mut self, e: ParseError) -> ParseError {
+        self.failed = Some(e.clone());
+        self.stack = Vec::new();
+        e
+    }
+
+    fn handle(&mut self, event: Event) -> Result<Option<StreamEvent>, ParseError> {
+        if !self.stack.is_empty() {
+            self.stanza_bytes += event.metrics().len();
+            if self.stanza_bytes > self.limits.max_stanza_size {
+                return Err(ParseError::TooLarge);
+            }
+        }
+        match event {
+            Event::XmlDeclaration(..) => Ok(None),
+            Event::StartElement(metrics, (ns, name), attrs) => {
+                if attrs.len() > self.limits.max_attributes {
+                    return Err(ParseError::TooManyAttributes);
+                }
+                let attrs: Vec<(String, String)> = attrs
+                    .into_iter()
+                    .map(|((ans, aname), value)| (attr_key(&ans, &aname), value))
+                    .collect();
+                if !self.root_open {
+                    self.root_open = true;
+                    return Ok(Some(StreamEvent::Header(StreamHeader {
+                        name: name.to_string(),
+                        ns: ns.to_string(),
+                        attrs,
+                    })));
+                }
+                if self.stack.len() >= self.limits.max_depth {
+                    return Err(ParseError::TooDeep);
+                }
+                if self.stack.is_empty() {
+                    self.stanza_bytes = metrics.len();
+                    if self.stanza_bytes > self.limits.max_stanza_size {
+                        return Err(ParseError::TooLarge);
+                    }
+                }
+                let mut el = Element::new(name.as_str(), ns.as_str());
+                for (k, v) in attrs {
+                    el.set_attr(k, v);
+                }
+                self.stack.push(el);
+                Ok(None)
+            }
+            Event::Text(_, text) => match self.stack.last_mut() {
+                Some(top) => {
+                    top.push_text(text);
+                    Ok(None)
+                }
+                None if text.bytes().all(|b| b.is_ascii_whitespace()) => Ok(None),
+                None => Err(ParseError::TextAtStreamLevel),
+            },
+            Event::EndElement(_) => match self.stack.pop() {
+                None => Ok(Some(StreamEvent::Close)),
+                Some(done) => match self.stack.last_mut() {
+                    Some(parent) => {
+                        parent.push_child(done);
+                        Ok(None)
+                    }
+                    None => {
+                        self.stanza_bytes = 0;
+                        Ok(Some(StreamEvent::Stanza(done)))
+                    }
+                },
+            },
+        }
+    }
+}
+
+fn attr_key(ns: &rxml::Namespace, name: &rxml::NcName) -> String {
+    if ns.is_none() {
+        name.to_string()
+    } else if *ns == rxml::Namespace::XML {
+        format!("xml:{name}")
+    } else {
+        format!("{{{ns}}}{name}")
+    }
+}
+
+fn map_error(e: rxml::Error) -> ParseError {
+    match e {
+        rxml::Error::RestrictedXml(what) if what.contains("long") => ParseError::TooLarge,
+        rxml::Error::RestrictedXml(what) => ParseError::Restricted(what.to_string()),
+        // RFC 6120 §11.1: no entity references beyond the five predefined ones.
+        rxml::Error::UndeclaredEntity => ParseError::Restricted("entity reference".into()),
+        // rxml reports any `<!` that opens neither a comment nor CDATA as a syntax error; such a
+        // markup declaration (DOCTYPE, ENTITY, ELEMENT, ATTLIST) is a DTD, which §11.1 forbids.
+        // The unit test below pins this wording of rxml's.
+        rxml::Error::InvalidSyntax(what) if what.contains("cdata or comment section start") => {
+            ParseError::Restricted("DTD".into())
+        }
+        other => ParseError::NotWellFormed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0' xml:lang='en'>";
+
+    fn parse_all(input: &[u8], limits: Limits) -> Vec<Result<StreamEvent, ParseError>> {
+        let mut parser = StreamParser::new(limits);
+        let mut out = Vec::new();
+        let mut buf = input;
+        loop {
+            match parser.feed(&mut buf) {
+                Ok(Some(ev)) => out.push(Ok(ev)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Err(e));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn header_stanzas_and_close() {
+        let doc = format!(
+            "{HEADER} <message to='a@b'><body>hi &amp; bye</body></message>\n<presence/></stream:stream>"
+        );
+        let events = parse_all(doc.as_bytes(), Limits::default());
+        assert_eq!(events.len(), 4);
+        match &events[0] {
+            Ok(StreamEvent::Header(h)) => {
+                assert_eq!(h.name, "stream");
+                assert_eq!(h.ns, "http://etherx.jabber.org/streams");
+                assert_eq!(h.attr("to"), Some("localhost"));
+                assert_eq!(h.attr("xml:lang"), Some("en"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &events[1] {
+            Ok(StreamEvent::Stanza(m)) => {
+                assert!(m.is("message", "jabber:client"));
+                assert_eq!(
+                    m.get_child("body", "jabber:client").unwrap().text(),
+                    "hi & bye"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(events[3], Ok(StreamEvent::Close)));
+    }
+
+    #[test]
+    fn byte_by_byte_feeding_gives_the_same_result() {
+        let doc = format!("{HEADER}<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>");
+        let mut parser = StreamParser::new(Limits::default());
+        let mut events = Vec::new();
+        for b in doc.as_bytes() {
+            let mut one = std::slice::from_ref(b);
+            while let Some(ev) = parser.feed(&mut one).unwrap() {
+                events.push(ev);
+            }
+        }
+        assert_eq!(events.len(), 2);
+        match &events[1] {
+            StreamEvent::Stanza(iq) => assert!(iq.has_child("ping", "urn:xmpp:ping")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn last_error(doc: &str, limits: Limits) -> ParseError {
+        match parse_all(doc.as_bytes(), limits).pop() {
+            Some(Err(e)) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn restricted_constructs_are_rejected() {
+        for bad in [
+            "<!DOCTYPE foo [<!ENTITY x 'y'>]><stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+            &format!("{HEADER}<!-- hi -->"),
+            &format!("{HEADER}<?pi data?>"),
+            &format!("{HEADER}<message>&foo;</message>"),
+        ] {
+            assert!(
+                matches!(last_error(bad, Limits::default()), ParseError::Restricted(_)),
+                "{bad}: {:?}",
+                last_error(bad, Limits::default())
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_xml_is_not_well_formed() {
+        for bad in [
+            format!("{HEADER}<message></presence>"),
+            format!("{HEADER}<message a='1' a='2'/>"),
+            format!("{HEADER}<x:message/>"),
+            format!("{HEADER}<message>\u{1}</message>"),
+        ] {
+            assert!(
+                matches!(
+                    last_error(&bad, Limits::default()),
+                    ParseError::NotWellFormed(_)
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits {
+            max_stanza_size: 2000,
+            max_depth: 4,
+            max_attributes: 3,
+        };
+        let big = format!("{HEADER}<message><body>{}</body></message>", "a".repeat(5000));
+        assert_eq!(last_error(&big, limits), ParseError::TooLarge);
+        let deep = format!("{HEADER}<a><b><c><d><e/></d></c></b></a>");
+        assert_eq!(last_error(&deep, limits), ParseError::TooDeep);
+        let attrs = format!("{HEADER}<a b='1' c='2' d='3' e='4'/>");
+        assert_eq!(last_error(&attrs, limits), ParseError::TooManyAttributes);
+        let text = format!("{HEADER}hello<a/>");
+        assert_eq!(last_error(&text, limits), ParseError::TextAtStreamLevel);
+    }
+
+    #[test]
+    fn many_small_stanzas_within_limit() {
+        let limits = Limits {
+            max_stanza_size: 200,
+            ..Limits::default()
+        };
+        let mut doc = HEADER.to_string();
+        for i in 0..100 {
+            doc.push_str(&format!("<message id='{i}'><body>x</body></message>"));
+        }
+        let events = parse_all(doc.as_bytes(), limits);
+        assert_eq!(events.len(), 101);
+        assert!(events.iter().all(|e| e.is_ok()));
+    }
+}
