@@ -1,0 +1,42 @@
+//! Storage for xmppd: one narrow async trait per area, one implementation over sqlx.
+//!
+//! SQLite is the zero-setup default. The SQL sticks to what PostgreSQL also accepts (`$n`
+//! parameters, `ON CONFLICT`), so a PostgreSQL backend is a second pool type, not a rewrite.
+
+mod accounts;
+mod sqlite;
+
+pub use accounts::{Account, AccountStore, ScramKeys};
+pub use sqlite::SqliteStorage;
+
+use std::sync::Arc;
+
+/// Errors from a storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported storage url {0:?} (expected sqlite://PATH)")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Every storage area the server uses, behind trait objects.
+#[derive(Clone)]
+pub struct Storage {
+    pub accounts: Arc<dyn AccountStore>,
+}
+
+impl Storage {
+    /// Opens the storage named by `url` and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Storage> {
+        if url.starts_with("sqlite:") {
+            let db = Arc::new(SqliteStorage::open(url).await?);
+            return Ok(Storage { accounts: db });
+        }
+        Err(StorageError::UnsupportedUrl(url.to_string()))
+    }
+}
