@@ -1,0 +1,706 @@
+//! One client connection: stream negotiation (TLS → SASL → bind, RFC 6120 §4–§7), then the
+//! session's stanzas in and out. One task owns the socket; others reach it only through its
+//! bounded queue and its kick signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use xmppd_core::{ns, BareJid, Element, FullJid, Jid, Stanza, StanzaErrorCondition, StanzaKind, StreamError};
+use xmppd_xml::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
+
+use super::transport::Transport;
+use crate::limits::{ByteRate, ConnectionSlot};
+use crate::metrics::Metrics;
+use crate::router::{Kick, SessionHandle};
+use crate::sasl::{self, Exchange, SaslEnv, Step};
+use crate::tls::ChannelBindings;
+use crate::ServerState;
+
+/// What the connection loop does after an event.
+enum Flow {
+    Continue,
+    /// A new stream on the same transport (after SASL success, RFC 6120 §6.4.6).
+    Restart,
+    /// `<proceed/>` was sent: hand the socket to TLS (RFC 6120 §5.4.3.3).
+    StartTls,
+    /// The stream is closed; end the connection.
+    Close,
+}
+
+/// Bytes read from the socket at a time.
+const READ_BUFFER: usize = 4096;
+/// How long final writes (errors, closing tags) may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outbound stanzas coalesced into one write.
+const WRITE_BATCH: usize = 64;
+
+pub struct Connection {
+    server: Arc<ServerState>,
+    io: Transport,
+    peer: SocketAddr,
+    secure: bool,
+    bindings: Option<ChannelBindings>,
+    parser: StreamParser,
+    header_sent: bool,
+    /// The domain the client asked for in its stream header.
+    domain: String,
+    sasl: Option<Exchange>,
+    sasl_failures: u32,
+    /// The authenticated account's localpart.
+    user: Option<String>,
+    session: Option<Arc<SessionHandle>>,
+    queue: Option<mpsc::Receiver<Bytes>>,
+    rate: ByteRate,
+    /// Until when reading is paused by the byte-rate limit.
+    paused_until: Option<Instant>,
+    /// Until when the client may take to authenticate and bind.
+    login_deadline: Option<Instant>,
+    last_write: Instant,
+    /// Set when the connection is over a per-IP limit: it only gets a stream error.
+    refused: bool,
+    out: Vec<u8>,
+    _slot: Option<ConnectionSlot>,
+}
+
+fn random_id(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+fn parse_error_condition(e: &ParseError) -> (StreamError, &'static str) {
+    match e {
+        ParseError::NotWellFormed(_) => (StreamError::NotWellFormed, "XML is not well-formed"),
+        ParseError::Restricted(_) => (
+            StreamError::RestrictedXml,
+            "DTDs, comments, processing instructions and entities are not allowed",
+        ),
+        ParseError::TooLarge => (StreamError::PolicyViolation, "stanza too large"),
+        ParseError::TooDeep => (StreamError::PolicyViolation, "XML nested too deeply"),
+        ParseError::TooManyAttributes => (StreamError::PolicyViolation, "too many attributes"),
+        ParseError::TextAtStreamLevel => (StreamError::BadFormat, "text outside of any stanza"),
+    }
+}
+
+impl Connection {
+    pub fn new(
+        server: Arc<ServerState>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        slot: Option<ConnectionSlot>,
+    ) -> Self {
+        let limits = &server.config.limits;
+        let login_deadline =
+            Instant::now() + Duration::from_secs(limits.unauthenticated_timeout_secs);
+        Connection {
+            io: Transport::Plain(tcp),
+            peer,
+            secure: false,
+            bindings: None,
+            parser: StreamParser::new(Self::parser_limits(&server)),
+            header_sent: false,
+            domain: server.config.server.domains[0].clone(),
+            sasl: None,
+            sasl_failures: 0,
+            user: None,
+            session: None,
+            queue: None,
+            rate: ByteRate::new(limits.max_bytes_per_second, limits.burst_bytes),
+            paused_until: None,
+            login_deadline: Some(login_deadline),
+            last_write: Instant::now(),
+            refused: slot.is_none(),
+            out: Vec::new(),
+            _slot: slot,
+            server,
+        }
+    }
+
+    fn parser_limits(server: &ServerState) -> Limits {
+        let l = &server.config.limits;
+        Limits {
+            max_stanza_size: l.max_stanza_size,
+            max_depth: l.max_depth,
+            max_attributes: l.max_attributes,
+        }
+    }
+
+    /// Runs the connection to its end. `direct_tls` starts with a TLS handshake (XEP-0368).
+    pub async fn run(mut self, direct_tls: bool) {
+        let metrics = self.server.metrics.clone();
+        Metrics::inc(&metrics.connections_total);
+        Metrics::inc(&metrics.connections_open);
+        if !direct_tls || self.start_tls().await {
+            self.serve().await;
+        }
+        self.end_session();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
+        Metrics::dec(&metrics.connections_open);
+    }
+
+    async fn start_tls(&mut self) -> bool {
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.io, Transport::Upgrading) else {
+            return false;
+        };
+        let handshake = self.server.tls.acceptor.accept(tcp);
+        match tokio::time::timeout(Duration::from_secs(30), handshake).await {
+            Ok(Ok(tls)) => {
+                let (_, conn) = tls.get_ref();
+                self.bindings = Some(ChannelBindings::capture(conn, &self.server.tls.resolver));
+                self.io = Transport::Tls(Box::new(tls));
+                self.secure = true;
+                self.parser = StreamParser::new(Self::parser_limits(&self.server));
+                self.header_sent = false;
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                false
+            }
+        }
+    }
+
+    async fn serve(&mut self) {
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut shutdown = self.server.shutdown.clone();
+        let keepalive = Duration::from_secs(self.server.config.limits.keepalive_secs.max(1));
+        loop {
+            let wake = self.next_wake(keepalive);
+            let session = self.session.clone();
+            let can_read = self.paused_until.is_none();
+            tokio::select! {
+                biased;
+                _ = crate::shutting_down(&mut shutdown) => {
+                    self.stream_error(StreamError::SystemShutdown, Some("server is shutting down")).await;
+                    return;
+                }
+                kick = wait_kick(session.as_deref()) => {
+                    let (err, text) = match kick {
+                        Kick::Conflict => (StreamError::Conflict, "replaced by a new session with the same resource"),
+                        _ => (StreamError::PolicyViolation, "too many stanzas waiting: the client does not read"),
+                    };
+                    self.stream_error(err, Some(text)).await;
+                    return;
+                }
+                Some(first) = recv(self.queue.as_mut()) => {
+                    if !self.write_queued(first).await {
+                        return;
+                    }
+                }
+                read = self.io.read(&mut buf), if can_read => {
+                    let n = match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if let Some(wait) = self.rate.take(n) {
+                        self.paused_until = Some(Instant::now() + wait);
+                    }
+                    if !self.process(&buf[..n]).await {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if !self.on_timer(keepalive).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_wake(&self, keepalive: Duration) -> Instant {
+        let mut wake = self.last_write + keepalive;
+        for t in [self.paused_until, self.login_deadline].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        wake
+    }
+
+    /// Timers: end of a rate pause, the login deadline, the whitespace keepalive.
+    async fn on_timer(&mut self, keepalive: Duration) -> bool {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+        }
+        if self.login_deadline.is_some_and(|t| t <= now) {
+            self.stream_error(StreamError::ConnectionTimeout, Some("authenticate and bind sooner"))
+                .await;
+            return false;
+        }
+        if self.session.is_some() && self.last_write + keepalive <= now {
+            // RFC 6120 §4.6.1: a single space keeps NATs and the client's idea of us alive.
+            return self.write(b" ").await;
+        }
+        true
+    }
+
+    /// Feeds read bytes to the parser and handles every complete event.
+    async fn process(&mut self, mut data: &[u8]) -> bool {
+        loop {
+            let event = match self.parser.feed(&mut data) {
+                Ok(Some(event)) => event,
+                Ok(None) => return true,
+                Err(e) => {
+                    let (err, text) = parse_error_condition(&e);
+                    self.stream_error(err, Some(text)).await;
+                    return false;
+                }
+            };
+            let flow = match event {
+                StreamEvent::Header(header) => self.on_header(header).await,
+                StreamEvent::Stanza(el) => self.on_element(el).await,
+                StreamEvent::Close => {
+                    self.write(b"</stream:stream>").await;
+                    Flow::Close
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => return false,
+                Flow::Restart => {
+                    self.parser = StreamParser::new(Self::parser_limits(&self.server));
+                    self.header_sent = false;
+                }
+                Flow::StartTls => {
+                    // Anything the client sent after <starttls/> and before the handshake is
+                    // not covered by TLS and is discarded (RFC 6120 §5.4.3.3).
+                    return self.start_tls().await;
+                }
+            }
+        }
+    }
+
+    async fn on_header(&mut self, header: StreamHeader) -> Flow {
+        if header.ns != ns::STREAM {
+            return self.stream_error(StreamError::InvalidNamespace, None).await;
+        }
+        if header.name != "stream" {
+            return self.stream_error(StreamError::BadFormat, Some("expected <stream:stream>")).await;
+        }
+        if let Some(to) = header.attr("to") {
+            let to = to.to_ascii_lowercase();
+            if !self.server.config.serves(&to) {
+                return self.stream_error(StreamError::HostUnknown, Some("this server does not serve that domain")).await;
+            }
+            self.domain = to;
+        }
+        // RFC 6120 §4.7.5: no version means a pre-RFC (0.9) client, which we do not speak.
+        match header.attr("version").and_then(|v| v.split('.').next()) {
+            Some("1") => {}
+            _ => return self.stream_error(StreamError::UnsupportedVersion, Some("version 1.0 is required")).await,
+        }
+        if self.refused {
+            return self.stream_error(StreamError::PolicyViolation, Some("too many connections from your address")).await;
+        }
+        self.send_header();
+        self.push_features();
+        if self.flush().await {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    /// Appends the response stream header to the output buffer.
+    fn send_header(&mut self) {
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}' \
+             version='1.0' xml:lang='en'>",
+            random_id(16),
+            self.domain
+        );
+        self.out.extend_from_slice(header.as_bytes());
+        self.header_sent = true;
+    }
+
+    fn sasl_env(&self) -> SaslEnv<'_> {
+        let config = &self.server.config;
+        SaslEnv {
+            domain: &self.domain,
+            secure: self.secure,
+            bindings: self.bindings.as_ref(),
+            accounts: &*self.server.router.storage().accounts,
+            anonymous: config.sasl.anonymous_domains.contains(&self.domain),
+            iterations: config.sasl.scram_iterations,
+            secret: &self.server.secret,
+        }
+    }
+
+    fn tls_required_now(&self) -> bool {
+        !self.secure && self.server.config.tls.require_c2s_encryption
+    }
+
+    fn push_features(&mut self) {
+        let mut features = Element::new("features", ns::STREAM);
+        if !self.secure {
+            let mut starttls = Element::new("starttls", ns::TLS);
+            if self.tls_required_now() {
+                starttls.push_child(Element::new("required", ns::TLS));
+            }
+            features.push_child(starttls);
+        }
+        if self.user.is_none() && !self.tls_required_now() {
+            let env = self.sasl_env();
+            let mut mechanisms = Element::new("mechanisms", ns::SASL);
+            for mech in env.offered(&self.server.config.sasl) {
+                mechanisms.push_child(Element::new("mechanism", ns::SASL).with_text(mech));
+            }
+            features.push_child(mechanisms);
+            // XEP-0440: tell clients which channel-binding types they may use.
+            let cb_types = env.channel_binding_types();
+            if !cb_types.is_empty() {
+                let mut cb = Element::new("sasl-channel-binding", ns::SASL_CB);
+                for t in cb_types {
+                    cb.push_child(Element::new("channel-binding", ns::SASL_CB).with_attr("type", t));
+                }
+                features.push_child(cb);
+            }
+        } else if self.user.is_some() {
+            features.push_child(Element::new("bind", ns::BIND));
+            // RFC 6121 obsoleted the session step; advertise it as optional for old clients.
+            features.push_child(
+                Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
+            );
+        }
+        // `features` is in the stream namespace, written with the stream: prefix by hand.
+        self.out.extend_from_slice(b"<stream:features>");
+        for child in features.children() {
+            child.write_to(&mut self.out, ns::CLIENT);
+        }
+        self.out.extend_from_slice(b"</stream:features>");
+    }
+
+    async fn on_element(&mut self, el: Element) -> Flow {
+        match (el.ns(), el.name()) {
+            (ns::TLS, "starttls") if !self.secure => {
+                self.out.extend_from_slice(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+                if self.flush().await {
+                    Flow::StartTls
+                } else {
+                    Flow::Close
+                }
+            }
+            (ns::SASL, _) if self.user.is_none() => self.on_sasl(el).await,
+            (ns::CLIENT, "message" | "presence" | "iq") => {
+                if self.user.is_none() {
+                    return self.stream_error(StreamError::NotAuthorized, Some("authenticate first")).await;
+                }
+                self.on_stanza(el).await
+            }
+            (_, "message" | "presence" | "iq") => {
+                self.stream_error(StreamError::InvalidNamespace, Some("stanzas must be in jabber:client")).await
+            }
+            _ => self.stream_error(StreamError::UnsupportedStanzaType, None).await,
+        }
+    }
+
+    async fn on_sasl(&mut self, el: Element) -> Flow {
+        if self.tls_required_now() {
+            // RFC 6120 §6.5.4 encryption-required: no SASL before STARTTLS on this server.
+            return self.sasl_failure(sasl::Failure::EncryptionRequired, false).await;
+        }
+        let data = match el.text().trim() {
+            "" => None,
+            "=" => Some(Vec::new()),
+            text => match B64.decode(text) {
+                Ok(d) => Some(d),
+                Err(_) => return self.sasl_failure(sasl::Failure::IncorrectEncoding, false).await,
+            },
+        };
+        let (step, exchange) = match el.name() {
+            "auth" => {
+                if self.server.throttle.is_blocked(self.peer.ip()) {
+                    return self.sasl_failure(sasl::Failure::TemporaryAuthFailure, false).await;
+                }
+                let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
+                sasl::begin(&mechanism, &self.server.config.sasl, data, &self.sasl_env()).await
+            }
+            "response" => match (self.sasl.take(), data) {
+                (Some(exchange), data) => {
+                    sasl::respond(exchange, data.unwrap_or_default(), &self.sasl_env()).await
+                }
+                (None, _) => (Step::Failure(sasl::Failure::MalformedRequest), None),
+            },
+            "abort" => {
+                self.sasl = None;
+                (Step::Failure(sasl::Failure::Aborted), None)
+            }
+            _ => return self.stream_error(StreamError::UnsupportedStanzaType, None).await,
+        };
+        self.sasl = exchange;
+        match step {
+            Step::Challenge(data) => {
+                self.sasl_element("challenge", &data);
+                self.flush_flow().await
+            }
+            Step::Success { username, additional } => {
+                Metrics::inc(&self.server.metrics.auth_success);
+                tracing::info!(peer = %self.peer, user = %username, domain = %self.domain, "authenticated");
+                self.sasl_element("success", additional.as_deref().unwrap_or_default());
+                self.user = Some(username);
+                if self.flush().await {
+                    Flow::Restart
+                } else {
+                    Flow::Close
+                }
+            }
+            Step::Failure(f) => self.sasl_failure(f, true).await,
+        }
+    }
+
+    fn sasl_element(&mut self, name: &str, data: &[u8]) {
+        let mut el = Element::new(name, ns::SASL);
+        if !data.is_empty() {
+            el.push_text(B64.encode(data));
+        }
+        el.write_to(&mut self.out, ns::CLIENT);
+    }
+
+    async fn sasl_failure(&mut self, failure: sasl::Failure, counts: bool) -> Flow {
+        self.sasl = None;
+        Element::new("failure", ns::SASL)
+            .with_child(Element::new(failure.as_str(), ns::SASL))
+            .write_to(&mut self.out, ns::CLIENT);
+        if counts && failure != sasl::Failure::Aborted {
+            Metrics::inc(&self.server.metrics.auth_failures);
+            tracing::info!(peer = %self.peer, reason = failure.as_str(), "authentication failed");
+            if failure.is_credential_failure() {
+                self.server.throttle.record_failure(self.peer.ip());
+            }
+            self.sasl_failures += 1;
+            // RFC 6120 §6.4.5: after too many retries, close with policy-violation.
+            if self.sasl_failures >= self.server.config.sasl.max_attempts_per_stream {
+                return self.stream_error(StreamError::PolicyViolation, Some("too many failed authentication attempts")).await;
+            }
+        }
+        self.flush_flow().await
+    }
+
+    fn full_jid(&self) -> Option<&FullJid> {
+        self.session.as_ref().map(|s| &s.jid)
+    }
+
+    async fn on_stanza(&mut self, mut el: Element) -> Flow {
+        if let Some(kind) = xmppd_core::StanzaKind::of(&el) {
+            self.server.metrics.stanza_in(kind);
+        }
+        let Some(full) = self.full_jid().cloned() else {
+            return self.before_bind(el).await;
+        };
+        // RFC 6120 §8.1.2.1: the server stamps the full JID; a different one is a forgery.
+        if let Some(from) = el.attr("from") {
+            let ok = Jid::new(from).is_ok_and(|j| j == Jid::from(full.clone()) || j == Jid::from(full.to_bare()));
+            if !ok {
+                return self.stream_error(StreamError::InvalidFrom, None).await;
+            }
+        }
+        el.set_attr("from", full.as_str());
+        let mut stanza = match Stanza::parse(el) {
+            Ok(s) => s,
+            Err(failed) => {
+                let (el, error) = *failed;
+                if let Some(mut reply) = xmppd_core::stanza::error_reply(&el, &error) {
+                    reply.set_attr("from", self.domain.clone());
+                    self.send_element(&reply);
+                }
+                return self.flush_flow().await;
+            }
+        };
+        if stanza.kind == StanzaKind::Presence && stanza.to.is_none() {
+            self.own_presence(&stanza);
+            return Flow::Continue;
+        }
+        if stanza.kind == StanzaKind::Iq && stanza.to.is_none() && stanza.is_iq_request() {
+            if let Some(payload) = stanza.iq_payload() {
+                if payload.is("session", ns::SESSION) {
+                    let reply = stanza.iq_result(None);
+                    self.send_element(&reply);
+                    return self.flush_flow().await;
+                }
+            }
+            // No 'to': the account itself answers (RFC 6120 §10.3.3).
+            stanza.set_to(Jid::from(full.to_bare()));
+        }
+        self.server.router.route(stanza).await;
+        Flow::Continue
+    }
+
+    /// Presence without 'to': the session's own availability (RFC 6121 §4.2, §4.5).
+    fn own_presence(&mut self, stanza: &Stanza) {
+        let Some(session) = &self.session else { return };
+        match stanza.stanza_type() {
+            "" => {
+                let priority = stanza
+                    .element()
+                    .get_child("priority", ns::CLIENT)
+                    .and_then(|p| p.text().trim().parse::<i8>().ok())
+                    .unwrap_or(0);
+                session.set_presence(true, priority);
+            }
+            "unavailable" => session.set_presence(false, 0),
+            _ => {}
+        }
+    }
+
+    /// Before a resource is bound only bind (and the legacy session request) are allowed.
+    async fn before_bind(&mut self, el: Element) -> Flow {
+        let is_bind = el.name() == "iq"
+            && el.attr("type") == Some("set")
+            && el.get_child("bind", ns::BIND).is_some();
+        if !is_bind {
+            return self.stream_error(StreamError::NotAuthorized, Some("bind a resource first")).await;
+        }
+        let Ok(stanza) = Stanza::parse(el) else {
+            return self.stream_error(StreamError::BadFormat, Some("invalid bind request")).await;
+        };
+        let requested = stanza
+            .iq_payload()
+            .and_then(|b| b.get_child("resource", ns::BIND))
+            .map(|r| r.text().trim().to_string())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| format!("xmppd-{}", random_id(12)));
+        let user = self.user.clone().unwrap_or_default();
+        let full = BareJid::new(&format!("{user}@{}", self.domain))
+            .and_then(|bare| bare.with_resource_str(&requested));
+        let full = match full {
+            Ok(full) => full,
+            Err(_) => {
+                // RFC 6120 §7.7.2.1: a resource that cannot be processed is bad-request.
+                let error = StanzaErrorCondition::BadRequest.into();
+                if let Some(reply) = stanza.error_reply(&error) {
+                    self.send_element(&reply);
+                }
+                return self.flush_flow().await;
+            }
+        };
+        let (tx, rx) = mpsc::channel(self.server.config.limits.outbound_queue);
+        let handle = SessionHandle::new(full.clone(), tx);
+        // RFC 6120 §7.7.2.2: the new session wins; the old one gets a <conflict/> stream error.
+        if let Some(old) = self.server.router.sessions().bind(handle.clone()) {
+            old.kick(Kick::Conflict);
+        }
+        Metrics::inc(&self.server.metrics.sessions_bound);
+        self.session = Some(handle);
+        self.queue = Some(rx);
+        self.login_deadline = None;
+        tracing::debug!(peer = %self.peer, jid = %full, "resource bound");
+        let reply = stanza.iq_result(Some(
+            Element::new("bind", ns::BIND)
+                .with_child(Element::new("jid", ns::BIND).with_text(full.as_str())),
+        ));
+        self.send_element(&reply);
+        self.flush_flow().await
+    }
+
+    fn end_session(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.server.router.sessions().unbind(&session);
+            Metrics::dec(&self.server.metrics.sessions_bound);
+        }
+    }
+
+    fn send_element(&mut self, el: &Element) {
+        el.write_to(&mut self.out, ns::CLIENT);
+    }
+
+    /// Writes queued stanzas, taking more that are already waiting into the same write.
+    async fn write_queued(&mut self, first: Bytes) -> bool {
+        self.out.extend_from_slice(&first);
+        if let Some(queue) = self.queue.as_mut() {
+            for _ in 0..WRITE_BATCH {
+                match queue.try_recv() {
+                    Ok(more) => self.out.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+        }
+        self.flush().await
+    }
+
+    async fn flush_flow(&mut self) -> Flow {
+        if self.flush().await {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    /// Writes the output buffer; false if the client is gone or too slow.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let out = std::mem::take(&mut self.out);
+        let ok = self.write(&out).await;
+        self.out = out;
+        self.out.clear();
+        // Do not let one large burst pin memory for the life of an idle connection.
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::new();
+        }
+        ok
+    }
+
+    async fn write(&mut self, data: &[u8]) -> bool {
+        let timeout = Duration::from_secs(self.server.config.limits.write_timeout_secs);
+        let io = &mut self.io;
+        let result = tokio::time::timeout(timeout, async {
+            io.write_all(data).await?;
+            io.flush().await
+        })
+        .await;
+        self.last_write = Instant::now();
+        matches!(result, Ok(Ok(())))
+    }
+
+    /// Sends a stream error and closes the stream (RFC 6120 §4.9.1.1): the header first if
+    /// none was sent yet, then the error, then the closing tag.
+    async fn stream_error(&mut self, err: StreamError, text: Option<&str>) -> Flow {
+        Metrics::inc(&self.server.metrics.stream_errors);
+        tracing::debug!(peer = %self.peer, condition = err.as_str(), "stream error");
+        if !self.header_sent {
+            self.send_header();
+        }
+        err.write_to(&mut self.out, text);
+        self.out.extend_from_slice(b"</stream:stream>");
+        let out = std::mem::take(&mut self.out);
+        let io = &mut self.io;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            io.write_all(&out).await?;
+            io.flush().await
+        })
+        .await;
+        Flow::Close
+    }
+}
+
+async fn wait_kick(session: Option<&SessionHandle>) -> Kick {
+    match session {
+        Some(s) => s.kicked().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv(queue: Option<&mut mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match queue {
+        Some(q) => q.recv().await,
+        None => std::future::pending().await,
+    }
+}

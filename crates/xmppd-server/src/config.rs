@@ -1,0 +1,289 @@
+//! Server configuration: one TOML file in which every key has a default.
+//!
+//! `xmppd.example.toml` at the repository root documents every key; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub sasl: SaslConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The domains (virtual hosts) this server serves.
+    pub domains: Vec<String>,
+    /// Where the database and generated certificates live.
+    pub data_dir: PathBuf,
+    /// Storage URL; empty means `sqlite://<data_dir>/xmppd.sqlite`.
+    pub storage: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            domains: vec!["localhost".into()],
+            data_dir: PathBuf::from("./data"),
+            storage: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Client listeners that offer STARTTLS (RFC 6120 §5).
+    pub c2s: Vec<SocketAddr>,
+    /// Client listeners that speak TLS from the first byte (XEP-0368).
+    pub c2s_direct_tls: Vec<SocketAddr>,
+    /// HTTP listener for `/metrics` (Prometheus text format); absent disables it.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            c2s: vec![SocketAddr::from(([127, 0, 0, 1], 5222))],
+            c2s_direct_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5223))],
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 5280))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Refuse SASL and stanzas until the client stream is encrypted.
+    pub require_c2s_encryption: bool,
+    /// Certificates per domain (PEM). Domains without one get a self-signed certificate
+    /// generated under `<data_dir>/certs/` on first start.
+    pub certificates: Vec<CertificateConfig>,
+    /// PEM file of CAs trusted for client certificates; enables SASL EXTERNAL (XEP-0178).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            require_c2s_encryption: true,
+            certificates: Vec::new(),
+            client_ca: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaslConfig {
+    /// Mechanisms offered, in this order, where their conditions hold (PLAIN needs TLS,
+    /// -PLUS needs TLS, EXTERNAL needs a verified client certificate).
+    pub mechanisms: Vec<String>,
+    /// PBKDF2 iteration count for newly set passwords.
+    pub scram_iterations: u32,
+    /// Domains that allow SASL ANONYMOUS (off everywhere by default).
+    pub anonymous_domains: Vec<String>,
+    /// Failed authentications from one IP address within `failure_window_secs` before further
+    /// attempts from it are refused with `temporary-auth-failure`.
+    pub max_failures_per_ip: u32,
+    pub failure_window_secs: u64,
+    /// Failed attempts on one stream before it is closed (RFC 6120 §6.4.5).
+    pub max_attempts_per_stream: u32,
+}
+
+impl Default for SaslConfig {
+    fn default() -> Self {
+        SaslConfig {
+            mechanisms: [
+                "SCRAM-SHA-256-PLUS",
+                "SCRAM-SHA-1-PLUS",
+                "SCRAM-SHA-256",
+                "SCRAM-SHA-1",
+                "PLAIN",
+                "EXTERNAL",
+                "ANONYMOUS",
+            ]
+            .map(String::from)
+            .to_vec(),
+            scram_iterations: 10_000,
+            anonymous_domains: Vec::new(),
+            max_failures_per_ip: 10,
+            failure_window_secs: 60,
+            max_attempts_per_stream: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest top-level element a client may send, in bytes.
+    pub max_stanza_size: usize,
+    /// Deepest element nesting below the stream root.
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Sustained bytes per second read from one connection; reading pauses above it.
+    pub max_bytes_per_second: u32,
+    /// Bytes a connection may send in a burst above the sustained rate.
+    pub burst_bytes: u32,
+    /// Concurrent connections from one IP address.
+    pub max_connections_per_ip: u32,
+    /// Seconds a connection has to authenticate and bind.
+    pub unauthenticated_timeout_secs: u64,
+    /// Stanzas queued for one session before it is disconnected as too slow.
+    pub outbound_queue: usize,
+    /// Seconds one write to a client may take before it is disconnected.
+    pub write_timeout_secs: u64,
+    /// Seconds of silence before the server sends a whitespace keepalive.
+    pub keepalive_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_size: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            max_bytes_per_second: 256 * 1024,
+            burst_bytes: 1024 * 1024,
+            max_connections_per_ip: 100,
+            unauthenticated_timeout_secs: 30,
+            outbound_queue: 1000,
+            write_timeout_secs: 30,
+            keepalive_secs: 300,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `xmppd=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.server.domains.is_empty() {
+            return invalid("server.domains is empty".into());
+        }
+        for domain in &self.server.domains {
+            if jid::BareJid::new(domain).map(|j| j.node().is_some()) != Ok(false) {
+                return invalid(format!("server.domains: {domain:?} is not a domain"));
+            }
+        }
+        for mech in &self.sasl.mechanisms {
+            if !crate::sasl::KNOWN_MECHANISMS.contains(&mech.as_str()) {
+                return invalid(format!("sasl.mechanisms: unknown mechanism {mech:?}"));
+            }
+        }
+        if self.sasl.scram_iterations < 4096 {
+            return invalid("sasl.scram_iterations must be at least 4096 (RFC 7677)".into());
+        }
+        if self.limits.max_stanza_size < 10_000 {
+            return invalid("limits.max_stanza_size must be at least 10000 (RFC 6120 §13.12)".into());
+        }
+        if self.limits.outbound_queue == 0 || self.limits.max_depth == 0 {
+            return invalid("limits.outbound_queue and limits.max_depth must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The storage URL, defaulting to SQLite under `data_dir`.
+    pub fn storage_url(&self) -> String {
+        if self.server.storage.is_empty() {
+            format!(
+                "sqlite://{}",
+                self.server.data_dir.join("xmppd.sqlite").display()
+            )
+        } else {
+            self.server.storage.clone()
+        }
+    }
+
+    pub fn serves(&self, domain: &str) -> bool {
+        self.server.domains.iter().any(|d| d == domain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_example_parses() {
+        Config::default().validate().unwrap();
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../xmppd.example.toml");
+        let config = Config::load(Path::new(example)).unwrap();
+        assert_eq!(config.server.domains, vec!["localhost"]);
+        assert_eq!(config.limits.max_stanza_size, 262144);
+    }
+
+    #[test]
+    fn typos_and_nonsense_are_rejected() {
+        assert!(toml::from_str::<Config>("[server]\ndomian = ['x']").is_err());
+        let config: Config = toml::from_str("[sasl]\nmechanisms = ['CRAM-MD5']").unwrap();
+        assert!(config.validate().is_err());
+        let config: Config = toml::from_str("[server]\ndomains = ['a@b']").unwrap();
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! The xmppd server: configuration, TLS, SASL, client streams, the router and the modules.
+//!
+//! Layers, outside in: listeners ([`c2s`]) accept sockets and run one task per connection;
+//! that task negotiates the stream (TLS, [`sasl`], bind) and hands stanzas to the [`router`],
+//! which delivers to sessions, answers through [`modules`], or passes them to the seams for
+//! services and remote domains. [`xmppd_storage`] holds what must survive a restart.
+
+pub mod c2s;
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod modules;
+pub mod router;
+pub mod sasl;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use xmppd_storage::Storage;
+
+use config::Config;
+use limits::ConnectionLimiter;
+use metrics::Metrics;
+use router::Router;
+use sasl::AuthThrottle;
+use tls::TlsContext;
+
+/// Resolves once shutdown has been requested.
+pub async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    // Dropping the guard here keeps callers' futures Send.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// What every connection shares.
+pub struct ServerState {
+    pub config: Config,
+    pub router: Router,
+    pub tls: TlsContext,
+    pub metrics: Arc<Metrics>,
+    pub throttle: AuthThrottle,
+    pub connections: Arc<ConnectionLimiter>,
+    /// Server secret (persisted in the data directory) for values that must be stable but
+    /// unguessable, such as the fake SCRAM salts of unknown users.
+    pub secret: Vec<u8>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("storage: {0}")]
+    Storage(#[from] xmppd_storage::StorageError),
+    #[error("{what} {addr}: {source}")]
+    Io {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A started server: its bound addresses and the means to stop it.
+pub struct RunningServer {
+    pub c2s_addrs: Vec<SocketAddr>,
+    pub direct_tls_addrs: Vec<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: Arc<ServerState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn io_error(what: &'static str, addr: impl ToString) -> impl FnOnce(std::io::Error) -> StartError {
+    let addr = addr.to_string();
+    move |source| StartError::Io { what, addr, source }
+}
+
+/// Reads the server secret from the data directory, creating it on first start.
+fn load_secret(data_dir: &Path) -> Result<Vec<u8>, StartError> {
+    use rand::RngCore;
+    let path = data_dir.join("server.secret");
+    if let Ok(secret) = std::fs::read(&path) {
+        if secret.len() >= 32 {
+            return Ok(secret);
+        }
+    }
+    let mut secret = vec![0u8; 32];
+    rand::thread_rng().fill_bytes(&mut secret);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(
+        &mut options.open(&path).map_err(io_error("writing", path.display()))?,
+        &secret,
+    )
+    .map_err(io_error("writing", path.display()))?;
+    Ok(secret)
+}
+
+/// Opens storage, loads certificates and binds every listener.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    config.validate()?;
+    let data_dir = &config.server.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(io_error("creating", data_dir.display()))?;
+    let secret = load_secret(data_dir)?;
+    let storage = Storage::open(&config.storage_url()).await?;
+    let tls = TlsContext::new(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let router = Router::new(
+        &config.server.domains,
+        storage,
+        modules::Modules::standard(),
+        metrics.clone(),
+    );
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut c2s = Vec::new();
+    for addr in &config.listen.c2s {
+        c2s.push(TcpListener::bind(addr).await.map_err(io_error("listening on", addr))?);
+    }
+    let mut direct = Vec::new();
+    for addr in &config.listen.c2s_direct_tls {
+        direct.push(TcpListener::bind(addr).await.map_err(io_error("listening on", addr))?);
+    }
+    let metrics_listener = match config.listen.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(io_error("listening on", addr))?),
+        None => None,
+    };
+    let local = |l: &TcpListener| l.local_addr().ok();
+    let c2s_addrs: Vec<_> = c2s.iter().filter_map(local).collect();
+    let direct_tls_addrs: Vec<_> = direct.iter().filter_map(local).collect();
+    let metrics_addr = metrics_listener.as_ref().and_then(local);
+    let state = Arc::new(ServerState {
+        throttle: AuthThrottle::new(
+            config.sasl.max_failures_per_ip,
+            Duration::from_secs(config.sasl.failure_window_secs),
+        ),
+        connections: ConnectionLimiter::new(config.limits.max_connections_per_ip),
+        config,
+        router,
+        tls,
+        metrics: metrics.clone(),
+        secret,
+        shutdown: shutdown_rx.clone(),
+    });
+    let mut tasks = Vec::new();
+    for l in c2s {
+        tasks.push(tokio::spawn(c2s::listen(l, false, state.clone())));
+    }
+    for l in direct {
+        tasks.push(tokio::spawn(c2s::listen(l, true, state.clone())));
+    }
+    if let Some(l) = metrics_listener {
+        tasks.push(tokio::spawn(metrics::serve(l, metrics, shutdown_rx)));
+    }
+    for addr in c2s_addrs.iter() {
+        tracing::info!(%addr, "listening for clients (STARTTLS)");
+    }
+    for addr in direct_tls_addrs.iter() {
+        tracing::info!(%addr, "listening for clients (direct TLS)");
+    }
+    Ok(RunningServer {
+        c2s_addrs,
+        direct_tls_addrs,
+        metrics_addr,
+        state,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting, sends every stream `<system-shutdown/>`, and waits (up to 10 s) for
+    /// the connections to close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let open = &self.state.metrics.connections_open;
+        for _ in 0..200 {
+            if open.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

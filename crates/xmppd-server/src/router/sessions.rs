@@ -1,0 +1,185 @@
+//! The table of bound client sessions: bare JID → resources.
+//!
+//! Kept behind this small API so that a cluster can put a second implementation (on a message
+//! bus) in its place without touching the router's rules.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use xmppd_core::{BareJid, FullJid};
+
+/// Why a session is told to end by someone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kick {
+    None = 0,
+    /// Its outbound queue filled up: the client does not read.
+    QueueOverflow = 1,
+    /// Another session bound the same resource (RFC 6120 §7.7.2.2).
+    Conflict = 2,
+}
+
+/// How the rest of the server reaches one session. The session task owns the socket; this
+/// handle only queues bytes (never blocking) and can ask the task to end.
+pub struct SessionHandle {
+    pub jid: FullJid,
+    queue: mpsc::Sender<Bytes>,
+    kick: AtomicU8,
+    kicked: Notify,
+    available: AtomicBool,
+    priority: AtomicI8,
+}
+
+impl SessionHandle {
+    pub fn new(jid: FullJid, queue: mpsc::Sender<Bytes>) -> Arc<Self> {
+        Arc::new(SessionHandle {
+            jid,
+            queue,
+            kick: AtomicU8::new(Kick::None as u8),
+            kicked: Notify::new(),
+            available: AtomicBool::new(false),
+            priority: AtomicI8::new(0),
+        })
+    }
+
+    /// Queues serialised stanza bytes. A full queue ends the session rather than waiting.
+    pub fn send(&self, data: Bytes) -> bool {
+        match self.queue.try_send(data) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick(Kick::QueueOverflow);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn kick(&self, why: Kick) {
+        // The first reason wins.
+        if self
+            .kick
+            .compare_exchange(Kick::None as u8, why as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.kicked.notify_one();
+        }
+    }
+
+    /// Resolves once the session has been kicked; returns why.
+    pub async fn kicked(&self) -> Kick {
+        loop {
+            match self.kick.load(Ordering::Acquire) {
+                1 => return Kick::QueueOverflow,
+                2 => return Kick::Conflict,
+                _ => self.kicked.notified().await,
+            }
+        }
+    }
+
+    /// Records the session's own broadcast presence (RFC 6121 §4.2).
+    pub fn set_presence(&self, available: bool, priority: i8) {
+        self.priority.store(priority, Ordering::Relaxed);
+        self.available.store(available, Ordering::Release);
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Acquire)
+    }
+
+    pub fn priority(&self) -> i8 {
+        self.priority.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct SessionTable {
+    by_bare: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+}
+
+impl SessionTable {
+    /// Adds a session; returns the session it replaces (same full JID), which the caller kicks.
+    pub fn bind(&self, handle: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+        let mut map = self.by_bare.write().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(handle.jid.to_bare()).or_default();
+        let old = list
+            .iter()
+            .position(|h| h.jid == handle.jid)
+            .map(|i| list.swap_remove(i));
+        list.push(handle);
+        old
+    }
+
+    /// Removes exactly this session (not a newer one that took over its resource).
+    pub fn unbind(&self, handle: &Arc<SessionHandle>) {
+        let mut map = self.by_bare.write().unwrap_or_else(|e| e.into_inner());
+        let bare = handle.jid.to_bare();
+        if let Some(list) = map.get_mut(&bare) {
+            list.retain(|h| !Arc::ptr_eq(h, handle));
+            if list.is_empty() {
+                map.remove(&bare);
+            }
+        }
+    }
+
+    pub fn get(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
+        let map = self.by_bare.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&jid.to_bare())?
+            .iter()
+            .find(|h| h.jid == *jid)
+            .cloned()
+    }
+
+    /// Every session of an account.
+    pub fn resources(&self, bare: &BareJid) -> Vec<Arc<SessionHandle>> {
+        let map = self.by_bare.read().unwrap_or_else(|e| e.into_inner());
+        map.get(bare).cloned().unwrap_or_default()
+    }
+
+    /// Every session of every account, for shutdown.
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        let map = self.by_bare.read().unwrap_or_else(|e| e.into_inner());
+        map.values().flatten().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(jid: &str) -> (Arc<SessionHandle>, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(2);
+        (SessionHandle::new(FullJid::new(jid).unwrap(), tx), rx)
+    }
+
+    #[tokio::test]
+    async fn bind_replaces_same_resource_and_unbind_is_exact() {
+        let table = SessionTable::default();
+        let (a, _ra) = handle("u@x/r");
+        let (b, _rb) = handle("u@x/r");
+        let (c, _rc) = handle("u@x/s");
+        assert!(table.bind(a.clone()).is_none());
+        assert!(table.bind(c.clone()).is_none());
+        let replaced = table.bind(b.clone()).unwrap();
+        assert!(Arc::ptr_eq(&replaced, &a));
+        table.unbind(&a);
+        assert!(Arc::ptr_eq(&table.get(&b.jid).unwrap(), &b));
+        assert_eq!(table.resources(&BareJid::new("u@x").unwrap()).len(), 2);
+        table.unbind(&b);
+        table.unbind(&c);
+        assert!(table.all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn full_queue_kicks_instead_of_blocking() {
+        let (a, _rx) = handle("u@x/r");
+        assert!(a.send(Bytes::from_static(b"1")));
+        assert!(a.send(Bytes::from_static(b"2")));
+        assert!(!a.send(Bytes::from_static(b"3")));
+        assert_eq!(a.kicked().await, Kick::QueueOverflow);
+        a.kick(Kick::Conflict);
+        assert_eq!(a.kicked().await, Kick::QueueOverflow, "first reason wins");
+    }
+}

@@ -1,0 +1,268 @@
+//! TLS: certificates per domain chosen by SNI, self-signed generation on first start, client
+//! certificates for SASL EXTERNAL, and the data for SCRAM channel binding.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::Digest;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client CA: {0}")]
+    Verifier(String),
+}
+
+/// One domain's certificate and its RFC 5929 `tls-server-end-point` hash.
+struct DomainCert {
+    key: Arc<CertifiedKey>,
+    end_point_hash: Vec<u8>,
+}
+
+/// Picks a certificate by SNI: the exact domain, else its parent (so `conference.example.org`
+/// gets the certificate of `example.org`, which carries `*.example.org`), else the first.
+#[derive(Debug)]
+pub struct CertResolver {
+    certs: HashMap<String, Arc<DomainCertDebug>>,
+    default: String,
+}
+
+/// Newtype so the resolver can derive Debug (rustls requires it).
+pub struct DomainCertDebug(DomainCert);
+
+impl std::fmt::Debug for DomainCertDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DomainCert")
+    }
+}
+
+impl CertResolver {
+    fn lookup(&self, sni: Option<&str>) -> Option<&DomainCert> {
+        let by_name = |name: &str| self.certs.get(name).map(|c| &c.0);
+        if let Some(name) = sni {
+            let name = name.to_ascii_lowercase();
+            if let Some(c) = by_name(&name) {
+                return Some(c);
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(c) = by_name(parent) {
+                    return Some(c);
+                }
+            }
+        }
+        by_name(&self.default)
+    }
+
+    /// The `tls-server-end-point` channel binding for a connection that sent `sni`.
+    pub fn end_point_hash(&self, sni: Option<&str>) -> Option<Vec<u8>> {
+        self.lookup(sni).map(|c| c.end_point_hash.clone())
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(hello.server_name()).map(|c| c.key.clone())
+    }
+}
+
+/// Everything TLS the listeners need.
+pub struct TlsContext {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub resolver: Arc<CertResolver>,
+    /// Whether client certificates are requested (SASL EXTERNAL is possible).
+    pub client_auth: bool,
+}
+
+fn file_error(path: &Path, msg: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
+}
+
+/// Writes a self-signed certificate for `domain` and `*.domain` unless one exists.
+pub fn ensure_self_signed(domain: &str, cert: &Path, key: &Path) -> Result<bool, TlsError> {
+    if cert.exists() && key.exists() {
+        return Ok(false);
+    }
+    if let Some(dir) = cert.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    }
+    let generated =
+        rcgen::generate_simple_self_signed(vec![domain.to_string(), format!("*.{domain}")])?;
+    std::fs::write(cert, generated.cert.pem()).map_err(|e| file_error(cert, e))?;
+    write_private(key, generated.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| file_error(key, e))?;
+    Ok(true)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(data)
+}
+
+/// The certificate and key paths to use for `domain`.
+pub fn cert_paths(config: &Config, domain: &str) -> (std::path::PathBuf, std::path::PathBuf, bool) {
+    match config.tls.certificates.iter().find(|c| c.domain == domain) {
+        Some(c) => (c.cert.clone(), c.key.clone(), false),
+        None => {
+            let dir = config.server.data_dir.join("certs");
+            (
+                dir.join(format!("{domain}.crt")),
+                dir.join(format!("{domain}.key")),
+                true,
+            )
+        }
+    }
+}
+
+fn load_domain_cert(cert: &Path, key: &Path) -> Result<DomainCert, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_error(cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(cert, e))?;
+    let Some(leaf) = chain.first() else {
+        return Err(file_error(cert, "no certificate in file"));
+    };
+    let end_point_hash = end_point_hash(leaf);
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| file_error(key, e))?;
+    Ok(DomainCert {
+        key: Arc::new(CertifiedKey::new(chain, signing)),
+        end_point_hash,
+    })
+}
+
+/// RFC 5929 §4.1: hash the certificate with the hash of its signature algorithm, using
+/// SHA-256 where that is MD5 or SHA-1 (or where the algorithm names no hash, as Ed25519).
+fn end_point_hash(cert: &CertificateDer) -> Vec<u8> {
+    let oid = x509_parser::parse_x509_certificate(cert)
+        .map(|(_, c)| c.signature_algorithm.algorithm.to_id_string())
+        .unwrap_or_default();
+    match oid.as_str() {
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => sha2::Sha384::digest(cert).to_vec(),
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => sha2::Sha512::digest(cert).to_vec(),
+        _ => sha2::Sha256::digest(cert).to_vec(),
+    }
+}
+
+impl TlsContext {
+    /// Loads (or generates) a certificate for every served domain.
+    pub fn new(config: &Config) -> Result<TlsContext, TlsError> {
+        let mut certs = HashMap::new();
+        for domain in &config.server.domains {
+            let (cert, key, generated) = cert_paths(config, domain);
+            if generated && ensure_self_signed(domain, &cert, &key)? {
+                tracing::warn!(%domain, path = %cert.display(),
+                    "generated a self-signed certificate; clients will have to accept it");
+            }
+            let loaded = load_domain_cert(&cert, &key)?;
+            certs.insert(domain.to_ascii_lowercase(), Arc::new(DomainCertDebug(loaded)));
+        }
+        let resolver = Arc::new(CertResolver {
+            certs,
+            default: config.server.domains[0].to_ascii_lowercase(),
+        });
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let (builder, client_auth) = match &config.tls.client_ca {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| file_error(path, e))? {
+                    roots
+                        .add(cert.map_err(|e| file_error(path, e))?)
+                        .map_err(|e| file_error(path, e))?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+                (builder.with_client_cert_verifier(verifier), true)
+            }
+            None => (builder.with_no_client_auth(), false),
+        };
+        let server_config = builder.with_cert_resolver(resolver.clone());
+        Ok(TlsContext {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config)),
+            resolver,
+            client_auth,
+        })
+    }
+}
+
+/// Channel-binding data of one TLS connection, captured right after the handshake.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelBindings {
+    /// RFC 9266 `tls-exporter` (TLS 1.3 only).
+    pub tls_exporter: Option<Vec<u8>>,
+    /// RFC 5929 `tls-server-end-point`.
+    pub tls_server_end_point: Option<Vec<u8>>,
+    /// The verified client certificate, if any (for SASL EXTERNAL).
+    pub client_cert: Option<CertificateDer<'static>>,
+}
+
+impl ChannelBindings {
+    pub fn capture(conn: &rustls::ServerConnection, resolver: &CertResolver) -> Self {
+        let tls_exporter = match conn.protocol_version() {
+            // RFC 9266 §2: 32 bytes, label "EXPORTER-Channel-Binding", no context. Under
+            // TLS 1.2 without extended master secret it is insecure, so only offer it on 1.3.
+            Some(rustls::ProtocolVersion::TLSv1_3) => conn
+                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok()
+                .map(|k| k.to_vec()),
+            _ => None,
+        };
+        ChannelBindings {
+            tls_exporter,
+            tls_server_end_point: resolver.end_point_hash(conn.server_name()),
+            client_cert: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("certs/example.org.crt");
+        let key = dir.path().join("certs/example.org.key");
+        assert!(ensure_self_signed("example.org", &cert, &key).unwrap());
+        let first = std::fs::read(&cert).unwrap();
+        assert!(!ensure_self_signed("example.org", &cert, &key).unwrap());
+        assert_eq!(first, std::fs::read(&cert).unwrap());
+        let loaded = load_domain_cert(&cert, &key).unwrap();
+        assert_eq!(loaded.end_point_hash.len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "key must not be readable by others");
+        }
+    }
+}
