@@ -164,7 +164,7 @@ async def chat_message(h):
     bob = await h.client(h.args.user2, "interop-b").login()
     # Round trip on bob's stream, so the server has processed bob's initial
     # presence before alice's message to his bare JID arrives.
-    await bob.xmpp.get_roster()
+    await bob.xmpp.plugin["xep_0199"].send_ping(h.args.domain, timeout=10)
 
     body = f"hello {uuid.uuid4()}"
     alice.xmpp.send_message(mto=bob.xmpp.boundjid.bare, mbody=body, mtype="chat")

@@ -1,1 +1,268 @@
-fn main(){}
+//! `xmppd`: the server and its admin commands.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xmppd_core::BareJid;
+use xmppd_server::config::Config;
+use xmppd_server::sasl::credentials;
+use xmppd_storage::Storage;
+
+#[derive(Parser)]
+#[command(name = "xmppd", version, about = "An XMPP server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// TOML configuration file; without it every key takes its default (domain localhost,
+    /// data in ./data).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default command).
+    Serve(ConfigArg),
+    /// Manage accounts.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check the configuration, the certificates and the storage, then exit.
+    Check(ConfigArg),
+}
+
+#[derive(clap::Args)]
+struct PasswordArgs {
+    /// The password (visible in the process list: for scripts on trusted machines).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create an account, e.g. `xmppd user add alice@localhost`.
+    Add {
+        jid: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Delete an account.
+    Del { jid: String },
+    /// Change an account's password.
+    Passwd {
+        jid: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// List the accounts of a domain.
+    List { domain: String },
+}
+
+fn load_config(arg: &ConfigArg) -> Result<Config, String> {
+    match &arg.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve(ConfigArg { config: None })) {
+        Command::Serve(arg) => serve(&arg).await,
+        Command::User { action, config } => user(action, &config).await,
+        Command::Check(arg) => check(&arg).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xmppd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(arg: &ConfigArg) -> Result<(), String> {
+    let config = load_config(arg)?;
+    init_logging(&config);
+    let server = xmppd_server::start(config).await.map_err(|e| e.to_string())?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Splits `user@domain`, checking the domain is served and the JID is valid.
+fn account_jid(config: &Config, jid: &str) -> Result<(String, String), String> {
+    let bare = BareJid::new(jid).map_err(|e| format!("{jid:?} is not a valid JID: {e}"))?;
+    let node = bare
+        .node()
+        .ok_or_else(|| format!("{jid:?} has no username (expected user@domain)"))?;
+    let domain = bare.domain().as_str();
+    if !config.serves(domain) {
+        return Err(format!(
+            "{domain} is not served by this configuration (server.domains)"
+        ));
+    }
+    Ok((node.as_str().to_string(), domain.to_string()))
+}
+
+fn read_password(args: &PasswordArgs) -> Result<String, String> {
+    let password = if let Some(p) = &args.password {
+        p.clone()
+    } else if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let second = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != second {
+            return Err("the passwords differ".into());
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    Ok(password)
+}
+
+async fn account_record(
+    config: &Config,
+    user: &str,
+    domain: &str,
+    password: String,
+) -> Result<xmppd_storage::Account, String> {
+    let (user, domain) = (user.to_string(), domain.to_string());
+    let iterations = config.sasl.scram_iterations;
+    tokio::task::spawn_blocking(move || {
+        credentials::new_account(&user, &domain, &password, iterations)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .ok_or_else(|| "the password contains characters SASLprep forbids".to_string())
+}
+
+async fn open_storage(config: &Config) -> Result<Storage, String> {
+    std::fs::create_dir_all(&config.server.data_dir)
+        .map_err(|e| format!("{}: {e}", config.server.data_dir.display()))?;
+    Storage::open(&config.storage_url())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn user(action: UserAction, arg: &ConfigArg) -> Result<(), String> {
+    let config = load_config(arg)?;
+    let storage = open_storage(&config).await?;
+    let accounts = &storage.accounts;
+    let db = |e: xmppd_storage::StorageError| e.to_string();
+    match action {
+        UserAction::Add { jid, password } => {
+            let (user, domain) = account_jid(&config, &jid)?;
+            let password = read_password(&password)?;
+            let account = account_record(&config, &user, &domain, password).await?;
+            if !accounts.create(&account).await.map_err(db)? {
+                return Err(format!("{user}@{domain} exists already"));
+            }
+            println!("created {user}@{domain}");
+        }
+        UserAction::Del { jid } => {
+            let (user, domain) = account_jid(&config, &jid)?;
+            if !accounts.delete(&user, &domain).await.map_err(db)? {
+                return Err(format!("{user}@{domain} does not exist"));
+            }
+            println!("deleted {user}@{domain}");
+        }
+        UserAction::Passwd { jid, password } => {
+            let (user, domain) = account_jid(&config, &jid)?;
+            if !accounts.exists(&user, &domain).await.map_err(db)? {
+                return Err(format!("{user}@{domain} does not exist"));
+            }
+            let password = read_password(&password)?;
+            let account = account_record(&config, &user, &domain, password).await?;
+            if !accounts.set_credentials(&account).await.map_err(db)? {
+                return Err(format!("{user}@{domain} does not exist"));
+            }
+            println!("changed the password of {user}@{domain}");
+        }
+        UserAction::List { domain } => {
+            for user in accounts.list(&domain).await.map_err(db)? {
+                println!("{user}@{domain}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check(arg: &ConfigArg) -> Result<(), String> {
+    let config = load_config(arg)?;
+    let source = arg.config.as_deref().unwrap_or(Path::new("(defaults)"));
+    println!("config {}: ok", source.display());
+    let mut all_present = true;
+    for domain in &config.server.domains {
+        let (cert, key, generated) = xmppd_server::tls::cert_paths(&config, domain);
+        if generated && !cert.exists() {
+            all_present = false;
+            println!("certificate {domain}: none yet; a self-signed one will be generated at {}", cert.display());
+            continue;
+        }
+        if !cert.exists() || !key.exists() {
+            return Err(format!("certificate {domain}: {} or {} is missing", cert.display(), key.display()));
+        }
+    }
+    if all_present {
+        xmppd_server::tls::TlsContext::new(&config).map_err(|e| e.to_string())?;
+        println!("certificates: ok");
+    }
+    let storage = open_storage(&config).await?;
+    for domain in &config.server.domains {
+        let n = storage.accounts.list(domain).await.map_err(|e| e.to_string())?.len();
+        println!("storage {}: ok ({n} accounts on {domain})", config.storage_url());
+    }
+    Ok(())
+}
