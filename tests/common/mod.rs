@@ -335,6 +335,16 @@ impl Raw {
             .to_vec()
     }
 
+    /// RFC 5929 tls-server-end-point: SHA-256 of the server certificate (ECDSA-SHA256 here).
+    pub fn tls_server_end_point(&self) -> Vec<u8> {
+        use sha2::Digest;
+        let Some(Io::Tls(tls)) = &self.io else {
+            panic!("not TLS")
+        };
+        let cert = &tls.get_ref().1.peer_certificates().unwrap()[0];
+        sha2::Sha256::digest(cert.as_ref()).to_vec()
+    }
+
     /// Connects with STARTTLS and opens the encrypted stream; returns its features.
     pub async fn secure(addr: SocketAddr) -> (Raw, String) {
         let mut raw = Raw::connect(addr).await;

@@ -333,6 +333,7 @@ impl Connection {
     fn sasl_env(&self) -> SaslEnv<'_> {
         let config = &self.server.config;
         SaslEnv {
+            config: &config.sasl,
             domain: &self.domain,
             secure: self.secure,
             bindings: self.bindings.as_ref(),
@@ -359,7 +360,7 @@ impl Connection {
         if self.user.is_none() && !self.tls_required_now() {
             let env = self.sasl_env();
             let mut mechanisms = Element::new("mechanisms", ns::SASL);
-            for mech in env.offered(&self.server.config.sasl) {
+            for mech in env.offered() {
                 mechanisms.push_child(Element::new("mechanism", ns::SASL).with_text(mech));
             }
             features.push_child(mechanisms);
@@ -430,7 +431,7 @@ impl Connection {
                     return self.sasl_failure(sasl::Failure::TemporaryAuthFailure, false).await;
                 }
                 let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
-                sasl::begin(&mechanism, &self.server.config.sasl, data, &self.sasl_env()).await
+                sasl::begin(&mechanism, data, &self.sasl_env()).await
             }
             "response" => match (self.sasl.take(), data) {
                 (Some(exchange), data) => {

@@ -79,6 +79,7 @@ pub enum Step {
 
 /// What a mechanism may know of the stream and the server.
 pub struct SaslEnv<'a> {
+    pub config: &'a SaslConfig,
     pub domain: &'a str,
     /// The stream is encrypted.
     pub secure: bool,
@@ -90,7 +91,7 @@ pub struct SaslEnv<'a> {
     pub secret: &'a [u8],
 }
 
-impl SaslEnv<'_> {
+impl<'a> SaslEnv<'a> {
     /// The nodeprep'd localpart for a SASL username, or not-authorized.
     fn normalise_username(&self, raw: &str) -> Result<String, Failure> {
         let jid = jid::BareJid::new(&format!("{raw}@{}", self.domain))
@@ -120,7 +121,13 @@ impl SaslEnv<'_> {
         mac.finalize().into_bytes()[..16].to_vec()
     }
 
-    fn channel_binding_offered(&self) -> bool {
+    /// Whether a -PLUS mechanism is offered on this stream (RFC 5802 §6: then a client's "y"
+    /// flag means someone stripped it on the way).
+    fn plus_offered(&self) -> bool {
+        self.offered().iter().any(|m| m.ends_with("-PLUS"))
+    }
+
+    fn channel_binding_available(&self) -> bool {
         self.bindings.is_some_and(|b| {
             b.tls_exporter.is_some() || b.tls_server_end_point.is_some()
         })
@@ -150,8 +157,8 @@ impl SaslEnv<'_> {
     }
 
     /// The configured mechanisms whose conditions hold on this stream, in configured order.
-    pub fn offered<'c>(&self, config: &'c SaslConfig) -> Vec<&'c str> {
-        config
+    pub fn offered(&self) -> Vec<&'a str> {
+        self.config
             .mechanisms
             .iter()
             .map(String::as_str)
@@ -162,7 +169,7 @@ impl SaslEnv<'_> {
     fn usable(&self, mechanism: &str) -> bool {
         match mechanism {
             "SCRAM-SHA-256" | "SCRAM-SHA-1" => true,
-            "SCRAM-SHA-256-PLUS" | "SCRAM-SHA-1-PLUS" => self.channel_binding_offered(),
+            "SCRAM-SHA-256-PLUS" | "SCRAM-SHA-1-PLUS" => self.channel_binding_available(),
             // RFC 6120 §6.4.2 / §13.8: never offer PLAIN on an unencrypted stream.
             "PLAIN" => self.secure,
             "EXTERNAL" => self.bindings.is_some_and(|b| b.client_cert.is_some()),
@@ -182,11 +189,10 @@ pub enum Exchange {
 /// Starts `mechanism` with the client's initial response, if any.
 pub async fn begin(
     mechanism: &str,
-    config: &SaslConfig,
     initial: Option<Vec<u8>>,
     env: &SaslEnv<'_>,
 ) -> (Step, Option<Exchange>) {
-    let offered = env.offered(config);
+    let offered = env.offered();
     if !offered.contains(&mechanism) {
         // PLAIN on a plain-text stream is refused for encryption, other unknowns as invalid.
         let failure = if mechanism == "PLAIN" && !env.secure {
@@ -338,6 +344,9 @@ pub(crate) mod tests {
         }
     }
 
+    static DEFAULT_CONFIG: std::sync::LazyLock<SaslConfig> =
+        std::sync::LazyLock::new(SaslConfig::default);
+
     pub struct TestEnv {
         pub accounts: MemAccounts,
     }
@@ -362,6 +371,7 @@ pub(crate) mod tests {
 
         pub fn env<'a>(&'a self, bindings: Option<&'a ChannelBindings>) -> SaslEnv<'a> {
             SaslEnv {
+                config: &DEFAULT_CONFIG,
                 domain: "example.org",
                 secure: true,
                 bindings,
@@ -384,32 +394,30 @@ pub(crate) mod tests {
     async fn plain_accepts_right_password_only() {
         let t = plain_env().await;
         let env = t.env(None);
-        let config = SaslConfig::default();
-        let (step, _) = begin("PLAIN", &config, Some(b"\0alice\0secret".to_vec()), &env).await;
+        let (step, _) = begin("PLAIN", Some(b"\0alice\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Success { ref username, .. } if username == "alice"));
-        let (step, _) = begin("PLAIN", &config, Some(b"\0ALICE\0secret".to_vec()), &env).await;
+        let (step, _) = begin("PLAIN", Some(b"\0ALICE\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Success { .. }), "usernames are nodeprep'd");
-        let (step, _) = begin("PLAIN", &config, Some(b"\0alice\0wrong".to_vec()), &env).await;
+        let (step, _) = begin("PLAIN", Some(b"\0alice\0wrong".to_vec()), &env).await;
         assert!(matches!(step, Step::Failure(Failure::NotAuthorized)));
-        let (step, _) = begin("PLAIN", &config, Some(b"\0bob\0secret".to_vec()), &env).await;
+        let (step, _) = begin("PLAIN", Some(b"\0bob\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Failure(Failure::NotAuthorized)));
-        let (step, _) = begin("PLAIN", &config, Some(b"alice\0secret".to_vec()), &env).await;
+        let (step, _) = begin("PLAIN", Some(b"alice\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Failure(Failure::MalformedRequest)));
         let (step, _) =
-            begin("PLAIN", &config, Some(b"bob@example.org\0alice\0secret".to_vec()), &env).await;
+            begin("PLAIN", Some(b"bob@example.org\0alice\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Failure(Failure::InvalidAuthzid)));
     }
 
     #[tokio::test]
     async fn offers_depend_on_the_stream() {
         let t = plain_env().await;
-        let config = SaslConfig::default();
         let mut env = t.env(None);
         env.secure = false;
-        assert_eq!(env.offered(&config), vec!["SCRAM-SHA-256", "SCRAM-SHA-1"]);
-        let (step, _) = begin("PLAIN", &config, Some(b"\0alice\0secret".to_vec()), &env).await;
+        assert_eq!(env.offered(), vec!["SCRAM-SHA-256", "SCRAM-SHA-1"]);
+        let (step, _) = begin("PLAIN", Some(b"\0alice\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Failure(Failure::EncryptionRequired)));
-        let (step, _) = begin("X-UNKNOWN", &config, None, &env).await;
+        let (step, _) = begin("X-UNKNOWN", None, &env).await;
         assert!(matches!(step, Step::Failure(Failure::InvalidMechanism)));
         let cb = ChannelBindings {
             tls_exporter: Some(vec![1; 32]),
@@ -417,7 +425,7 @@ pub(crate) mod tests {
         };
         let env = t.env(Some(&cb));
         assert_eq!(
-            env.offered(&config),
+            env.offered(),
             vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
         );
     }
@@ -426,8 +434,7 @@ pub(crate) mod tests {
     async fn missing_initial_response_gets_empty_challenge() {
         let t = plain_env().await;
         let env = t.env(None);
-        let config = SaslConfig::default();
-        let (step, exchange) = begin("PLAIN", &config, None, &env).await;
+        let (step, exchange) = begin("PLAIN", None, &env).await;
         assert!(matches!(step, Step::Challenge(ref c) if c.is_empty()));
         let (step, _) = respond(exchange.unwrap(), b"\0alice\0secret".to_vec(), &env).await;
         assert!(matches!(step, Step::Success { .. }));

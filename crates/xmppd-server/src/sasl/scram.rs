@@ -202,7 +202,7 @@ fn check_channel_binding(flag: &str, plus: bool, env: &SaslEnv<'_>) -> Result<Ve
         ("n", false) => Ok(Vec::new()),
         // RFC 5802 §6: "y" means the client thinks we do not support channel binding. If we
         // offered -PLUS on this stream, someone removed it on the way: fail.
-        ("y", false) if env.channel_binding_offered() => Err(Failure::NotAuthorized),
+        ("y", false) if env.plus_offered() => Err(Failure::NotAuthorized),
         ("y", false) => Ok(Vec::new()),
         (flag, true) => {
             let cb_type = flag.strip_prefix("p=").ok_or(Failure::MalformedRequest)?;

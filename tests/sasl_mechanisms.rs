@@ -1,0 +1,220 @@
+//! Every SASL mechanism driven by a scripted client, including the channel-binding rules that
+//! no library exercises: tls-server-end-point, and the "y" flag downgrade check.
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use common::{Raw, TestServer, PASSWORD};
+use hmac::{Hmac, Mac};
+
+#[derive(Clone, Copy)]
+enum Hash {
+    Sha1,
+    Sha256,
+}
+
+impl Hash {
+    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        match self {
+            Hash::Sha1 => {
+                let mut m = <Hmac<sha1::Sha1> as Mac>::new_from_slice(key).unwrap();
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+            Hash::Sha256 => {
+                let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+
+    fn hash(self, data: &[u8]) -> Vec<u8> {
+        use sha1::Digest;
+        match self {
+            Hash::Sha1 => sha1::Sha1::digest(data).to_vec(),
+            Hash::Sha256 => sha2::Sha256::digest(data).to_vec(),
+        }
+    }
+
+    fn salted(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        match self {
+            Hash::Sha1 => {
+                let mut out = [0u8; 20];
+                pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, &mut out);
+                out.to_vec()
+            }
+            Hash::Sha256 => {
+                let mut out = [0u8; 32];
+                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, &mut out);
+                out.to_vec()
+            }
+        }
+    }
+}
+
+fn text_of(xml: &str, tag: &str) -> String {
+    let start = xml.find(&format!("<{tag} ")).expect(tag);
+    let open_end = start + xml[start..].find('>').unwrap() + 1;
+    let close = xml[open_end..].find("</").map(|i| open_end + i).unwrap_or(open_end);
+    xml[open_end..close].to_string()
+}
+
+/// Runs a SCRAM exchange; returns the final server reply (success or failure).
+async fn scram(raw: &mut Raw, mechanism: &str, hash: Hash, gs2: &str, cb_data: &[u8], password: &str) -> String {
+    let client_nonce = "fyko+d2lbbFgONRv9qkxdawL";
+    let first_bare = format!("n=alice,r={client_nonce}");
+    let first = B64.encode(format!("{gs2}{first_bare}"));
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{first}</auth>"
+    ))
+    .await;
+    let reply = raw.read_sasl_outcome().await;
+    if !reply.contains("<challenge") {
+        return reply;
+    }
+    let server_first = String::from_utf8(B64.decode(text_of(&reply, "challenge")).unwrap()).unwrap();
+    let mut nonce = "";
+    let mut salt = Vec::new();
+    let mut iterations = 0;
+    for part in server_first.split(',') {
+        match part.split_at(2) {
+            ("r=", v) => nonce = v,
+            ("s=", v) => salt = B64.decode(v).unwrap(),
+            ("i=", v) => iterations = v.parse().unwrap(),
+            _ => {}
+        }
+    }
+    assert!(nonce.starts_with(client_nonce));
+    assert!(iterations >= 4096);
+    let mut cbind = gs2.as_bytes().to_vec();
+    cbind.extend_from_slice(cb_data);
+    let without_proof = format!("c={},r={nonce}", B64.encode(&cbind));
+    let auth_message = format!("{first_bare},{server_first},{without_proof}");
+    let salted = hash.salted(password.as_bytes(), &salt, iterations);
+    let client_key = hash.hmac(&salted, b"Client Key");
+    let stored_key = hash.hash(&client_key);
+    let signature = hash.hmac(&stored_key, auth_message.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+    let final_msg = B64.encode(format!("{without_proof},p={}", B64.encode(proof)));
+    raw.send(&format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final_msg}</response>"))
+        .await;
+    let outcome = raw.read_sasl_outcome().await;
+    if outcome.contains("<success") {
+        // The server proves it knows the password too (RFC 5802 §3, ServerSignature).
+        let server_key = hash.hmac(&salted, b"Server Key");
+        let expected = format!("v={}", B64.encode(hash.hmac(&server_key, auth_message.as_bytes())));
+        let got = String::from_utf8(B64.decode(text_of(&outcome, "success")).unwrap()).unwrap();
+        assert_eq!(got, expected, "server signature");
+    }
+    outcome
+}
+
+async fn bind_works(raw: &mut Raw) {
+    raw.open().await;
+    let jid = raw.bind(Some("scram")).await;
+    assert_eq!(jid, "alice@localhost/scram");
+}
+
+#[tokio::test]
+async fn scram_without_channel_binding() {
+    let server = TestServer::start().await;
+    for (mech, hash) in [("SCRAM-SHA-1", Hash::Sha1), ("SCRAM-SHA-256", Hash::Sha256)] {
+        let (mut raw, _) = Raw::secure(server.c2s).await;
+        let outcome = scram(&mut raw, mech, hash, "n,,", &[], PASSWORD).await;
+        assert!(outcome.contains("<success"), "{mech}: {outcome}");
+        bind_works(&mut raw).await;
+        let (mut raw, _) = Raw::secure(server.c2s).await;
+        let outcome = scram(&mut raw, mech, hash, "n,,", &[], "wrong").await;
+        assert!(outcome.contains("<not-authorized/>"), "{mech}: {outcome}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn scram_plus_with_both_channel_binding_types() {
+    let server = TestServer::start().await;
+    for (mech, hash) in [("SCRAM-SHA-1-PLUS", Hash::Sha1), ("SCRAM-SHA-256-PLUS", Hash::Sha256)] {
+        let (mut raw, _) = Raw::secure(server.c2s).await;
+        let cb = raw.tls_exporter();
+        let outcome = scram(&mut raw, mech, hash, "p=tls-exporter,,", &cb, PASSWORD).await;
+        assert!(outcome.contains("<success"), "{mech}: {outcome}");
+        bind_works(&mut raw).await;
+
+        let (mut raw, _) = Raw::secure(server.c2s).await;
+        let cb = raw.tls_server_end_point();
+        let outcome = scram(&mut raw, mech, hash, "p=tls-server-end-point,,", &cb, PASSWORD).await;
+        assert!(outcome.contains("<success"), "{mech} end-point: {outcome}");
+
+        // Channel-binding data of another connection (a man in the middle) fails.
+        let (mut raw, _) = Raw::secure(server.c2s).await;
+        let outcome = scram(&mut raw, mech, hash, "p=tls-exporter,,", &[0u8; 32], PASSWORD).await;
+        assert!(outcome.contains("<not-authorized/>"), "{mech} wrong binding: {outcome}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn scram_downgrade_is_detected() {
+    let server = TestServer::start().await;
+    // "y": the client supports binding but thinks we do not. We offered -PLUS: refuse.
+    let (mut raw, _) = Raw::secure(server.c2s).await;
+    let outcome = scram(&mut raw, "SCRAM-SHA-256", Hash::Sha256, "y,,", &[], PASSWORD).await;
+    assert!(outcome.contains("<not-authorized/>"), "{outcome}");
+    server.stop().await;
+
+    // With -PLUS not offered, "y" is an honest answer and succeeds.
+    let server = TestServer::start_with(|c| c.sasl.mechanisms = vec!["SCRAM-SHA-256".into()]).await;
+    let (mut raw, features) = Raw::secure(server.c2s).await;
+    assert!(!features.contains("PLUS"), "{features}");
+    let outcome = scram(&mut raw, "SCRAM-SHA-256", Hash::Sha256, "y,,", &[], PASSWORD).await;
+    assert!(outcome.contains("<success"), "{outcome}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn external_with_a_client_certificate() {
+    let server = TestServer::start_with(|c| c.tls.client_ca = Some(common::pki().ca_file.clone())).await;
+    // Without a certificate EXTERNAL is not offered.
+    let (_, features) = Raw::secure(server.c2s).await;
+    assert!(!features.contains("EXTERNAL"), "{features}");
+
+    let mut raw = Raw::connect_tls(server.direct_tls, true).await;
+    let features = raw.open().await;
+    assert!(features.contains("<mechanism>EXTERNAL</mechanism>"), "{features}");
+    // An authzid the certificate does not name is refused.
+    let other = B64.encode("bob@localhost");
+    raw.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{other}</auth>"))
+        .await;
+    assert!(raw.read_sasl_outcome().await.contains("<invalid-authzid/>"));
+    // "=" (empty authzid): the identity in the certificate, alice@localhost.
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    let outcome = raw.read_sasl_outcome().await;
+    assert!(outcome.contains("<success"), "{outcome}");
+    raw.open().await;
+    assert_eq!(raw.bind(Some("cert")).await, "alice@localhost/cert");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_only_where_enabled() {
+    let server = TestServer::start().await;
+    let (mut raw, _) = Raw::secure(server.c2s).await;
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")
+        .await;
+    assert!(raw.read_sasl_outcome().await.contains("<invalid-mechanism/>"));
+    server.stop().await;
+
+    let server = TestServer::start_with(|c| c.sasl.anonymous_domains = vec!["localhost".into()]).await;
+    let (mut raw, features) = Raw::secure(server.c2s).await;
+    assert!(features.contains("<mechanism>ANONYMOUS</mechanism>"), "{features}");
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")
+        .await;
+    assert!(raw.read_sasl_outcome().await.contains("<success"));
+    raw.open().await;
+    let jid = raw.bind(None).await;
+    assert!(jid.contains("@localhost/"), "{jid}");
+    server.stop().await;
+}
