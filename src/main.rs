@@ -2,6 +2,7 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -13,31 +14,25 @@ use xmppd_storage::Storage;
 #[derive(Parser)]
 #[command(name = "xmppd", version, about = "An XMPP server")]
 struct Cli {
+    /// TOML configuration file; without it every key takes its default (domain localhost,
+    /// data in ./data). See xmppd.example.toml.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
-}
-
-#[derive(clap::Args)]
-struct ConfigArg {
-    /// TOML configuration file; without it every key takes its default (domain localhost,
-    /// data in ./data).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default command).
-    Serve(ConfigArg),
+    Serve,
     /// Manage accounts.
     User {
         #[command(subcommand)]
         action: UserAction,
-        #[command(flatten)]
-        config: ConfigArg,
     },
     /// Check the configuration, the certificates and the storage, then exit.
-    Check(ConfigArg),
+    Check,
 }
 
 #[derive(clap::Args)]
@@ -70,8 +65,8 @@ enum UserAction {
     List { domain: String },
 }
 
-fn load_config(arg: &ConfigArg) -> Result<Config, String> {
-    match &arg.config {
+fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    match path {
         Some(path) => Config::load(path).map_err(|e| e.to_string()),
         None => Ok(Config::default()),
     }
@@ -89,10 +84,11 @@ fn init_logging(config: &Config) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve(ConfigArg { config: None })) {
-        Command::Serve(arg) => serve(&arg).await,
-        Command::User { action, config } => user(action, &config).await,
-        Command::Check(arg) => check(&arg).await,
+    let config = cli.config.as_deref();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::User { action } => user(action, config).await,
+        Command::Check => check(config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,10 +99,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(arg: &ConfigArg) -> Result<(), String> {
-    let config = load_config(arg)?;
+async fn serve(path: Option<&Path>) -> Result<(), String> {
+    let config = load_config(path)?;
     init_logging(&config);
-    let server = xmppd_server::start(config).await.map_err(|e| e.to_string())?;
+    let server = xmppd_server::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
@@ -196,8 +194,8 @@ async fn open_storage(config: &Config) -> Result<Storage, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn user(action: UserAction, arg: &ConfigArg) -> Result<(), String> {
-    let config = load_config(arg)?;
+async fn user(action: UserAction, path: Option<&Path>) -> Result<(), String> {
+    let config = load_config(path)?;
     let storage = open_storage(&config).await?;
     let accounts = &storage.accounts;
     let db = |e: xmppd_storage::StorageError| e.to_string();
@@ -239,20 +237,27 @@ async fn user(action: UserAction, arg: &ConfigArg) -> Result<(), String> {
     Ok(())
 }
 
-async fn check(arg: &ConfigArg) -> Result<(), String> {
-    let config = load_config(arg)?;
-    let source = arg.config.as_deref().unwrap_or(Path::new("(defaults)"));
+async fn check(path: Option<&Path>) -> Result<(), String> {
+    let config = load_config(path)?;
+    let source = path.unwrap_or(Path::new("(defaults)"));
     println!("config {}: ok", source.display());
     let mut all_present = true;
     for domain in &config.server.domains {
         let (cert, key, generated) = xmppd_server::tls::cert_paths(&config, domain);
         if generated && !cert.exists() {
             all_present = false;
-            println!("certificate {domain}: none yet; a self-signed one will be generated at {}", cert.display());
+            println!(
+                "certificate {domain}: none yet; a self-signed one will be generated at {}",
+                cert.display()
+            );
             continue;
         }
         if !cert.exists() || !key.exists() {
-            return Err(format!("certificate {domain}: {} or {} is missing", cert.display(), key.display()));
+            return Err(format!(
+                "certificate {domain}: {} or {} is missing",
+                cert.display(),
+                key.display()
+            ));
         }
     }
     if all_present {
@@ -261,8 +266,16 @@ async fn check(arg: &ConfigArg) -> Result<(), String> {
     }
     let storage = open_storage(&config).await?;
     for domain in &config.server.domains {
-        let n = storage.accounts.list(domain).await.map_err(|e| e.to_string())?.len();
-        println!("storage {}: ok ({n} accounts on {domain})", config.storage_url());
+        let n = storage
+            .accounts
+            .list(domain)
+            .await
+            .map_err(|e| e.to_string())?
+            .len();
+        println!(
+            "storage {}: ok ({n} accounts on {domain})",
+            config.storage_url()
+        );
     }
     Ok(())
 }

@@ -19,12 +19,22 @@ const WAIT: Duration = Duration::from_secs(15);
 
 fn starttls_client(server: &TestServer, jid: &str) -> Client {
     let connector = StartTlsServerConnector(DnsConfig::addr(&server.c2s.to_string()));
-    Client::new_with_connector(BareJid::new(jid).unwrap(), PASSWORD, connector, Timeouts::tight())
+    Client::new_with_connector(
+        BareJid::new(jid).unwrap(),
+        PASSWORD,
+        connector,
+        Timeouts::tight(),
+    )
 }
 
 fn direct_tls_client(server: &TestServer, jid: &str) -> Client {
     let connector = DirectTlsServerConnector(DnsConfig::addr(&server.direct_tls.to_string()));
-    Client::new_with_connector(BareJid::new(jid).unwrap(), PASSWORD, connector, Timeouts::tight())
+    Client::new_with_connector(
+        BareJid::new(jid).unwrap(),
+        PASSWORD,
+        connector,
+        Timeouts::tight(),
+    )
 }
 
 /// Waits for the client to be online; returns its bound JID.
@@ -48,9 +58,7 @@ async fn receive(client: &mut Client, body: &str) -> Message {
     tokio::time::timeout(WAIT, async {
         loop {
             match client.next().await {
-                Some(Event::Stanza(Stanza::Message(m)))
-                    if m.bodies.values().any(|b| b == body) =>
-                {
+                Some(Event::Stanza(Stanza::Message(m))) if m.bodies.values().any(|b| b == body) => {
                     return m
                 }
                 Some(Event::Disconnected(e)) => panic!("disconnected: {e}"),
@@ -123,9 +131,14 @@ async fn two_accounts_exchange_messages() {
         .with_body(Lang::default(), "hello bob".into());
     alice.send_stanza(to_bob.into()).await.unwrap();
     let got = receive(&mut bob, "hello bob").await;
-    assert_eq!(got.from, Some(alice_jid.clone()), "server stamps the sender's full JID");
+    assert_eq!(
+        got.from,
+        Some(alice_jid.clone()),
+        "server stamps the sender's full JID"
+    );
 
-    let to_alice = Message::chat(Some(alice_jid.clone())).with_body(Lang::default(), "hi alice".into());
+    let to_alice =
+        Message::chat(Some(alice_jid.clone())).with_body(Lang::default(), "hi alice".into());
     bob.send_stanza(to_alice.into()).await.unwrap();
     let got = receive(&mut alice, "hi alice").await;
     assert_eq!(got.from, Some(bob_jid));

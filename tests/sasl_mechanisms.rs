@@ -57,12 +57,22 @@ impl Hash {
 fn text_of(xml: &str, tag: &str) -> String {
     let start = xml.find(&format!("<{tag} ")).expect(tag);
     let open_end = start + xml[start..].find('>').unwrap() + 1;
-    let close = xml[open_end..].find("</").map(|i| open_end + i).unwrap_or(open_end);
+    let close = xml[open_end..]
+        .find("</")
+        .map(|i| open_end + i)
+        .unwrap_or(open_end);
     xml[open_end..close].to_string()
 }
 
 /// Runs a SCRAM exchange; returns the final server reply (success or failure).
-async fn scram(raw: &mut Raw, mechanism: &str, hash: Hash, gs2: &str, cb_data: &[u8], password: &str) -> String {
+async fn scram(
+    raw: &mut Raw,
+    mechanism: &str,
+    hash: Hash,
+    gs2: &str,
+    cb_data: &[u8],
+    password: &str,
+) -> String {
     let client_nonce = "fyko+d2lbbFgONRv9qkxdawL";
     let first_bare = format!("n=alice,r={client_nonce}");
     let first = B64.encode(format!("{gs2}{first_bare}"));
@@ -74,7 +84,8 @@ async fn scram(raw: &mut Raw, mechanism: &str, hash: Hash, gs2: &str, cb_data: &
     if !reply.contains("<challenge") {
         return reply;
     }
-    let server_first = String::from_utf8(B64.decode(text_of(&reply, "challenge")).unwrap()).unwrap();
+    let server_first =
+        String::from_utf8(B64.decode(text_of(&reply, "challenge")).unwrap()).unwrap();
     let mut nonce = "";
     let mut salt = Vec::new();
     let mut iterations = 0;
@@ -96,15 +107,24 @@ async fn scram(raw: &mut Raw, mechanism: &str, hash: Hash, gs2: &str, cb_data: &
     let client_key = hash.hmac(&salted, b"Client Key");
     let stored_key = hash.hash(&client_key);
     let signature = hash.hmac(&stored_key, auth_message.as_bytes());
-    let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(a, b)| a ^ b)
+        .collect();
     let final_msg = B64.encode(format!("{without_proof},p={}", B64.encode(proof)));
-    raw.send(&format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final_msg}</response>"))
-        .await;
+    raw.send(&format!(
+        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final_msg}</response>"
+    ))
+    .await;
     let outcome = raw.read_sasl_outcome().await;
     if outcome.contains("<success") {
         // The server proves it knows the password too (RFC 5802 §3, ServerSignature).
         let server_key = hash.hmac(&salted, b"Server Key");
-        let expected = format!("v={}", B64.encode(hash.hmac(&server_key, auth_message.as_bytes())));
+        let expected = format!(
+            "v={}",
+            B64.encode(hash.hmac(&server_key, auth_message.as_bytes()))
+        );
         let got = String::from_utf8(B64.decode(text_of(&outcome, "success")).unwrap()).unwrap();
         assert_eq!(got, expected, "server signature");
     }
@@ -135,7 +155,10 @@ async fn scram_without_channel_binding() {
 #[tokio::test]
 async fn scram_plus_with_both_channel_binding_types() {
     let server = TestServer::start().await;
-    for (mech, hash) in [("SCRAM-SHA-1-PLUS", Hash::Sha1), ("SCRAM-SHA-256-PLUS", Hash::Sha256)] {
+    for (mech, hash) in [
+        ("SCRAM-SHA-1-PLUS", Hash::Sha1),
+        ("SCRAM-SHA-256-PLUS", Hash::Sha256),
+    ] {
         let (mut raw, _) = Raw::secure(server.c2s).await;
         let cb = raw.tls_exporter();
         let outcome = scram(&mut raw, mech, hash, "p=tls-exporter,,", &cb, PASSWORD).await;
@@ -144,13 +167,32 @@ async fn scram_plus_with_both_channel_binding_types() {
 
         let (mut raw, _) = Raw::secure(server.c2s).await;
         let cb = raw.tls_server_end_point();
-        let outcome = scram(&mut raw, mech, hash, "p=tls-server-end-point,,", &cb, PASSWORD).await;
+        let outcome = scram(
+            &mut raw,
+            mech,
+            hash,
+            "p=tls-server-end-point,,",
+            &cb,
+            PASSWORD,
+        )
+        .await;
         assert!(outcome.contains("<success"), "{mech} end-point: {outcome}");
 
         // Channel-binding data of another connection (a man in the middle) fails.
         let (mut raw, _) = Raw::secure(server.c2s).await;
-        let outcome = scram(&mut raw, mech, hash, "p=tls-exporter,,", &[0u8; 32], PASSWORD).await;
-        assert!(outcome.contains("<not-authorized/>"), "{mech} wrong binding: {outcome}");
+        let outcome = scram(
+            &mut raw,
+            mech,
+            hash,
+            "p=tls-exporter,,",
+            &[0u8; 32],
+            PASSWORD,
+        )
+        .await;
+        assert!(
+            outcome.contains("<not-authorized/>"),
+            "{mech} wrong binding: {outcome}"
+        );
     }
     server.stop().await;
 }
@@ -160,7 +202,15 @@ async fn scram_downgrade_is_detected() {
     let server = TestServer::start().await;
     // "y": the client supports binding but thinks we do not. We offered -PLUS: refuse.
     let (mut raw, _) = Raw::secure(server.c2s).await;
-    let outcome = scram(&mut raw, "SCRAM-SHA-256", Hash::Sha256, "y,,", &[], PASSWORD).await;
+    let outcome = scram(
+        &mut raw,
+        "SCRAM-SHA-256",
+        Hash::Sha256,
+        "y,,",
+        &[],
+        PASSWORD,
+    )
+    .await;
     assert!(outcome.contains("<not-authorized/>"), "{outcome}");
     server.stop().await;
 
@@ -168,25 +218,39 @@ async fn scram_downgrade_is_detected() {
     let server = TestServer::start_with(|c| c.sasl.mechanisms = vec!["SCRAM-SHA-256".into()]).await;
     let (mut raw, features) = Raw::secure(server.c2s).await;
     assert!(!features.contains("PLUS"), "{features}");
-    let outcome = scram(&mut raw, "SCRAM-SHA-256", Hash::Sha256, "y,,", &[], PASSWORD).await;
+    let outcome = scram(
+        &mut raw,
+        "SCRAM-SHA-256",
+        Hash::Sha256,
+        "y,,",
+        &[],
+        PASSWORD,
+    )
+    .await;
     assert!(outcome.contains("<success"), "{outcome}");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn external_with_a_client_certificate() {
-    let server = TestServer::start_with(|c| c.tls.client_ca = Some(common::pki().ca_file.clone())).await;
+    let server =
+        TestServer::start_with(|c| c.tls.client_ca = Some(common::pki().ca_file.clone())).await;
     // Without a certificate EXTERNAL is not offered.
     let (_, features) = Raw::secure(server.c2s).await;
     assert!(!features.contains("EXTERNAL"), "{features}");
 
     let mut raw = Raw::connect_tls(server.direct_tls, true).await;
     let features = raw.open().await;
-    assert!(features.contains("<mechanism>EXTERNAL</mechanism>"), "{features}");
+    assert!(
+        features.contains("<mechanism>EXTERNAL</mechanism>"),
+        "{features}"
+    );
     // An authzid the certificate does not name is refused.
     let other = B64.encode("bob@localhost");
-    raw.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{other}</auth>"))
-        .await;
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{other}</auth>"
+    ))
+    .await;
     assert!(raw.read_sasl_outcome().await.contains("<invalid-authzid/>"));
     // "=" (empty authzid): the identity in the certificate, alice@localhost.
     raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
@@ -204,12 +268,19 @@ async fn anonymous_only_where_enabled() {
     let (mut raw, _) = Raw::secure(server.c2s).await;
     raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")
         .await;
-    assert!(raw.read_sasl_outcome().await.contains("<invalid-mechanism/>"));
+    assert!(raw
+        .read_sasl_outcome()
+        .await
+        .contains("<invalid-mechanism/>"));
     server.stop().await;
 
-    let server = TestServer::start_with(|c| c.sasl.anonymous_domains = vec!["localhost".into()]).await;
+    let server =
+        TestServer::start_with(|c| c.sasl.anonymous_domains = vec!["localhost".into()]).await;
     let (mut raw, features) = Raw::secure(server.c2s).await;
-    assert!(features.contains("<mechanism>ANONYMOUS</mechanism>"), "{features}");
+    assert!(
+        features.contains("<mechanism>ANONYMOUS</mechanism>"),
+        "{features}"
+    );
     raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")
         .await;
     assert!(raw.read_sasl_outcome().await.contains("<success"));

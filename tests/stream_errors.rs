@@ -14,8 +14,14 @@ async fn expect_stream_error(server: &TestServer, data: &str, condition: &str) -
     let mut raw = Raw::connect(server.c2s).await;
     raw.send(data).await;
     let all = raw.read_to_close().await;
-    assert!(all.contains(&stream_error(condition)), "expected {condition}, got {all}");
-    assert!(all.ends_with("</stream:stream>"), "stream not closed: {all}");
+    assert!(
+        all.contains(&stream_error(condition)),
+        "expected {condition}, got {all}"
+    );
+    assert!(
+        all.ends_with("</stream:stream>"),
+        "stream not closed: {all}"
+    );
     all
 }
 
@@ -36,8 +42,15 @@ async fn dtd_comment_pi_and_entities_are_restricted() {
     let dtd = "<?xml version='1.0'?><!DOCTYPE stream [<!ENTITY boom 'x'>]>";
     let all = expect_stream_error(&server, dtd, "restricted-xml").await;
     // The header is sent before the error even though the client never completed one.
-    assert!(all.starts_with("<?xml version='1.0'?><stream:stream"), "{all}");
-    for bad in ["<!-- comment -->", "<?target data?>", "<message>&boom;</message>"] {
+    assert!(
+        all.starts_with("<?xml version='1.0'?><stream:stream"),
+        "{all}"
+    );
+    for bad in [
+        "<!-- comment -->",
+        "<?target data?>",
+        "<message>&boom;</message>",
+    ] {
         let data = format!("{}{bad}", header(DOMAIN));
         expect_stream_error(&server, &data, "restricted-xml").await;
     }
@@ -50,8 +63,10 @@ async fn oversized_stanza_is_a_policy_violation() {
     let server = TestServer::start_with(|c| c.limits.max_stanza_size = 10_000).await;
     let (mut raw, _) = Raw::login(server.c2s, "alice", "big").await;
     let body = "x".repeat(20_000);
-    raw.send(&format!("<message to='bob@localhost'><body>{body}</body></message>"))
-        .await;
+    raw.send(&format!(
+        "<message to='bob@localhost'><body>{body}</body></message>"
+    ))
+    .await;
     let all = raw.read_to_close().await;
     assert!(all.contains(&stream_error("policy-violation")), "{all}");
     // Deep nesting is refused too.
@@ -69,7 +84,7 @@ async fn header_errors() {
     expect_stream_error(&server, &header("elsewhere.example"), "host-unknown").await;
     let old = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost'>";
     expect_stream_error(&server, old, "unsupported-version").await;
-    let server_ns = format!("{}", header(DOMAIN)).replace("jabber:client", "jabber:server");
+    let server_ns = header(DOMAIN).replace("jabber:client", "jabber:server");
     let mut raw = Raw::connect(server.c2s).await;
     raw.send(&server_ns).await;
     raw.read_until("</stream:features>").await;
@@ -87,11 +102,19 @@ async fn tls_is_required_before_auth_and_stanzas() {
     let server = TestServer::start().await;
     let mut raw = Raw::connect(server.c2s).await;
     let features = raw.open().await;
-    assert!(features.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"), "{features}");
-    assert!(!features.contains("mechanisms"), "no SASL before TLS: {features}");
+    assert!(
+        features
+            .contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"),
+        "{features}"
+    );
+    assert!(
+        !features.contains("mechanisms"),
+        "no SASL before TLS: {features}"
+    );
     let reply = raw.auth_plain("alice", PASSWORD).await;
     assert!(reply.contains("<encryption-required/>"), "{reply}");
-    raw.send("<message to='bob@localhost'><body>x</body></message>").await;
+    raw.send("<message to='bob@localhost'><body>x</body></message>")
+        .await;
     let all = raw.read_to_close().await;
     assert!(all.contains(&stream_error("not-authorized")), "{all}");
     assert_login_works(server.c2s).await;
@@ -102,21 +125,43 @@ async fn tls_is_required_before_auth_and_stanzas() {
 async fn sasl_failures() {
     let server = TestServer::start().await;
     let (mut raw, features) = Raw::secure(server.c2s).await;
-    for mech in ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] {
-        assert!(features.contains(&format!("<mechanism>{mech}</mechanism>")), "{features}");
+    for mech in [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+    ] {
+        assert!(
+            features.contains(&format!("<mechanism>{mech}</mechanism>")),
+            "{features}"
+        );
     }
-    assert!(features.contains("<channel-binding type='tls-exporter'/>"), "{features}");
-    assert!(!features.contains("ANONYMOUS"), "anonymous is off by default");
-    assert!(!features.contains("EXTERNAL"), "no client certificate, no EXTERNAL");
+    assert!(
+        features.contains("<channel-binding type='tls-exporter'/>"),
+        "{features}"
+    );
+    assert!(
+        !features.contains("ANONYMOUS"),
+        "anonymous is off by default"
+    );
+    assert!(
+        !features.contains("EXTERNAL"),
+        "no client certificate, no EXTERNAL"
+    );
     // Bad base64: incorrect-encoding (not counted as a credential failure).
-    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!not base64</auth>")
-        .await;
+    raw.send(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!not base64</auth>",
+    )
+    .await;
     let reply = raw.read_sasl_outcome().await;
     assert!(reply.contains("<incorrect-encoding/>"), "{reply}");
-    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='CRAM-MD5'/>").await;
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='CRAM-MD5'/>")
+        .await;
     let reply = raw.read_sasl_outcome().await;
     assert!(reply.contains("<invalid-mechanism/>"), "{reply}");
-    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNl</auth>").await;
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNl</auth>")
+        .await;
     let reply = raw.read_sasl_outcome().await;
     assert!(reply.contains("<malformed-request/>"), "{reply}");
     // A wrong password is not-authorized; it is the third failed attempt, so the stream is
@@ -140,7 +185,10 @@ async fn failed_logins_are_throttled_per_address() {
     }
     let (mut raw, _) = Raw::secure(server.c2s).await;
     let reply = raw.auth_plain("alice", PASSWORD).await;
-    assert!(reply.contains("<temporary-auth-failure/>"), "even the right password waits: {reply}");
+    assert!(
+        reply.contains("<temporary-auth-failure/>"),
+        "even the right password waits: {reply}"
+    );
     server.stop().await;
 }
 
@@ -148,16 +196,25 @@ async fn failed_logins_are_throttled_per_address() {
 async fn stanzas_before_auth_and_bind() {
     let server = TestServer::start().await;
     let (mut raw, _) = Raw::secure(server.c2s).await;
-    raw.send("<iq type='get' id='1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    raw.send("<iq type='get' id='1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
     let all = raw.read_to_close().await;
     assert!(all.contains(&stream_error("not-authorized")), "{all}");
 
     let (mut raw, _) = Raw::secure(server.c2s).await;
     assert!(raw.auth_plain("alice", PASSWORD).await.contains("<success"));
     let features = raw.open().await;
-    assert!(features.contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"), "{features}");
-    assert!(features.contains("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>"), "{features}");
-    raw.send("<message to='bob@localhost'><body>x</body></message>").await;
+    assert!(
+        features.contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"),
+        "{features}"
+    );
+    assert!(
+        features
+            .contains("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>"),
+        "{features}"
+    );
+    raw.send("<message to='bob@localhost'><body>x</body></message>")
+        .await;
     let all = raw.read_to_close().await;
     assert!(all.contains(&stream_error("not-authorized")), "{all}");
     assert_login_works(server.c2s).await;
@@ -171,11 +228,20 @@ async fn bind_generates_resources_and_resolves_conflicts() {
     assert!(raw.auth_plain("alice", PASSWORD).await.contains("<success"));
     raw.open().await;
     let jid = raw.bind(None).await;
-    assert!(jid.starts_with("alice@localhost/") && jid.len() > "alice@localhost/".len(), "{jid}");
+    assert!(
+        jid.starts_with("alice@localhost/") && jid.len() > "alice@localhost/".len(),
+        "{jid}"
+    );
     // The legacy session request gets an empty result.
-    raw.send("<iq type='set' id='sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>").await;
+    raw.send(
+        "<iq type='set' id='sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
+    )
+    .await;
     let reply = raw.read_until("/>").await;
-    assert!(reply.contains("id='sess'") && reply.contains("type='result'"), "{reply}");
+    assert!(
+        reply.contains("id='sess'") && reply.contains("type='result'"),
+        "{reply}"
+    );
 
     let (mut first, _) = Raw::login(server.c2s, "bob", "phone").await;
     first.sync().await;
@@ -194,7 +260,8 @@ async fn forged_from_is_invalid_from() {
     // Our own bare or full JID is fine.
     raw.send("<iq type='get' id='own' from='alice@localhost' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     raw.read_until("id='own'").await;
-    raw.send("<message from='bob@localhost/x' to='carol@localhost'><body>x</body></message>").await;
+    raw.send("<message from='bob@localhost/x' to='carol@localhost'><body>x</body></message>")
+        .await;
     let all = raw.read_to_close().await;
     assert!(all.contains(&stream_error("invalid-from")), "{all}");
     assert_login_works(server.c2s).await;
@@ -206,27 +273,38 @@ async fn stanza_errors_from_the_router() {
     let server = TestServer::start().await;
     let (mut raw, _) = Raw::login(server.c2s, "alice", "r").await;
     // iq to a resource that is not online: service-unavailable.
-    raw.send("<iq type='get' id='gone' to='bob@localhost/nowhere'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    raw.send(
+        "<iq type='get' id='gone' to='bob@localhost/nowhere'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .await;
     let reply = raw.read_until("</iq>").await;
-    assert!(reply.contains("type='error'") && reply.contains("<service-unavailable"), "{reply}");
+    assert!(
+        reply.contains("type='error'") && reply.contains("<service-unavailable"),
+        "{reply}"
+    );
     // Message to an account that does not exist.
-    raw.send("<message id='m1' to='nobody@localhost'><body>hello</body></message>").await;
+    raw.send("<message id='m1' to='nobody@localhost'><body>hello</body></message>")
+        .await;
     let reply = raw.read_until("</message>").await;
     assert!(reply.contains("<service-unavailable"), "{reply}");
     // A malformed address.
-    raw.send("<message id='m2' to='a@b@c'><body>x</body></message>").await;
+    raw.send("<message id='m2' to='a@b@c'><body>x</body></message>")
+        .await;
     let reply = raw.read_until("</message>").await;
     assert!(reply.contains("<jid-malformed"), "{reply}");
     // Unknown payload namespace at the server.
-    raw.send("<iq type='get' id='u' to='localhost'><query xmlns='urn:example:none'/></iq>").await;
+    raw.send("<iq type='get' id='u' to='localhost'><query xmlns='urn:example:none'/></iq>")
+        .await;
     let reply = raw.read_until("</iq>").await;
     assert!(reply.contains("<service-unavailable"), "{reply}");
     // An iq without an id is bad-request.
-    raw.send("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    raw.send("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
     let reply = raw.read_until("</iq>").await;
     assert!(reply.contains("<bad-request"), "{reply}");
     // Remote domains are not reachable yet.
-    raw.send("<message id='m3' to='someone@remote.example'><body>x</body></message>").await;
+    raw.send("<message id='m3' to='someone@remote.example'><body>x</body></message>")
+        .await;
     let reply = raw.read_until("</message>").await;
     assert!(reply.contains("<remote-server-not-found"), "{reply}");
     server.stop().await;
@@ -238,11 +316,22 @@ async fn disco_and_version_of_the_server() {
     let (mut raw, _) = Raw::login(server.c2s, "alice", "r").await;
     raw.send("<iq type='get' id='d' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     let reply = raw.read_until("</iq>").await;
-    assert!(reply.contains("<identity category='server' type='im'"), "{reply}");
-    for feature in ["urn:xmpp:ping", "jabber:iq:version", "http://jabber.org/protocol/disco#info"] {
-        assert!(reply.contains(&format!("<feature var='{feature}'/>")), "{feature} in {reply}");
+    assert!(
+        reply.contains("<identity category='server' type='im'"),
+        "{reply}"
+    );
+    for feature in [
+        "urn:xmpp:ping",
+        "jabber:iq:version",
+        "http://jabber.org/protocol/disco#info",
+    ] {
+        assert!(
+            reply.contains(&format!("<feature var='{feature}'/>")),
+            "{feature} in {reply}"
+        );
     }
-    raw.send("<iq type='get' id='v' to='localhost'><query xmlns='jabber:iq:version'/></iq>").await;
+    raw.send("<iq type='get' id='v' to='localhost'><query xmlns='jabber:iq:version'/></iq>")
+        .await;
     let reply = raw.read_until("</iq>").await;
     assert!(reply.contains("<name>xmppd</name>"), "{reply}");
     server.stop().await;
@@ -309,7 +398,8 @@ async fn a_client_that_does_not_read_is_disconnected() {
     sink.sync().await;
     let (mut sender, _) = Raw::login(server.c2s, "alice", "src").await;
     let body = "y".repeat(60_000);
-    let stanza = format!("<message to='bob@localhost/sink' type='chat'><body>{body}</body></message>");
+    let stanza =
+        format!("<message to='bob@localhost/sink' type='chat'><body>{body}</body></message>");
     // Bob never reads: the kernel buffers fill, then his queue, then he is cut off.
     for _ in 0..400 {
         if !sender.try_send(stanza.as_bytes()).await {
@@ -333,7 +423,10 @@ async fn metrics_endpoint_counts() {
     raw.sync().await;
     let text = server.metrics_text().await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.contains("# TYPE xmppd_connections_open gauge"), "{text}");
+    assert!(
+        text.contains("# TYPE xmppd_connections_open gauge"),
+        "{text}"
+    );
     assert_eq!(server.metric("xmppd_sessions_bound").await, 1);
     assert!(server.metric("xmppd_auth_success_total").await >= 1);
     assert!(server.metric("xmppd_stanzas_in_total{kind=\"iq\"}").await >= 2);

@@ -43,8 +43,12 @@ pub fn pki() -> &'static Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        ca.distinguished_name.push(DnType::CommonName, "xmppd test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name
+            .push(DnType::CommonName, "xmppd test CA");
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
 
@@ -277,7 +281,10 @@ impl Raw {
                 return std::mem::replace(&mut self.buf, rest);
             }
             match tokio::time::timeout_at(deadline, self.read_some()).await {
-                Ok(0) => panic!("connection closed waiting for {needles:?}; got {:?}", self.buf),
+                Ok(0) => panic!(
+                    "connection closed waiting for {needles:?}; got {:?}",
+                    self.buf
+                ),
                 Ok(_) => {}
                 Err(_) => panic!("timed out waiting for {needles:?}; got {:?}", self.buf),
             }

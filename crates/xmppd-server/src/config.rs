@@ -240,7 +240,9 @@ impl Config {
             return invalid("sasl.scram_iterations must be at least 4096 (RFC 7677)".into());
         }
         if self.limits.max_stanza_size < 10_000 {
-            return invalid("limits.max_stanza_size must be at least 10000 (RFC 6120 §13.12)".into());
+            return invalid(
+                "limits.max_stanza_size must be at least 10000 (RFC 6120 §13.12)".into(),
+            );
         }
         if self.limits.outbound_queue == 0 || self.limits.max_depth == 0 {
             return invalid("limits.outbound_queue and limits.max_depth must be positive".into());

@@ -98,7 +98,9 @@ fn load_secret(data_dir: &Path) -> Result<Vec<u8>, StartError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     std::io::Write::write_all(
-        &mut options.open(&path).map_err(io_error("writing", path.display()))?,
+        &mut options
+            .open(&path)
+            .map_err(io_error("writing", path.display()))?,
         &secret,
     )
     .map_err(io_error("writing", path.display()))?;
@@ -123,14 +125,26 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut c2s = Vec::new();
     for addr in &config.listen.c2s {
-        c2s.push(TcpListener::bind(addr).await.map_err(io_error("listening on", addr))?);
+        c2s.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(io_error("listening on", addr))?,
+        );
     }
     let mut direct = Vec::new();
     for addr in &config.listen.c2s_direct_tls {
-        direct.push(TcpListener::bind(addr).await.map_err(io_error("listening on", addr))?);
+        direct.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(io_error("listening on", addr))?,
+        );
     }
     let metrics_listener = match config.listen.metrics {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(io_error("listening on", addr))?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(io_error("listening on", addr))?,
+        ),
         None => None,
     };
     let local = |l: &TcpListener| l.local_addr().ok();

@@ -44,36 +44,79 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, values: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP xmppd_{name} {help}\n# TYPE xmppd_{name} {kind}");
+            let _ = writeln!(
+                out,
+                "# HELP xmppd_{name} {help}\n# TYPE xmppd_{name} {kind}"
+            );
             for (labels, v) in values {
                 let _ = writeln!(out, "xmppd_{name}{labels} {v}");
             }
         };
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        metric("connections_total", "counter", "Client connections accepted.",
-            &[("", get(&self.connections_total))]);
-        metric("connections_open", "gauge", "Client connections open now.",
-            &[("", get(&self.connections_open))]);
-        metric("connections_refused_total", "counter", "Connections refused by per-IP limits.",
-            &[("", get(&self.connections_refused))]);
-        metric("sessions_bound", "gauge", "Sessions with a bound resource.",
-            &[("", get(&self.sessions_bound))]);
-        metric("stanzas_in_total", "counter", "Stanzas received from clients.", &[
-            ("{kind=\"message\"}", get(&self.stanzas_in[0])),
-            ("{kind=\"presence\"}", get(&self.stanzas_in[1])),
-            ("{kind=\"iq\"}", get(&self.stanzas_in[2])),
-        ]);
-        metric("stanzas_out_total", "counter", "Stanzas queued to client sessions.",
-            &[("", get(&self.stanzas_out))]);
-        metric("auth_success_total", "counter", "Successful SASL authentications.",
-            &[("", get(&self.auth_success))]);
-        metric("auth_failures_total", "counter", "Failed SASL authentications.",
-            &[("", get(&self.auth_failures))]);
-        metric("queue_overflows_total", "counter",
+        metric(
+            "connections_total",
+            "counter",
+            "Client connections accepted.",
+            &[("", get(&self.connections_total))],
+        );
+        metric(
+            "connections_open",
+            "gauge",
+            "Client connections open now.",
+            &[("", get(&self.connections_open))],
+        );
+        metric(
+            "connections_refused_total",
+            "counter",
+            "Connections refused by per-IP limits.",
+            &[("", get(&self.connections_refused))],
+        );
+        metric(
+            "sessions_bound",
+            "gauge",
+            "Sessions with a bound resource.",
+            &[("", get(&self.sessions_bound))],
+        );
+        metric(
+            "stanzas_in_total",
+            "counter",
+            "Stanzas received from clients.",
+            &[
+                ("{kind=\"message\"}", get(&self.stanzas_in[0])),
+                ("{kind=\"presence\"}", get(&self.stanzas_in[1])),
+                ("{kind=\"iq\"}", get(&self.stanzas_in[2])),
+            ],
+        );
+        metric(
+            "stanzas_out_total",
+            "counter",
+            "Stanzas queued to client sessions.",
+            &[("", get(&self.stanzas_out))],
+        );
+        metric(
+            "auth_success_total",
+            "counter",
+            "Successful SASL authentications.",
+            &[("", get(&self.auth_success))],
+        );
+        metric(
+            "auth_failures_total",
+            "counter",
+            "Failed SASL authentications.",
+            &[("", get(&self.auth_failures))],
+        );
+        metric(
+            "queue_overflows_total",
+            "counter",
             "Sessions disconnected because their outbound queue was full.",
-            &[("", get(&self.queue_overflows))]);
-        metric("stream_errors_total", "counter", "Stream errors sent.",
-            &[("", get(&self.stream_errors))]);
+            &[("", get(&self.queue_overflows))],
+        );
+        metric(
+            "stream_errors_total",
+            "counter",
+            "Stream errors sent.",
+            &[("", get(&self.stream_errors))],
+        );
         out
     }
 }

@@ -142,8 +142,8 @@ fn load_domain_cert(cert: &Path, key: &Path) -> Result<DomainCert, TlsError> {
     };
     let end_point_hash = end_point_hash(leaf);
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
-        .map_err(|e| file_error(key, e))?;
+    let signing =
+        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| file_error(key, e))?;
     Ok(DomainCert {
         key: Arc::new(CertifiedKey::new(chain, signing)),
         end_point_hash,
@@ -176,7 +176,10 @@ impl TlsContext {
                     "generated a self-signed certificate; clients will have to accept it");
             }
             let loaded = load_domain_cert(&cert, &key)?;
-            certs.insert(domain.to_ascii_lowercase(), Arc::new(DomainCertDebug(loaded)));
+            certs.insert(
+                domain.to_ascii_lowercase(),
+                Arc::new(DomainCertDebug(loaded)),
+            );
         }
         let resolver = Arc::new(CertResolver {
             certs,

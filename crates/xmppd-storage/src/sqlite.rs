@@ -171,10 +171,7 @@ mod tests {
             assert!(accounts.create(&account("alice", 1)).await.unwrap());
             assert!(!accounts.create(&account("alice", 2)).await.unwrap());
             assert!(accounts.create(&account("bob", 3)).await.unwrap());
-            assert!(accounts
-                .set_credentials(&account("bob", 4))
-                .await
-                .unwrap());
+            assert!(accounts.set_credentials(&account("bob", 4)).await.unwrap());
             assert!(!accounts
                 .set_credentials(&account("carol", 4))
                 .await

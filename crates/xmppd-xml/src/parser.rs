@@ -81,8 +81,10 @@ pub struct StreamParser {
 
 impl StreamParser {
     pub fn new(limits: Limits) -> Self {
-        let mut options = rxml::Options::default();
-        options.max_token_length = limits.max_stanza_size.max(1024);
+        let options = rxml::Options {
+            max_token_length: limits.max_stanza_size.max(1024),
+            ..Default::default()
+        };
         StreamParser {
             parser: rxml::Parser::with_options(options),
             limits,
@@ -331,7 +333,10 @@ mod tests {
             max_depth: 4,
             max_attributes: 3,
         };
-        let big = format!("{HEADER}<message><body>{}</body></message>", "a".repeat(5000));
+        let big = format!(
+            "{HEADER}<message><body>{}</body></message>",
+            "a".repeat(5000)
+        );
         assert_eq!(last_error(&big, limits), ParseError::TooLarge);
         let deep = format!("{HEADER}<a><b><c><d><e/></d></c></b></a>");
         assert_eq!(last_error(&deep, limits), ParseError::TooDeep);

@@ -15,7 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use xmppd_core::{ns, BareJid, Element, FullJid, Jid, Stanza, StanzaErrorCondition, StanzaKind, StreamError};
+use xmppd_core::{
+    ns, BareJid, Element, FullJid, Jid, Stanza, StanzaErrorCondition, StanzaKind, StreamError,
+};
 use xmppd_xml::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
 
 use super::transport::Transport;
@@ -226,7 +228,10 @@ impl Connection {
 
     fn next_wake(&self, keepalive: Duration) -> Instant {
         let mut wake = self.last_write + keepalive;
-        for t in [self.paused_until, self.login_deadline].into_iter().flatten() {
+        for t in [self.paused_until, self.login_deadline]
+            .into_iter()
+            .flatten()
+        {
             wake = wake.min(t);
         }
         wake
@@ -239,8 +244,11 @@ impl Connection {
             self.paused_until = None;
         }
         if self.login_deadline.is_some_and(|t| t <= now) {
-            self.stream_error(StreamError::ConnectionTimeout, Some("authenticate and bind sooner"))
-                .await;
+            self.stream_error(
+                StreamError::ConnectionTimeout,
+                Some("authenticate and bind sooner"),
+            )
+            .await;
             return false;
         }
         if self.session.is_some() && self.last_write + keepalive <= now {
@@ -291,22 +299,41 @@ impl Connection {
             return self.stream_error(StreamError::InvalidNamespace, None).await;
         }
         if header.name != "stream" {
-            return self.stream_error(StreamError::BadFormat, Some("expected <stream:stream>")).await;
+            return self
+                .stream_error(StreamError::BadFormat, Some("expected <stream:stream>"))
+                .await;
         }
         if let Some(to) = header.attr("to") {
             let to = to.to_ascii_lowercase();
             if !self.server.config.serves(&to) {
-                return self.stream_error(StreamError::HostUnknown, Some("this server does not serve that domain")).await;
+                return self
+                    .stream_error(
+                        StreamError::HostUnknown,
+                        Some("this server does not serve that domain"),
+                    )
+                    .await;
             }
             self.domain = to;
         }
         // RFC 6120 §4.7.5: no version means a pre-RFC (0.9) client, which we do not speak.
         match header.attr("version").and_then(|v| v.split('.').next()) {
             Some("1") => {}
-            _ => return self.stream_error(StreamError::UnsupportedVersion, Some("version 1.0 is required")).await,
+            _ => {
+                return self
+                    .stream_error(
+                        StreamError::UnsupportedVersion,
+                        Some("version 1.0 is required"),
+                    )
+                    .await
+            }
         }
         if self.refused {
-            return self.stream_error(StreamError::PolicyViolation, Some("too many connections from your address")).await;
+            return self
+                .stream_error(
+                    StreamError::PolicyViolation,
+                    Some("too many connections from your address"),
+                )
+                .await;
         }
         self.send_header();
         self.push_features();
@@ -369,7 +396,9 @@ impl Connection {
             if !cb_types.is_empty() {
                 let mut cb = Element::new("sasl-channel-binding", ns::SASL_CB);
                 for t in cb_types {
-                    cb.push_child(Element::new("channel-binding", ns::SASL_CB).with_attr("type", t));
+                    cb.push_child(
+                        Element::new("channel-binding", ns::SASL_CB).with_attr("type", t),
+                    );
                 }
                 features.push_child(cb);
             }
@@ -377,7 +406,8 @@ impl Connection {
             features.push_child(Element::new("bind", ns::BIND));
             // RFC 6121 obsoleted the session step; advertise it as optional for old clients.
             features.push_child(
-                Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
+                Element::new("session", ns::SESSION)
+                    .with_child(Element::new("optional", ns::SESSION)),
             );
         }
         // `features` is in the stream namespace, written with the stream: prefix by hand.
@@ -391,7 +421,8 @@ impl Connection {
     async fn on_element(&mut self, el: Element) -> Flow {
         match (el.ns(), el.name()) {
             (ns::TLS, "starttls") if !self.secure => {
-                self.out.extend_from_slice(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+                self.out
+                    .extend_from_slice(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
                 if self.flush().await {
                     Flow::StartTls
                 } else {
@@ -401,34 +432,51 @@ impl Connection {
             (ns::SASL, _) if self.user.is_none() => self.on_sasl(el).await,
             (ns::CLIENT, "message" | "presence" | "iq") => {
                 if self.user.is_none() {
-                    return self.stream_error(StreamError::NotAuthorized, Some("authenticate first")).await;
+                    return self
+                        .stream_error(StreamError::NotAuthorized, Some("authenticate first"))
+                        .await;
                 }
                 self.on_stanza(el).await
             }
             (_, "message" | "presence" | "iq") => {
-                self.stream_error(StreamError::InvalidNamespace, Some("stanzas must be in jabber:client")).await
+                self.stream_error(
+                    StreamError::InvalidNamespace,
+                    Some("stanzas must be in jabber:client"),
+                )
+                .await
             }
-            _ => self.stream_error(StreamError::UnsupportedStanzaType, None).await,
+            _ => {
+                self.stream_error(StreamError::UnsupportedStanzaType, None)
+                    .await
+            }
         }
     }
 
     async fn on_sasl(&mut self, el: Element) -> Flow {
         if self.tls_required_now() {
             // RFC 6120 §6.5.4 encryption-required: no SASL before STARTTLS on this server.
-            return self.sasl_failure(sasl::Failure::EncryptionRequired, false).await;
+            return self
+                .sasl_failure(sasl::Failure::EncryptionRequired, false)
+                .await;
         }
         let data = match el.text().trim() {
             "" => None,
             "=" => Some(Vec::new()),
             text => match B64.decode(text) {
                 Ok(d) => Some(d),
-                Err(_) => return self.sasl_failure(sasl::Failure::IncorrectEncoding, false).await,
+                Err(_) => {
+                    return self
+                        .sasl_failure(sasl::Failure::IncorrectEncoding, false)
+                        .await
+                }
             },
         };
         let (step, exchange) = match el.name() {
             "auth" => {
                 if self.server.throttle.is_blocked(self.peer.ip()) {
-                    return self.sasl_failure(sasl::Failure::TemporaryAuthFailure, false).await;
+                    return self
+                        .sasl_failure(sasl::Failure::TemporaryAuthFailure, false)
+                        .await;
                 }
                 let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
                 sasl::begin(&mechanism, data, &self.sasl_env()).await
@@ -443,7 +491,11 @@ impl Connection {
                 self.sasl = None;
                 (Step::Failure(sasl::Failure::Aborted), None)
             }
-            _ => return self.stream_error(StreamError::UnsupportedStanzaType, None).await,
+            _ => {
+                return self
+                    .stream_error(StreamError::UnsupportedStanzaType, None)
+                    .await
+            }
         };
         self.sasl = exchange;
         match step {
@@ -451,7 +503,10 @@ impl Connection {
                 self.sasl_element("challenge", &data);
                 self.flush_flow().await
             }
-            Step::Success { username, additional } => {
+            Step::Success {
+                username,
+                additional,
+            } => {
                 Metrics::inc(&self.server.metrics.auth_success);
                 tracing::info!(peer = %self.peer, user = %username, domain = %self.domain, "authenticated");
                 self.sasl_element("success", additional.as_deref().unwrap_or_default());
@@ -488,7 +543,12 @@ impl Connection {
             self.sasl_failures += 1;
             // RFC 6120 §6.4.5: after too many retries, close with policy-violation.
             if self.sasl_failures >= self.server.config.sasl.max_attempts_per_stream {
-                return self.stream_error(StreamError::PolicyViolation, Some("too many failed authentication attempts")).await;
+                return self
+                    .stream_error(
+                        StreamError::PolicyViolation,
+                        Some("too many failed authentication attempts"),
+                    )
+                    .await;
             }
         }
         self.flush_flow().await
@@ -507,7 +567,9 @@ impl Connection {
         };
         // RFC 6120 §8.1.2.1: the server stamps the full JID; a different one is a forgery.
         if let Some(from) = el.attr("from") {
-            let ok = Jid::new(from).is_ok_and(|j| j == Jid::from(full.clone()) || j == Jid::from(full.to_bare()));
+            let ok = Jid::new(from).is_ok_and(|j| {
+                j.as_str() == full.as_str() || j.as_str() == full.to_bare().as_str()
+            });
             if !ok {
                 return self.stream_error(StreamError::InvalidFrom, None).await;
             }
@@ -566,10 +628,14 @@ impl Connection {
             && el.attr("type") == Some("set")
             && el.get_child("bind", ns::BIND).is_some();
         if !is_bind {
-            return self.stream_error(StreamError::NotAuthorized, Some("bind a resource first")).await;
+            return self
+                .stream_error(StreamError::NotAuthorized, Some("bind a resource first"))
+                .await;
         }
         let Ok(stanza) = Stanza::parse(el) else {
-            return self.stream_error(StreamError::BadFormat, Some("invalid bind request")).await;
+            return self
+                .stream_error(StreamError::BadFormat, Some("invalid bind request"))
+                .await;
         };
         let requested = stanza
             .iq_payload()
@@ -602,10 +668,10 @@ impl Connection {
         self.queue = Some(rx);
         self.login_deadline = None;
         tracing::debug!(peer = %self.peer, jid = %full, "resource bound");
-        let reply = stanza.iq_result(Some(
-            Element::new("bind", ns::BIND)
-                .with_child(Element::new("jid", ns::BIND).with_text(full.as_str())),
-        ));
+        let reply = stanza
+            .iq_result(Some(Element::new("bind", ns::BIND).with_child(
+                Element::new("jid", ns::BIND).with_text(full.as_str()),
+            )));
         self.send_element(&reply);
         self.flush_flow().await
     }

@@ -93,7 +93,12 @@ pub fn encode(el: &Element) -> Bytes {
 }
 
 impl Router {
-    pub fn new(domains: &[String], storage: Storage, modules: Modules, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        domains: &[String],
+        storage: Storage,
+        modules: Modules,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Router {
             domains: domains.iter().cloned().collect(),
             sessions: SessionTable::default(),
@@ -242,10 +247,16 @@ impl Router {
                 }
                 // §8.5.2.1.1: the available resources of highest non-negative priority; for a
                 // headline every non-negative resource. Ties all receive it.
-                let best = available.iter().map(|s| s.priority()).filter(|p| *p >= 0).max();
+                let best = available
+                    .iter()
+                    .map(|s| s.priority())
+                    .filter(|p| *p >= 0)
+                    .max();
                 let targets: Vec<_> = match (kind, best) {
                     (_, None) => Vec::new(),
-                    ("headline", Some(_)) => available.iter().filter(|s| s.priority() >= 0).collect(),
+                    ("headline", Some(_)) => {
+                        available.iter().filter(|s| s.priority() >= 0).collect()
+                    }
                     (_, Some(best)) => available.iter().filter(|s| s.priority() == best).collect(),
                 };
                 if !targets.is_empty() && kind != "groupchat" {
@@ -279,7 +290,12 @@ impl Router {
         let Some(node) = bare.node() else {
             return false;
         };
-        match self.storage.accounts.exists(node.as_str(), bare.domain().as_str()).await {
+        match self
+            .storage
+            .accounts
+            .exists(node.as_str(), bare.domain().as_str())
+            .await
+        {
             Ok(exists) => exists,
             Err(e) => {
                 tracing::error!(error = %e, "account lookup failed while routing");

@@ -61,7 +61,12 @@ impl SessionHandle {
         // The first reason wins.
         if self
             .kick
-            .compare_exchange(Kick::None as u8, why as u8, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                Kick::None as u8,
+                why as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
         {
             self.kicked.notify_one();

@@ -78,7 +78,12 @@ pub fn prepare_password(password: &str) -> Option<String> {
 
 /// An account record for `username@domain` with fresh salts. Runs PBKDF2 twice: call it off
 /// the async runtime.
-pub fn new_account(username: &str, domain: &str, password: &str, iterations: u32) -> Option<Account> {
+pub fn new_account(
+    username: &str,
+    domain: &str,
+    password: &str,
+    iterations: u32,
+) -> Option<Account> {
     let password = prepare_password(password)?;
     let derive = |hash: ScramHash| {
         let mut salt = vec![0u8; 16];

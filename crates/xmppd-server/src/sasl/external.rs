@@ -121,8 +121,14 @@ mod tests {
 
     #[test]
     fn der_reader_rejects_garbage() {
-        assert_eq!(utf8_string(&[0x0c, 0x02, b'h', b'i']).as_deref(), Some("hi"));
-        assert_eq!(utf8_string(&[0xa0, 0x04, 0x0c, 0x02, b'h', b'i']).as_deref(), Some("hi"));
+        assert_eq!(
+            utf8_string(&[0x0c, 0x02, b'h', b'i']).as_deref(),
+            Some("hi")
+        );
+        assert_eq!(
+            utf8_string(&[0xa0, 0x04, 0x0c, 0x02, b'h', b'i']).as_deref(),
+            Some("hi")
+        );
         assert_eq!(utf8_string(&[0x0c, 0x05, b'h']), None);
         assert_eq!(utf8_string(&[0x0c, 0x85, 1, 2, 3, 4, 5]), None);
         assert_eq!(utf8_string(&[]), None);

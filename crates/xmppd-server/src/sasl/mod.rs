@@ -112,10 +112,9 @@ impl<'a> SaslEnv<'a> {
     }
 
     fn fake_salt(&self, username: &str) -> Vec<u8> {
-        let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(
-            self.secret,
-        )
-        .expect("HMAC takes any key length");
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(self.secret)
+                .expect("HMAC takes any key length");
         mac.update(username.as_bytes());
         mac.update(self.domain.as_bytes());
         mac.finalize().into_bytes()[..16].to_vec()
@@ -128,9 +127,8 @@ impl<'a> SaslEnv<'a> {
     }
 
     fn channel_binding_available(&self) -> bool {
-        self.bindings.is_some_and(|b| {
-            b.tls_exporter.is_some() || b.tls_server_end_point.is_some()
-        })
+        self.bindings
+            .is_some_and(|b| b.tls_exporter.is_some() || b.tls_server_end_point.is_some())
     }
 
     fn channel_binding(&self, cb_type: &str) -> Option<Vec<u8>> {
@@ -213,7 +211,11 @@ pub async fn begin(
     run_initial(mechanism, data, env).await
 }
 
-async fn run_initial(mechanism: &str, data: Vec<u8>, env: &SaslEnv<'_>) -> (Step, Option<Exchange>) {
+async fn run_initial(
+    mechanism: &str,
+    data: Vec<u8>,
+    env: &SaslEnv<'_>,
+) -> (Step, Option<Exchange>) {
     let scram = |hash, plus| (hash, plus);
     let (hash, plus) = match mechanism {
         "SCRAM-SHA-1" => scram(ScramHash::Sha1, false),
@@ -232,7 +234,11 @@ async fn run_initial(mechanism: &str, data: Vec<u8>, env: &SaslEnv<'_>) -> (Step
 }
 
 /// Feeds a client `<response/>` to an exchange.
-pub async fn respond(exchange: Exchange, data: Vec<u8>, env: &SaslEnv<'_>) -> (Step, Option<Exchange>) {
+pub async fn respond(
+    exchange: Exchange,
+    data: Vec<u8>,
+    env: &SaslEnv<'_>,
+) -> (Step, Option<Exchange>) {
     match exchange {
         Exchange::AwaitingInitial(mechanism) => run_initial(&mechanism, data, env).await,
         Exchange::Scram(server) => (server.finish(&data), None),
@@ -352,7 +358,12 @@ pub(crate) mod tests {
     }
 
     impl TestEnv {
-        pub async fn with_account(name: &str, hash: ScramHash, keys: ScramKeys, iterations: u32) -> Self {
+        pub async fn with_account(
+            name: &str,
+            hash: ScramHash,
+            keys: ScramKeys,
+            iterations: u32,
+        ) -> Self {
             let mut account = Account {
                 username: name.into(),
                 domain: "example.org".into(),
@@ -397,15 +408,22 @@ pub(crate) mod tests {
         let (step, _) = begin("PLAIN", Some(b"\0alice\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Success { ref username, .. } if username == "alice"));
         let (step, _) = begin("PLAIN", Some(b"\0ALICE\0secret".to_vec()), &env).await;
-        assert!(matches!(step, Step::Success { .. }), "usernames are nodeprep'd");
+        assert!(
+            matches!(step, Step::Success { .. }),
+            "usernames are nodeprep'd"
+        );
         let (step, _) = begin("PLAIN", Some(b"\0alice\0wrong".to_vec()), &env).await;
         assert!(matches!(step, Step::Failure(Failure::NotAuthorized)));
         let (step, _) = begin("PLAIN", Some(b"\0bob\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Failure(Failure::NotAuthorized)));
         let (step, _) = begin("PLAIN", Some(b"alice\0secret".to_vec()), &env).await;
         assert!(matches!(step, Step::Failure(Failure::MalformedRequest)));
-        let (step, _) =
-            begin("PLAIN", Some(b"bob@example.org\0alice\0secret".to_vec()), &env).await;
+        let (step, _) = begin(
+            "PLAIN",
+            Some(b"bob@example.org\0alice\0secret".to_vec()),
+            &env,
+        )
+        .await;
         assert!(matches!(step, Step::Failure(Failure::InvalidAuthzid)));
     }
 
@@ -426,7 +444,13 @@ pub(crate) mod tests {
         let env = t.env(Some(&cb));
         assert_eq!(
             env.offered(),
-            vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
+            vec![
+                "SCRAM-SHA-256-PLUS",
+                "SCRAM-SHA-1-PLUS",
+                "SCRAM-SHA-256",
+                "SCRAM-SHA-1",
+                "PLAIN"
+            ]
         );
     }
 

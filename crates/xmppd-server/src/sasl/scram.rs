@@ -74,7 +74,7 @@ fn parse_gs2(msg: &str) -> Result<Gs2<'_>, Failure> {
 }
 
 /// Value of attribute `key` in a SCRAM message part `k=v`.
-fn attr<'a>(part: Option<&'a str>, key: char) -> Result<&'a str, Failure> {
+fn attr(part: Option<&str>, key: char) -> Result<&str, Failure> {
     part.and_then(|p| p.strip_prefix(key))
         .and_then(|p| p.strip_prefix('='))
         .ok_or(Failure::MalformedRequest)
@@ -178,9 +178,7 @@ impl ScramServer {
             "{},{},{}",
             self.client_first_bare, self.server_first, without_proof
         );
-        let signature = self
-            .hash
-            .hmac(&keys.stored_key, &[auth_message.as_bytes()]);
+        let signature = self.hash.hmac(&keys.stored_key, &[auth_message.as_bytes()]);
         if proof.len() != signature.len() {
             return Err(Failure::NotAuthorized);
         }
@@ -188,9 +186,7 @@ impl ScramServer {
         if !bool::from(self.hash.hash(&client_key).ct_eq(&keys.stored_key)) {
             return Err(Failure::NotAuthorized);
         }
-        let server_signature = self
-            .hash
-            .hmac(&keys.server_key, &[auth_message.as_bytes()]);
+        let server_signature = self.hash.hmac(&keys.server_key, &[auth_message.as_bytes()]);
         Ok(format!("v={}", B64.encode(server_signature)))
     }
 }
@@ -321,14 +317,23 @@ mod tests {
             }
         };
         // Downgrade detected: the client says "y" but we offer -PLUS on this stream.
-        assert!(matches!(start("y", false).await, Err(Failure::NotAuthorized)));
+        assert!(matches!(
+            start("y", false).await,
+            Err(Failure::NotAuthorized)
+        ));
         assert!(start("n", false).await.is_ok());
         let s = start("p=tls-exporter", true).await.ok().unwrap();
         assert_eq!(s.cb_data, vec![7; 32]);
         let s = start("p=tls-server-end-point", true).await.ok().unwrap();
         assert_eq!(s.cb_data, vec![8; 32]);
-        assert!(matches!(start("p=tls-unique", true).await, Err(Failure::NotAuthorized)));
-        assert!(matches!(start("n", true).await, Err(Failure::MalformedRequest)));
+        assert!(matches!(
+            start("p=tls-unique", true).await,
+            Err(Failure::NotAuthorized)
+        ));
+        assert!(matches!(
+            start("n", true).await,
+            Err(Failure::MalformedRequest)
+        ));
         let env_plain = t.env(None);
         let r = ScramServer::start(ScramHash::Sha1, false, b"y,,n=user,r=abc", &env_plain).await;
         assert!(r.is_ok(), "y is fine when we offer no channel binding");

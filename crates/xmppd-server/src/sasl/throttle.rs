@@ -33,7 +33,10 @@ impl AuthThrottle {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match map.get_mut(&ip) {
             Some(times) => {
-                while times.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+                while times
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.window)
+                {
                     times.pop_front();
                 }
                 times.len() >= self.max_failures
@@ -47,7 +50,11 @@ impl AuthThrottle {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SWEEP_AT {
             let window = self.window;
-            map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) <= window));
+            map.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) <= window)
+            });
         }
         let times = map.entry(ip).or_default();
         times.push_back(now);

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Starts xmppd (from target/debug unless XMPPD is set) on free loopback ports with a fresh
+# data directory and its generated self-signed certificate, adds two accounts with the CLI,
+# runs the slixmpp scenarios against it, and stops it again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash interop/setup.sh
+XMPPD=${XMPPD:-target/debug/xmppd}
+[ -x "$XMPPD" ] || cargo build --quiet
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+c2s=$(free_port); tls=$(free_port)
+cat > "$work/xmppd.toml" <<TOML
+[server]
+data_dir = "$work/data"
+[listen]
+c2s = ["127.0.0.1:$c2s"]
+c2s_direct_tls = ["127.0.0.1:$tls"]
+TOML
+for user in alice bob; do
+    "$XMPPD" --config "$work/xmppd.toml" user add "$user@localhost" --password interop-secret >/dev/null
+done
+"$XMPPD" --config "$work/xmppd.toml" serve 2>"$work/server.log" &
+server_pid=$!
+for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $c2s), 0.2)" 2>/dev/null && break
+    sleep 0.1
+done
+status=0
+.venv/bin/python interop/scenarios.py --host 127.0.0.1 --port "$c2s" --tls-port "$tls" \
+    --domain localhost --user alice --user2 bob --password interop-secret \
+    --cafile "$work/data/certs/localhost.crt" || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "--- server log ---"; tail -n 50 "$work/server.log"
+fi
+exit "$status"

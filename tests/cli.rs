@@ -1,0 +1,202 @@
+//! The `xmppd` binary: account commands, `check`, and `serve` with a config file, including
+//! a graceful stop on SIGTERM.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Raw;
+
+fn xmppd(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xmppd"));
+    cmd.args(args).arg("--config").arg(config);
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Stops the server process however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &std::path::Path, c2s: u16, tls: u16) -> std::path::PathBuf {
+    let pki = common::pki();
+    let path = dir.join("xmppd.toml");
+    let text = format!(
+        "[server]\ndomains = [\"localhost\"]\ndata_dir = {data:?}\n\
+         [listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls}\"]\n\
+         [tls]\ncertificates = [{{ domain = \"localhost\", cert = {cert:?}, key = {key:?} }}]\n\
+         [sasl]\nscram_iterations = 4096\n",
+        data = dir.join("data"),
+        cert = pki.cert_file,
+        key = pki.key_file,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn user_commands_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), free_port(), free_port());
+    let (ok, out, err) = xmppd(&config, &["check"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("certificates: ok"), "{out}");
+
+    let (ok, out, _) = xmppd(
+        &config,
+        &["user", "add", "Alice@localhost", "--password", "pw1"],
+    );
+    assert!(
+        ok && out.contains("created alice@localhost"),
+        "JIDs are normalised: {out}"
+    );
+    let (ok, _, err) = xmppd(
+        &config,
+        &["user", "add", "alice@localhost", "--password", "pw1"],
+    );
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, _, err) = xmppd(
+        &config,
+        &["user", "add", "bob@elsewhere", "--password", "x"],
+    );
+    assert!(!ok && err.contains("not served"), "{err}");
+    let (ok, _, err) = xmppd(&config, &["user", "add", "not a jid@@", "--password", "x"]);
+    assert!(!ok && err.contains("not a valid JID"), "{err}");
+
+    // --password-stdin reads one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xmppd"))
+        .args([
+            "user",
+            "add",
+            "bob@localhost",
+            "--password-stdin",
+            "--config",
+        ])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let (ok, out, _) = xmppd(&config, &["user", "list", "localhost"]);
+    assert!(ok);
+    assert_eq!(out, "alice@localhost\nbob@localhost\n");
+    let (ok, _, _) = xmppd(
+        &config,
+        &["user", "passwd", "alice@localhost", "--password", "pw2"],
+    );
+    assert!(ok);
+    let (ok, _, err) = xmppd(
+        &config,
+        &["user", "passwd", "nobody@localhost", "--password", "x"],
+    );
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let (ok, _, _) = xmppd(&config, &["user", "del", "bob@localhost"]);
+    assert!(ok);
+    let (ok, _, err) = xmppd(&config, &["user", "del", "bob@localhost"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+
+    // The database never holds the password itself.
+    let db = std::fs::read(dir.path().join("data/xmppd.sqlite")).unwrap();
+    let wal = std::fs::read(dir.path().join("data/xmppd.sqlite-wal")).unwrap_or_default();
+    for haystack in [&db, &wal] {
+        assert!(
+            !haystack.windows(3).any(|w| w == b"pw2"),
+            "plain password stored"
+        );
+    }
+
+    std::fs::write(&config, "[server]\ndomian = []\n").unwrap();
+    let (ok, _, err) = xmppd(&config, &["check"]);
+    assert!(!ok && err.contains("unknown field"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_logs_in_accounts_added_while_running_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let c2s = free_port();
+    let config = write_config(dir.path(), c2s, free_port());
+    let mut server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_xmppd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("127.0.0.1:{c2s}").parse().unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "server did not listen");
+    // Accounts created by the CLI while the server runs can log in at once.
+    let (ok, _, err) = xmppd(
+        &config,
+        &[
+            "user",
+            "add",
+            "carol@localhost",
+            "--password",
+            common::PASSWORD,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (mut raw, jid) = Raw::login(addr, "carol", "cli").await;
+    assert_eq!(jid, "carol@localhost/cli");
+    raw.sync().await;
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let all = raw.read_to_close().await;
+    assert!(
+        all.contains("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{all}"
+    );
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited.expect("server exits after SIGTERM").success());
+}
