@@ -15,7 +15,29 @@ pub struct Config {
     pub tls: TlsConfig,
     pub sasl: SaslConfig,
     pub limits: LimitsConfig,
+    pub im: ImConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImConfig {
+    /// Most items in one roster.
+    pub max_roster_items: usize,
+    /// Most messages stored for one offline account (XEP-0160); more are refused.
+    pub max_offline_messages: usize,
+    /// Largest vCard or private XML document, in bytes.
+    pub max_document_size: usize,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            max_roster_items: 1000,
+            max_offline_messages: 500,
+            max_document_size: 128 * 1024,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -152,8 +174,10 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Seconds one write to a client may take before it is disconnected.
     pub write_timeout_secs: u64,
-    /// Seconds of silence before the server sends a whitespace keepalive.
-    pub keepalive_secs: u64,
+    /// Seconds of silence from a client before the server pings it (XEP-0199).
+    pub ping_interval_secs: u64,
+    /// Seconds the client has to answer (or send anything) before it is disconnected.
+    pub ping_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -168,7 +192,8 @@ impl Default for LimitsConfig {
             unauthenticated_timeout_secs: 30,
             outbound_queue: 1000,
             write_timeout_secs: 30,
-            keepalive_secs: 300,
+            ping_interval_secs: 300,
+            ping_timeout_secs: 60,
         }
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod c2s;
 pub mod config;
+pub mod im;
 pub mod limits;
 pub mod metrics;
 pub mod modules;
 pub mod router;
 pub mod sasl;
+pub mod time;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -117,7 +119,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let tls = TlsContext::new(&config)?;
     let metrics = Arc::new(Metrics::default());
     let router = Router::new(
-        &config.server.domains,
+        &config,
         storage,
         modules::Modules::standard(),
         metrics.clone(),

@@ -30,7 +30,7 @@ pub trait AccountStore: Send + Sync {
     async fn exists(&self, username: &str, domain: &str) -> Result<bool>;
     /// Replaces the credentials of an existing account; `false` if there is none.
     async fn set_credentials(&self, account: &Account) -> Result<bool>;
-    /// Deletes an account; `false` if there was none.
+    /// Deletes an account and everything stored for it; `false` if there was none.
     async fn delete(&self, username: &str, domain: &str) -> Result<bool>;
     /// Usernames of a domain, sorted.
     async fn list(&self, domain: &str) -> Result<Vec<String>>;

@@ -3,10 +3,16 @@
 //! SQLite is the zero-setup default. The SQL sticks to what PostgreSQL also accepts (`$n`
 //! parameters, `ON CONFLICT`), so a PostgreSQL backend is a second pool type, not a rewrite.
 
+mod account_data;
 mod accounts;
+mod offline;
+mod roster;
 mod sqlite;
 
+pub use account_data::AccountDataStore;
 pub use accounts::{Account, AccountStore, ScramKeys};
+pub use offline::{OfflineMessage, OfflineStore};
+pub use roster::{PendingRequest, RosterItem, RosterStore};
 pub use sqlite::SqliteStorage;
 
 use std::sync::Arc;
@@ -28,6 +34,9 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 #[derive(Clone)]
 pub struct Storage {
     pub accounts: Arc<dyn AccountStore>,
+    pub roster: Arc<dyn RosterStore>,
+    pub offline: Arc<dyn OfflineStore>,
+    pub data: Arc<dyn AccountDataStore>,
 }
 
 impl Storage {
@@ -35,7 +44,12 @@ impl Storage {
     pub async fn open(url: &str) -> Result<Storage> {
         if url.starts_with("sqlite:") {
             let db = Arc::new(SqliteStorage::open(url).await?);
-            return Ok(Storage { accounts: db });
+            return Ok(Storage {
+                accounts: db.clone(),
+                roster: db.clone(),
+                offline: db.clone(),
+                data: db,
+            });
         }
         Err(StorageError::UnsupportedUrl(url.to_string()))
     }

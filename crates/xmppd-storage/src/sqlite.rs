@@ -8,7 +8,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::Row;
 
 use crate::accounts::{Account, AccountStore, ScramKeys};
-use crate::Result;
+use crate::{
+    AccountDataStore, OfflineMessage, OfflineStore, PendingRequest, Result, RosterItem, RosterStore,
+};
 
 /// SQLite storage in WAL mode, so the `xmppd user` commands can write while the server runs.
 pub struct SqliteStorage {
@@ -31,6 +33,15 @@ impl SqliteStorage {
         Ok(SqliteStorage { pool })
     }
 }
+
+/// Every table holding data of one account, cleared when the account is deleted.
+const ACCOUNT_TABLES: [&str; 5] = [
+    "roster_items",
+    "roster_versions",
+    "subscription_requests",
+    "offline_messages",
+    "account_data",
+];
 
 fn now() -> i64 {
     SystemTime::now()
@@ -122,11 +133,22 @@ impl AccountStore for SqliteStorage {
     }
 
     async fn delete(&self, username: &str, domain: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        for table in ACCOUNT_TABLES {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE domain = $1 AND username = $2"
+            ))
+            .bind(domain)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        }
         let done = sqlx::query("DELETE FROM accounts WHERE domain = $1 AND username = $2")
             .bind(domain)
             .bind(username)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -138,6 +160,330 @@ impl AccountStore for SqliteStorage {
         rows.iter()
             .map(|r| r.try_get("username").map_err(Into::into))
             .collect()
+    }
+}
+
+fn roster_item_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RosterItem> {
+    let groups: String = row.try_get("groups")?;
+    Ok(RosterItem {
+        contact: row.try_get("contact")?,
+        name: row.try_get("name")?,
+        subscription: row.try_get("subscription")?,
+        ask: row.try_get::<i64, _>("ask")? != 0,
+        approved: row.try_get::<i64, _>("approved")? != 0,
+        // Groups are stored one per line; a group name cannot contain a line break once
+        // the roster module has validated it.
+        groups: groups
+            .split('\n')
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+impl SqliteStorage {
+    /// Bumps and returns the roster version inside a transaction.
+    async fn bump_version(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        username: &str,
+        domain: &str,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO roster_versions (domain, username, version) VALUES ($1, $2, 1) \
+             ON CONFLICT (domain, username) DO UPDATE SET version = roster_versions.version + 1 \
+             RETURNING version",
+        )
+        .bind(domain)
+        .bind(username)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get("version")?)
+    }
+
+    async fn version(&self, username: &str, domain: &str) -> Result<i64> {
+        let row =
+            sqlx::query("SELECT version FROM roster_versions WHERE domain = $1 AND username = $2")
+                .bind(domain)
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(r) => r.try_get("version")?,
+            None => 0,
+        })
+    }
+}
+
+#[async_trait]
+impl RosterStore for SqliteStorage {
+    async fn roster(&self, username: &str, domain: &str) -> Result<(i64, Vec<RosterItem>)> {
+        let rows = sqlx::query(
+            "SELECT * FROM roster_items WHERE domain = $1 AND username = $2 ORDER BY contact",
+        )
+        .bind(domain)
+        .bind(username)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows
+            .iter()
+            .map(roster_item_from_row)
+            .collect::<Result<_>>()?;
+        Ok((self.version(username, domain).await?, items))
+    }
+
+    async fn item(
+        &self,
+        username: &str,
+        domain: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>> {
+        let row = sqlx::query(
+            "SELECT * FROM roster_items WHERE domain = $1 AND username = $2 AND contact = $3",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(contact)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(roster_item_from_row).transpose()
+    }
+
+    async fn count(&self, username: &str, domain: &str) -> Result<usize> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM roster_items WHERE domain = $1 AND username = $2",
+        )
+        .bind(domain)
+        .bind(username)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? as usize)
+    }
+
+    async fn put(&self, username: &str, domain: &str, item: &RosterItem) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO roster_items (domain, username, contact, name, subscription, ask, approved, groups) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (domain, username, contact) DO UPDATE SET name = $4, subscription = $5, \
+             ask = $6, approved = $7, groups = $8",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(&item.contact)
+        .bind(&item.name)
+        .bind(&item.subscription)
+        .bind(item.ask as i64)
+        .bind(item.approved as i64)
+        .bind(item.groups.join("\n"))
+        .execute(&mut *tx)
+        .await?;
+        let version = Self::bump_version(&mut tx, username, domain).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn remove(&self, username: &str, domain: &str, contact: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "DELETE FROM roster_items WHERE domain = $1 AND username = $2 AND contact = $3",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(contact)
+        .execute(&mut *tx)
+        .await?;
+        let version = if done.rows_affected() > 0 {
+            Self::bump_version(&mut tx, username, domain).await?
+        } else {
+            drop(tx);
+            return self.version(username, domain).await;
+        };
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn add_request(
+        &self,
+        username: &str,
+        domain: &str,
+        request: &PendingRequest,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO subscription_requests (domain, username, contact, stanza) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (domain, username, contact) DO UPDATE SET stanza = $4",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(&request.contact)
+        .bind(&request.stanza)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_request(&self, username: &str, domain: &str, contact: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM subscription_requests WHERE domain = $1 AND username = $2 AND contact = $3",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(contact)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn has_request(&self, username: &str, domain: &str, contact: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM subscription_requests WHERE domain = $1 AND username = $2 AND contact = $3",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(contact)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn requests(&self, username: &str, domain: &str) -> Result<Vec<PendingRequest>> {
+        let rows = sqlx::query(
+            "SELECT contact, stanza FROM subscription_requests WHERE domain = $1 AND username = $2 \
+             ORDER BY contact",
+        )
+        .bind(domain)
+        .bind(username)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingRequest {
+                    contact: r.try_get("contact")?,
+                    stanza: r.try_get("stanza")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl OfflineStore for SqliteStorage {
+    async fn push(
+        &self,
+        username: &str,
+        domain: &str,
+        message: &OfflineMessage,
+        limit: usize,
+    ) -> Result<bool> {
+        // One statement, so two concurrent deliveries cannot both squeeze past the limit.
+        let done = sqlx::query(
+            "INSERT INTO offline_messages (domain, username, stamp, stanza) \
+             SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM offline_messages \
+             WHERE domain = $1 AND username = $2) < $5",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(message.stamp)
+        .bind(&message.stanza)
+        .bind(limit as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn take_all(&self, username: &str, domain: &str) -> Result<Vec<OfflineMessage>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "DELETE FROM offline_messages WHERE domain = $1 AND username = $2 \
+             RETURNING id, stamp, stanza",
+        )
+        .bind(domain)
+        .bind(username)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut out: Vec<(i64, OfflineMessage)> = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    OfflineMessage {
+                        stamp: r.try_get("stamp")?,
+                        stanza: r.try_get("stanza")?,
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out.into_iter().map(|(_, m)| m).collect())
+    }
+
+    async fn count(&self, username: &str, domain: &str) -> Result<usize> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM offline_messages WHERE domain = $1 AND username = $2",
+        )
+        .bind(domain)
+        .bind(username)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? as usize)
+    }
+}
+
+#[async_trait]
+impl AccountDataStore for SqliteStorage {
+    async fn get(
+        &self,
+        username: &str,
+        domain: &str,
+        area: &str,
+        key: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT value FROM account_data WHERE domain = $1 AND username = $2 AND area = $3 AND key = $4",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(area)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get("value").map_err(Into::into))
+            .transpose()
+    }
+
+    async fn put(
+        &self,
+        username: &str,
+        domain: &str,
+        area: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO account_data (domain, username, area, key, value) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (domain, username, area, key) DO UPDATE SET value = $5",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(area)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, username: &str, domain: &str, area: &str, key: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM account_data WHERE domain = $1 AND username = $2 AND area = $3 AND key = $4",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(area)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 }
 
@@ -196,5 +542,117 @@ mod tests {
         assert!(!accounts.delete("alice", "example.org").await.unwrap());
         assert!(!accounts.exists("alice", "example.org").await.unwrap());
         assert!(accounts.list("other.org").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn roster_offline_and_data_and_cascading_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        let storage = Storage::open(&url).await.unwrap();
+        let d = "example.org";
+        storage.accounts.create(&account("alice", 1)).await.unwrap();
+        let item = RosterItem {
+            contact: "bob@example.org".into(),
+            name: Some("Bob".into()),
+            subscription: "to".into(),
+            ask: false,
+            approved: false,
+            groups: vec!["Friends".into(), "Work".into()],
+        };
+        let v1 = storage.roster.put("alice", d, &item).await.unwrap();
+        let (v, items) = storage.roster.roster("alice", d).await.unwrap();
+        assert_eq!((v, items), (v1, vec![item.clone()]));
+        let v2 = storage
+            .roster
+            .remove("alice", d, "bob@example.org")
+            .await
+            .unwrap();
+        assert!(v2 > v1);
+        assert_eq!(
+            storage
+                .roster
+                .remove("alice", d, "bob@example.org")
+                .await
+                .unwrap(),
+            v2
+        );
+        storage.roster.put("alice", d, &item).await.unwrap();
+
+        let req = PendingRequest {
+            contact: "carol@example.org".into(),
+            stanza: "<presence/>".into(),
+        };
+        storage.roster.add_request("alice", d, &req).await.unwrap();
+        assert!(storage
+            .roster
+            .has_request("alice", d, "carol@example.org")
+            .await
+            .unwrap());
+        assert_eq!(
+            storage.roster.requests("alice", d).await.unwrap(),
+            vec![req]
+        );
+
+        for i in 0..3 {
+            let m = OfflineMessage {
+                stamp: i,
+                stanza: format!("<message id='{i}'/>"),
+            };
+            assert_eq!(
+                storage.offline.push("alice", d, &m, 2).await.unwrap(),
+                i < 2
+            );
+        }
+        let taken = storage.offline.take_all("alice", d).await.unwrap();
+        assert_eq!(
+            taken.iter().map(|m| m.stamp).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert!(storage
+            .offline
+            .take_all("alice", d)
+            .await
+            .unwrap()
+            .is_empty());
+        storage
+            .offline
+            .push("alice", d, &taken[0], 10)
+            .await
+            .unwrap();
+
+        storage
+            .data
+            .put("alice", d, "vcard", "", "<vCard/>")
+            .await
+            .unwrap();
+        assert_eq!(
+            storage
+                .data
+                .get("alice", d, "vcard", "")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("<vCard/>")
+        );
+
+        assert!(storage.accounts.delete("alice", d).await.unwrap());
+        assert!(storage
+            .roster
+            .roster("alice", d)
+            .await
+            .unwrap()
+            .1
+            .is_empty());
+        assert!(storage
+            .roster
+            .requests("alice", d)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(storage.offline.count("alice", d).await.unwrap(), 0);
+        assert_eq!(
+            storage.data.get("alice", d, "vcard", "").await.unwrap(),
+            None
+        );
     }
 }

@@ -118,6 +118,12 @@ impl Element {
         })
     }
 
+    /// Removes the child elements named `name` in namespace `ns`.
+    pub fn remove_children(&mut self, name: &str, ns: &str) {
+        self.children
+            .retain(|n| !matches!(n, Node::Element(e) if e.is(name, ns)));
+    }
+
     /// Removes all children and returns them.
     pub fn take_children(&mut self) -> Vec<Node> {
         std::mem::take(&mut self.children)
@@ -195,8 +201,13 @@ impl Element {
 
     /// Serialises the element as a standalone string (declares its namespace).
     pub fn to_xml(&self) -> String {
+        self.to_xml_in("")
+    }
+
+    /// Serialises the element for a context whose default namespace is `parent_ns`.
+    pub fn to_xml_in(&self, parent_ns: &str) -> String {
         let mut out = Vec::new();
-        self.write_to(&mut out, "");
+        self.write_to(&mut out, parent_ns);
         // The writer only ever emits valid UTF-8 from valid UTF-8 input.
         String::from_utf8(out).unwrap_or_default()
     }

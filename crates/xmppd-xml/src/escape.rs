@@ -10,6 +10,13 @@ pub fn escape_attr(out: &mut Vec<u8>, value: &str) {
     escape(out, value, true)
 }
 
+/// `value` escaped for use inside single quotes, as a string.
+pub fn attr_string(value: &str) -> String {
+    let mut out = Vec::with_capacity(value.len());
+    escape_attr(&mut out, value);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 fn escape(out: &mut Vec<u8>, s: &str, attr: bool) {
     let bytes = s.as_bytes();
     let mut start = 0;

@@ -16,4 +16,4 @@ mod parser;
 
 pub use element::{Element, Node};
 pub use escape::{escape_attr, escape_text};
-pub use parser::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
+pub use parser::{parse_fragment, Limits, ParseError, StreamEvent, StreamHeader, StreamParser};

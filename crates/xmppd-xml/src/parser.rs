@@ -214,6 +214,32 @@ fn map_error(e: rxml::Error) -> ParseError {
     }
 }
 
+/// Parses one serialised element (as the server stored it) in the context of a stream whose
+/// default namespace is `default_ns`.
+pub fn parse_fragment(text: &str, default_ns: &str) -> Option<Element> {
+    let mut parser = StreamParser::new(Limits {
+        max_stanza_size: text.len() + 1024,
+        max_depth: 64,
+        max_attributes: 256,
+    });
+    let wrapped = format!(
+        "<stream:stream xmlns='{}' xmlns:stream='http://etherx.jabber.org/streams'>{text}<x/>",
+        crate::escape::attr_string(default_ns)
+    );
+    let mut buf = wrapped.as_bytes();
+    let mut found = None;
+    while let Ok(Some(event)) = parser.feed(&mut buf) {
+        if let StreamEvent::Stanza(el) = event {
+            if found.is_none() {
+                found = Some(el);
+            } else {
+                break;
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +370,16 @@ mod tests {
         assert_eq!(last_error(&attrs, limits), ParseError::TooManyAttributes);
         let text = format!("{HEADER}hello<a/>");
         assert_eq!(last_error(&text, limits), ParseError::TextAtStreamLevel);
+    }
+
+    #[test]
+    fn fragments_round_trip() {
+        let el = Element::new("vCard", "vcard-temp")
+            .with_child(Element::new("FN", "vcard-temp").with_text("A & B"));
+        let text = el.to_xml_in("jabber:client");
+        assert_eq!(parse_fragment(&text, "jabber:client"), Some(el));
+        assert_eq!(parse_fragment("<unclosed>", "jabber:client"), None);
+        assert_eq!(parse_fragment("<!-- x -->", "jabber:client"), None);
     }
 
     #[test]

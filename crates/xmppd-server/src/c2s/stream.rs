@@ -67,7 +67,10 @@ pub struct Connection {
     paused_until: Option<Instant>,
     /// Until when the client may take to authenticate and bind.
     login_deadline: Option<Instant>,
-    last_write: Instant,
+    /// When the client last sent anything; silence leads to a ping (XEP-0199).
+    last_read: Instant,
+    /// Until when the client must answer our ping.
+    ping_deadline: Option<Instant>,
     /// Set when the connection is over a per-IP limit: it only gets a stream error.
     refused: bool,
     out: Vec<u8>,
@@ -122,7 +125,8 @@ impl Connection {
             rate: ByteRate::new(limits.max_bytes_per_second, limits.burst_bytes),
             paused_until: None,
             login_deadline: Some(login_deadline),
-            last_write: Instant::now(),
+            last_read: Instant::now(),
+            ping_deadline: None,
             refused: slot.is_none(),
             out: Vec::new(),
             _slot: slot,
@@ -147,7 +151,7 @@ impl Connection {
         if !direct_tls || self.start_tls().await {
             self.serve().await;
         }
-        self.end_session();
+        self.end_session().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
         Metrics::dec(&metrics.connections_open);
     }
@@ -181,9 +185,13 @@ impl Connection {
     async fn serve(&mut self) {
         let mut buf = vec![0u8; READ_BUFFER];
         let mut shutdown = self.server.shutdown.clone();
-        let keepalive = Duration::from_secs(self.server.config.limits.keepalive_secs.max(1));
+        let limits = &self.server.config.limits;
+        let ping = (
+            Duration::from_secs(limits.ping_interval_secs.max(1)),
+            Duration::from_secs(limits.ping_timeout_secs.max(1)),
+        );
         loop {
-            let wake = self.next_wake(keepalive);
+            let wake = self.next_wake(ping.0);
             let session = self.session.clone();
             let can_read = self.paused_until.is_none();
             tokio::select! {
@@ -195,6 +203,7 @@ impl Connection {
                 kick = wait_kick(session.as_deref()) => {
                     let (err, text) = match kick {
                         Kick::Conflict => (StreamError::Conflict, "replaced by a new session with the same resource"),
+                        Kick::AccountRemoved => (StreamError::NotAuthorized, "the account was deleted"),
                         _ => (StreamError::PolicyViolation, "too many stanzas waiting: the client does not read"),
                     };
                     self.stream_error(err, Some(text)).await;
@@ -210,6 +219,8 @@ impl Connection {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
+                    self.last_read = Instant::now();
+                    self.ping_deadline = None;
                     if let Some(wait) = self.rate.take(n) {
                         self.paused_until = Some(Instant::now() + wait);
                     }
@@ -218,7 +229,7 @@ impl Connection {
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
-                    if !self.on_timer(keepalive).await {
+                    if !self.on_timer(ping).await {
                         return;
                     }
                 }
@@ -226,19 +237,22 @@ impl Connection {
         }
     }
 
-    fn next_wake(&self, keepalive: Duration) -> Instant {
-        let mut wake = self.last_write + keepalive;
-        for t in [self.paused_until, self.login_deadline]
+    fn next_wake(&self, ping_interval: Duration) -> Instant {
+        // Before a session exists the login deadline is the only clock that matters.
+        let ping = match (&self.session, self.ping_deadline) {
+            (_, Some(deadline)) => Some(deadline),
+            (Some(_), None) => Some(self.last_read + ping_interval),
+            (None, None) => None,
+        };
+        [ping, self.paused_until, self.login_deadline]
             .into_iter()
             .flatten()
-        {
-            wake = wake.min(t);
-        }
-        wake
+            .min()
+            .unwrap_or_else(|| Instant::now() + ping_interval)
     }
 
-    /// Timers: end of a rate pause, the login deadline, the whitespace keepalive.
-    async fn on_timer(&mut self, keepalive: Duration) -> bool {
+    /// Timers: end of a rate pause, the login deadline, the keepalive ping and its timeout.
+    async fn on_timer(&mut self, (interval, timeout): (Duration, Duration)) -> bool {
         let now = Instant::now();
         if self.paused_until.is_some_and(|t| t <= now) {
             self.paused_until = None;
@@ -251,9 +265,24 @@ impl Connection {
             .await;
             return false;
         }
-        if self.session.is_some() && self.last_write + keepalive <= now {
-            // RFC 6120 §4.6.1: a single space keeps NATs and the client's idea of us alive.
-            return self.write(b" ").await;
+        if self.ping_deadline.is_some_and(|t| t <= now) {
+            self.stream_error(StreamError::ConnectionTimeout, Some("no answer to ping"))
+                .await;
+            return false;
+        }
+        if let (Some(session), None) = (&self.session, self.ping_deadline) {
+            if self.last_read + interval <= now {
+                // XEP-0199 §4.2: a server-to-client ping finds half-open connections.
+                let ping = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "get")
+                    .with_attr("id", format!("ping-{}", random_id(8)))
+                    .with_attr("from", self.domain.clone())
+                    .with_attr("to", session.jid.as_str())
+                    .with_child(Element::new("ping", ns::PING));
+                self.send_element(&ping);
+                self.ping_deadline = Some(now + timeout);
+                return self.flush().await;
+            }
         }
         true
     }
@@ -586,8 +615,10 @@ impl Connection {
                 return self.flush_flow().await;
             }
         };
-        if stanza.kind == StanzaKind::Presence && stanza.to.is_none() {
-            self.own_presence(&stanza);
+        if stanza.kind == StanzaKind::Presence {
+            if let Some(session) = self.session.clone() {
+                crate::im::presence::from_client(&self.server.router, &session, stanza).await;
+            }
             return Flow::Continue;
         }
         if stanza.kind == StanzaKind::Iq && stanza.to.is_none() && stanza.is_iq_request() {
@@ -603,23 +634,6 @@ impl Connection {
         }
         self.server.router.route(stanza).await;
         Flow::Continue
-    }
-
-    /// Presence without 'to': the session's own availability (RFC 6121 §4.2, §4.5).
-    fn own_presence(&mut self, stanza: &Stanza) {
-        let Some(session) = &self.session else { return };
-        match stanza.stanza_type() {
-            "" => {
-                let priority = stanza
-                    .element()
-                    .get_child("priority", ns::CLIENT)
-                    .and_then(|p| p.text().trim().parse::<i8>().ok())
-                    .unwrap_or(0);
-                session.set_presence(true, priority);
-            }
-            "unavailable" => session.set_presence(false, 0),
-            _ => {}
-        }
     }
 
     /// Before a resource is bound only bind (and the legacy session request) are allowed.
@@ -676,8 +690,10 @@ impl Connection {
         self.flush_flow().await
     }
 
-    fn end_session(&mut self) {
+    async fn end_session(&mut self) {
         if let Some(session) = self.session.take() {
+            // Contacts learn the session is gone before it leaves the table (RFC 6121 §4.5).
+            crate::im::presence::session_ended(&self.server.router, &session).await;
             self.server.router.sessions().unbind(&session);
             Metrics::dec(&self.server.metrics.sessions_bound);
         }
@@ -733,7 +749,6 @@ impl Connection {
             io.flush().await
         })
         .await;
-        self.last_write = Instant::now();
         matches!(result, Ok(Ok(())))
     }
 

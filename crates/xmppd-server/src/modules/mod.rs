@@ -4,6 +4,7 @@
 
 mod disco;
 mod ping;
+mod time;
 mod version;
 
 use std::collections::HashMap;
@@ -48,10 +49,17 @@ pub struct Modules {
 impl Modules {
     /// The modules every server runs.
     pub fn standard() -> Self {
+        use crate::im;
         Self::new(vec![
             Arc::new(disco::Disco),
             Arc::new(ping::Ping),
             Arc::new(version::Version),
+            Arc::new(time::Time),
+            Arc::new(im::roster::Roster),
+            Arc::new(im::vcard::VCard),
+            Arc::new(im::private::Private),
+            Arc::new(im::last::LastActivity),
+            Arc::new(im::register::Register),
         ])
     }
 

@@ -18,6 +18,8 @@ use xmppd_core::{
 };
 use xmppd_storage::Storage;
 
+use crate::config::{Config, ImConfig};
+use crate::im;
 use crate::metrics::Metrics;
 use crate::modules::{IqTarget, Modules};
 pub use sessions::{Kick, SessionHandle, SessionTable};
@@ -76,6 +78,9 @@ impl StanzaFilter for AllowAll {
 
 pub struct Router {
     domains: HashSet<String>,
+    limits: ImConfig,
+    scram_iterations: u32,
+    started: std::time::Instant,
     sessions: SessionTable,
     storage: Storage,
     modules: Modules,
@@ -93,14 +98,12 @@ pub fn encode(el: &Element) -> Bytes {
 }
 
 impl Router {
-    pub fn new(
-        domains: &[String],
-        storage: Storage,
-        modules: Modules,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(config: &Config, storage: Storage, modules: Modules, metrics: Arc<Metrics>) -> Self {
         Router {
-            domains: domains.iter().cloned().collect(),
+            domains: config.server.domains.iter().cloned().collect(),
+            limits: config.im.clone(),
+            scram_iterations: config.sasl.scram_iterations,
+            started: std::time::Instant::now(),
             sessions: SessionTable::default(),
             storage,
             modules,
@@ -123,6 +126,19 @@ impl Router {
         &self.storage
     }
 
+    /// Per-account limits of the IM services.
+    pub fn limits(&self) -> &ImConfig {
+        &self.limits
+    }
+
+    pub fn scram_iterations(&self) -> u32 {
+        self.scram_iterations
+    }
+
+    pub fn uptime_secs(&self) -> i64 {
+        self.started.elapsed().as_secs() as i64
+    }
+
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.domains.contains(domain)
     }
@@ -136,6 +152,12 @@ impl Router {
     fn service(&self, domain: &str) -> Option<Arc<dyn Service>> {
         let services = self.services.read().unwrap_or_else(|e| e.into_inner());
         services.get(domain).cloned()
+    }
+
+    /// [`Router::route`] for callers inside the routing path (presence handling that routes
+    /// again), where the future must be boxed to be recursive.
+    pub async fn route_boxed(&self, stanza: Stanza) {
+        Box::pin(self.route(stanza)).await
     }
 
     /// Routes a stanza whose `from` has already been checked and stamped by its stream.
@@ -204,9 +226,12 @@ impl Router {
             Verdict::Drop => return,
             Verdict::Reject(e) => return self.bounce(&stanza, e),
         }
+        if stanza.kind == StanzaKind::Presence {
+            return im::presence::inbound(self, stanza, to).await;
+        }
         if let Ok(full) = to.try_as_full() {
             if let Some(session) = self.sessions.get(full) {
-                self.deliver(&session, stanza.element());
+                self.deliver_element(&session, stanza.element());
                 return;
             }
             match stanza.kind {
@@ -214,7 +239,6 @@ impl Router {
                 StanzaKind::Iq => {
                     return self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into())
                 }
-                // §8.5.3.2.2: presence to a missing resource is dropped.
                 StanzaKind::Presence => return,
                 // §8.5.3.2.1: a message falls back to the bare JID, except groupchat.
                 StanzaKind::Message if stanza.stanza_type() == "groupchat" => {
@@ -262,31 +286,25 @@ impl Router {
                 if !targets.is_empty() && kind != "groupchat" {
                     let data = encode(stanza.element());
                     for session in targets {
-                        self.send_bytes(session, data.clone());
+                        self.deliver_bytes(session, data.clone());
                     }
                     return;
                 }
-                // §8.5.2.2.1 / §8.5.1: no session that can take it (offline storage is not
-                // there yet), or no such account. Headlines and groupchat vanish silently.
-                if kind != "headline" && kind != "groupchat" {
-                    self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into());
-                }
-            }
-            StanzaKind::Presence => {
-                // Directed available/unavailable presence goes to every available resource;
-                // subscription states are handled by the roster module once it exists.
-                if matches!(stanza.stanza_type(), "" | "unavailable") && !available.is_empty() {
-                    let data = encode(stanza.element());
-                    for session in available {
-                        self.send_bytes(session, data.clone());
+                // §8.5.1: no such account: an error (headlines and groupchat vanish silently).
+                if !self.account_exists(bare).await {
+                    if kind != "headline" && kind != "groupchat" {
+                        self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into());
                     }
+                    return;
                 }
+                // §8.5.2.2.1: no session can take it now: keep it for later (XEP-0160).
+                im::offline::store(self, &stanza, bare).await;
             }
-            StanzaKind::Iq => {}
+            StanzaKind::Presence | StanzaKind::Iq => {}
         }
     }
 
-    async fn account_exists(&self, bare: &BareJid) -> bool {
+    pub async fn account_exists(&self, bare: &BareJid) -> bool {
         let Some(node) = bare.node() else {
             return false;
         };
@@ -304,11 +322,13 @@ impl Router {
         }
     }
 
-    fn deliver(&self, session: &SessionHandle, el: &Element) {
-        self.send_bytes(session, encode(el));
+    /// Queues an element for one session.
+    pub fn deliver_element(&self, session: &SessionHandle, el: &Element) {
+        self.deliver_bytes(session, encode(el));
     }
 
-    fn send_bytes(&self, session: &SessionHandle, data: Bytes) {
+    /// Queues serialised bytes for one session (never blocking; a full queue kicks it).
+    pub fn deliver_bytes(&self, session: &SessionHandle, data: Bytes) {
         if session.send(data) {
             Metrics::inc(&self.metrics.stanzas_out);
         } else {
@@ -331,7 +351,7 @@ impl Router {
         if self.is_local_domain(to.domain().as_str()) {
             if let Ok(full) = FullJid::try_from(to) {
                 if let Some(session) = self.sessions.get(&full) {
-                    self.deliver(&session, &reply);
+                    self.deliver_element(&session, &reply);
                 }
             }
             return;

@@ -4,12 +4,13 @@
 //! bus) in its place without touching the router's rules.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
-use xmppd_core::{BareJid, FullJid};
+use xmppd_core::{BareJid, Element, FullJid};
 
 /// Why a session is told to end by someone else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub enum Kick {
     QueueOverflow = 1,
     /// Another session bound the same resource (RFC 6120 §7.7.2.2).
     Conflict = 2,
+    /// The account was deleted (XEP-0077 §3.2).
+    AccountRemoved = 3,
 }
 
 /// How the rest of the server reaches one session. The session task owns the socket; this
@@ -31,6 +34,13 @@ pub struct SessionHandle {
     kicked: Notify,
     available: AtomicBool,
     priority: AtomicI8,
+    /// Requested the roster, so it gets roster pushes (RFC 6121 §2.2).
+    interested: AtomicBool,
+    /// The last available presence it broadcast (from = its full JID), for probes.
+    last_presence: Mutex<Option<Element>>,
+    /// Entities it sent directed available presence to (RFC 6121 §4.6), to be told when it
+    /// becomes unavailable.
+    directed: Mutex<HashSet<String>>,
 }
 
 impl SessionHandle {
@@ -42,6 +52,9 @@ impl SessionHandle {
             kicked: Notify::new(),
             available: AtomicBool::new(false),
             priority: AtomicI8::new(0),
+            interested: AtomicBool::new(false),
+            last_presence: Mutex::new(None),
+            directed: Mutex::new(HashSet::new()),
         })
     }
 
@@ -54,6 +67,20 @@ impl SessionHandle {
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues bytes, waiting a little for room: for bursts the server itself creates (offline
+    /// messages at login), which must not count as the client failing to read.
+    pub async fn send_patiently(&self, data: Bytes) -> bool {
+        let wait = std::time::Duration::from_secs(5);
+        match tokio::time::timeout(wait, self.queue.send(data)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.kick(Kick::QueueOverflow);
+                false
+            }
         }
     }
 
@@ -79,15 +106,55 @@ impl SessionHandle {
             match self.kick.load(Ordering::Acquire) {
                 1 => return Kick::QueueOverflow,
                 2 => return Kick::Conflict,
+                3 => return Kick::AccountRemoved,
                 _ => self.kicked.notified().await,
             }
         }
     }
 
-    /// Records the session's own broadcast presence (RFC 6121 §4.2).
-    pub fn set_presence(&self, available: bool, priority: i8) {
+    /// Records the session's own broadcast presence (RFC 6121 §4.2); `None` for unavailable.
+    /// Returns whether it was available before.
+    pub fn set_presence(&self, presence: Option<(Element, i8)>) -> bool {
+        let mut last = self.last_presence.lock().unwrap_or_else(|e| e.into_inner());
+        let (available, priority) = match &presence {
+            Some((_, p)) => (true, *p),
+            None => (false, 0),
+        };
+        *last = presence.map(|(el, _)| el);
         self.priority.store(priority, Ordering::Relaxed);
-        self.available.store(available, Ordering::Release);
+        self.available.swap(available, Ordering::AcqRel)
+    }
+
+    /// The last broadcast available presence, if the session is available.
+    pub fn last_presence(&self) -> Option<Element> {
+        self.last_presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_interested(&self) {
+        self.interested.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_interested(&self) -> bool {
+        self.interested.load(Ordering::Relaxed)
+    }
+
+    /// Remembers (or forgets) an entity that got directed presence.
+    pub fn note_directed(&self, to: &str, available: bool) {
+        let mut set = self.directed.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: a client cannot grow this without limit.
+        if available && set.len() < 1000 {
+            set.insert(to.to_string());
+        } else if !available {
+            set.remove(to);
+        }
+    }
+
+    /// Takes the set of directed-presence recipients.
+    pub fn take_directed(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.directed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn is_available(&self) -> bool {

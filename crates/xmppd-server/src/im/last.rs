@@ -1,0 +1,91 @@
+//! Last Activity (XEP-0012): the server's uptime and when an account was last online.
+
+use async_trait::async_trait;
+use xmppd_core::{BareJid, Element, Stanza, StanzaErrorCondition};
+
+use super::{account_parts, roster, storage_error};
+use crate::modules::{IqResult, IqTarget, Module};
+use crate::router::Router;
+use crate::time::unix_now;
+
+pub const NS: &str = "jabber:iq:last";
+const AREA: &str = "last";
+
+/// Remembers when the last resource of `user` went offline, and its status.
+pub async fn record_logout(router: &Router, user: &BareJid, status: &str) {
+    let (username, domain) = account_parts(user);
+    let value = format!("{}\n{status}", unix_now());
+    if let Err(e) = router
+        .storage()
+        .data
+        .put(username, domain, AREA, "", &value)
+        .await
+    {
+        tracing::warn!(error = %e, "last activity not recorded");
+    }
+}
+
+fn query(seconds: i64, status: &str) -> Element {
+    let mut q = Element::new("query", NS).with_attr("seconds", seconds.max(0).to_string());
+    if !status.is_empty() {
+        q.push_text(status);
+    }
+    q
+}
+
+pub struct LastActivity;
+
+#[async_trait]
+impl Module for LastActivity {
+    fn namespaces(&self, _server: bool) -> &'static [&'static str] {
+        &[NS]
+    }
+
+    fn features(&self, _server: bool) -> &'static [&'static str] {
+        &[NS]
+    }
+
+    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+        if iq.stanza_type() != "get" {
+            return Err(StanzaErrorCondition::BadRequest.into());
+        }
+        let user = match target {
+            // §6: for a server, the time since it started.
+            IqTarget::Server(_) => return Ok(Some(query(router.uptime_secs(), ""))),
+            IqTarget::Account(user) => user,
+        };
+        let requester = iq.from.as_ref().map(|f| f.to_bare());
+        let allowed = match &requester {
+            Some(r) if r == user => true,
+            // §4: only contacts subscribed to the user's presence may ask.
+            Some(r) => roster::load_state(router, user, r)
+                .await
+                .map(|(_, s)| s.sub.has_from())
+                .unwrap_or(false),
+            None => false,
+        };
+        if !allowed {
+            return Err(StanzaErrorCondition::Forbidden.into());
+        }
+        if router
+            .sessions()
+            .resources(user)
+            .iter()
+            .any(|s| s.is_available())
+        {
+            return Ok(Some(query(0, "")));
+        }
+        let (username, domain) = account_parts(user);
+        let stored = router
+            .storage()
+            .data
+            .get(username, domain, AREA, "")
+            .await
+            .map_err(storage_error)?;
+        let Some((when, status)) = stored.as_deref().and_then(|s| s.split_once('\n')) else {
+            return Err(StanzaErrorCondition::ItemNotFound.into());
+        };
+        let when: i64 = when.parse().unwrap_or(0);
+        Ok(Some(query(unix_now() - when, status)))
+    }
+}

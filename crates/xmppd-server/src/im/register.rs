@@ -1,0 +1,95 @@
+//! In-band registration (XEP-0077) for logged-in users: change the password, or delete the
+//! account with everything stored for it.
+
+use async_trait::async_trait;
+use xmppd_core::{Element, Stanza, StanzaError, StanzaErrorCondition};
+
+use super::{account_parts, storage_error};
+use crate::modules::{IqResult, IqTarget, Module};
+use crate::router::{Kick, Router};
+use crate::sasl::credentials;
+
+pub const NS: &str = "jabber:iq:register";
+
+pub struct Register;
+
+#[async_trait]
+impl Module for Register {
+    fn namespaces(&self, server: bool) -> &'static [&'static str] {
+        if server {
+            &[NS]
+        } else {
+            &[]
+        }
+    }
+
+    fn features(&self, server: bool) -> &'static [&'static str] {
+        self.namespaces(server)
+    }
+
+    async fn handle_iq(&self, router: &Router, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
+        let from = iq.from.as_ref().ok_or(StanzaErrorCondition::Forbidden)?;
+        let user = from.to_bare();
+        if !router.is_local_domain(user.domain().as_str()) || user.node().is_none() {
+            return Err(StanzaErrorCondition::Forbidden.into());
+        }
+        let (username, domain) = account_parts(&user);
+        let query = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
+        if iq.stanza_type() == "get" {
+            // §3.2.1: a registered user sees <registered/> and the current username.
+            return Ok(Some(
+                Element::new("query", NS)
+                    .with_child(Element::new("registered", NS))
+                    .with_child(Element::new("username", NS).with_text(username))
+                    .with_child(Element::new("password", NS)),
+            ));
+        }
+        if query.has_child("remove", NS) {
+            // §3.2: delete the account, then end its sessions.
+            router
+                .storage()
+                .accounts
+                .delete(username, domain)
+                .await
+                .map_err(storage_error)?;
+            tracing::info!(account = %user, "account deleted in-band");
+            for session in router.sessions().resources(&user) {
+                session.kick(Kick::AccountRemoved);
+            }
+            return Ok(None);
+        }
+        let name = query.get_child("username", NS).map(|e| e.text());
+        let password = query.get_child("password", NS).map(|e| e.text());
+        let (Some(name), Some(password)) = (name, password) else {
+            return Err(StanzaErrorCondition::BadRequest.into());
+        };
+        // §3.3: the username must be the account's own.
+        if !name.eq_ignore_ascii_case(username) {
+            return Err(StanzaError::new(StanzaErrorCondition::NotAllowed)
+                .with_text("the username cannot be changed"));
+        }
+        if password.is_empty() {
+            return Err(StanzaErrorCondition::NotAcceptable.into());
+        }
+        let (u, d, iterations) = (
+            username.to_string(),
+            domain.to_string(),
+            router.scram_iterations(),
+        );
+        let account = tokio::task::spawn_blocking(move || {
+            credentials::new_account(&u, &d, &password, iterations)
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or(StanzaErrorCondition::NotAcceptable)?;
+        router
+            .storage()
+            .accounts
+            .set_credentials(&account)
+            .await
+            .map_err(storage_error)?;
+        tracing::info!(account = %user, "password changed in-band");
+        Ok(None)
+    }
+}
