@@ -88,6 +88,7 @@ pub fn pki() -> &'static Pki {
 
 pub struct TestServer {
     server: Option<RunningServer>,
+    config: Config,
     _dir: tempfile::TempDir,
     pub c2s: SocketAddr,
     pub direct_tls: SocketAddr,
@@ -115,13 +116,15 @@ impl TestServer {
         }];
         config.sasl.scram_iterations = 4096;
         tweak(&mut config);
-        let server = xmppd_server::start(config).await.expect("server starts");
-        let server_ref = &server;
+        let server = xmppd_server::start(config.clone())
+            .await
+            .expect("server starts");
         let ts = TestServer {
-            c2s: server_ref.c2s_addrs[0],
-            direct_tls: server_ref.direct_tls_addrs[0],
-            metrics: server_ref.metrics_addr,
+            c2s: server.c2s_addrs[0],
+            direct_tls: server.direct_tls_addrs[0],
+            metrics: server.metrics_addr,
             server: Some(server),
+            config,
             _dir: dir,
         };
         for user in ["alice", "bob", "carol"] {
@@ -144,6 +147,20 @@ impl TestServer {
             .create(&account)
             .await
             .unwrap();
+    }
+
+    /// Stops the server and starts it again on the same data (new ports).
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let server = xmppd_server::start(self.config.clone())
+            .await
+            .expect("server restarts");
+        self.c2s = server.c2s_addrs[0];
+        self.direct_tls = server.direct_tls_addrs[0];
+        self.metrics = server.metrics_addr;
+        self.server = Some(server);
     }
 
     pub async fn stop(mut self) {
@@ -184,6 +201,8 @@ enum Io {
 pub struct Raw {
     io: Option<Io>,
     buf: String,
+    /// Stanzas read while looking for another one, oldest first.
+    skipped: std::collections::VecDeque<String>,
 }
 
 pub fn tls_connector(client_cert: bool) -> tokio_rustls::TlsConnector {
@@ -219,6 +238,7 @@ impl Raw {
         Raw {
             io: Some(Io::Plain(tcp)),
             buf: String::new(),
+            skipped: Default::default(),
         }
     }
 
@@ -232,6 +252,7 @@ impl Raw {
         Raw {
             io: Some(Io::Tls(Box::new(tls))),
             buf: String::new(),
+            skipped: Default::default(),
         }
     }
 
@@ -396,11 +417,112 @@ impl Raw {
         (raw, jid)
     }
 
+    /// Logs in without sending presence, requests the roster (so it gets pushes).
+    pub async fn login_quiet(addr: SocketAddr, user: &str, resource: &str) -> Raw {
+        let (mut raw, _) = Raw::secure(addr).await;
+        let reply = raw.auth_plain(user, PASSWORD).await;
+        assert!(reply.contains("<success"), "{reply}");
+        raw.open().await;
+        raw.bind(Some(resource)).await;
+        raw
+    }
+
+    /// Reads the next complete top-level element the server sends.
+    pub async fn next_stanza(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(end) = element_end(&self.buf) {
+                let rest = self.buf.split_off(end);
+                return std::mem::replace(&mut self.buf, rest).trim().to_string();
+            }
+            match tokio::time::timeout_at(deadline, self.read_some()).await {
+                Ok(0) => panic!("connection closed waiting for a stanza; got {:?}", self.buf),
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "timed out waiting for a stanza; got {:?}, skipped {:?}",
+                    self.buf, self.skipped
+                ),
+            }
+        }
+    }
+
+    /// The oldest stanza containing every needle: one skipped earlier, or the next such one
+    /// to arrive (others that arrive meanwhile are kept for later calls).
+    pub async fn stanza_with(&mut self, needles: &[&str]) -> String {
+        let matches = |s: &str| needles.iter().all(|n| s.contains(n));
+        if let Some(pos) = self.skipped.iter().position(|s| matches(s)) {
+            return self.skipped.remove(pos).unwrap();
+        }
+        for _ in 0..200 {
+            let stanza = self.next_stanza().await;
+            if matches(&stanza) {
+                return stanza;
+            }
+            self.skipped.push_back(stanza);
+        }
+        panic!("no stanza with {needles:?} among {:?}", self.skipped)
+    }
+
+    /// Sends an iq and returns the reply with the same id.
+    pub async fn iq(&mut self, id: &str, iq: &str) -> String {
+        self.send(iq).await;
+        self.stanza_with(&[&format!("id='{id}'")]).await
+    }
+
+    /// Whatever arrives within a short while ("" if nothing does).
+    pub async fn next_stanza_if_any(&mut self) -> String {
+        let _ = tokio::time::timeout(Duration::from_millis(300), self.read_some()).await;
+        let mut all: Vec<String> = self.skipped.drain(..).collect();
+        all.push(std::mem::take(&mut self.buf));
+        all.concat()
+    }
+
     /// Round trip through the server: after this, everything sent before has been handled.
     pub async fn sync(&mut self) {
-        self.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
-            .await;
-        self.read_until("id='sync'").await;
+        self.iq(
+            "sync",
+            "<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+    }
+}
+
+/// Where the first complete element in `s` ends (the server writes no comments or CDATA).
+fn element_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut depth = 0;
+    loop {
+        while i < b.len() && b[i] != b'<' {
+            i += 1;
+        }
+        if i >= b.len() {
+            return None;
+        }
+        let closing = b.get(i + 1) == Some(&b'/');
+        let mut j = i + 1;
+        let mut quote = None;
+        while j < b.len() {
+            match (quote, b[j]) {
+                (None, b'\'' | b'"') => quote = Some(b[j]),
+                (Some(q), c) if c == q => quote = None,
+                (None, b'>') => break,
+                _ => {}
+            }
+            j += 1;
+        }
+        if j >= b.len() {
+            return None;
+        }
+        if closing {
+            depth -= 1;
+        } else if b[j - 1] != b'/' {
+            depth += 1;
+        }
+        i = j + 1;
+        if depth == 0 {
+            return Some(i);
+        }
     }
 }
 

@@ -146,7 +146,7 @@ pub struct StanzaError {
     pub condition: StanzaErrorCondition,
     pub text: Option<String>,
     /// An application-specific condition element (e.g. XEP-0191 `<blocked/>`).
-    pub app_condition: Option<Element>,
+    pub app_condition: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -177,7 +177,7 @@ impl StanzaError {
             );
         }
         if let Some(app) = &self.app_condition {
-            error.push_child(app.clone());
+            error.push_child((**app).clone());
         }
         error
     }

@@ -201,6 +201,11 @@ impl Connection {
                     return;
                 }
                 kick = wait_kick(session.as_deref()) => {
+                    if kick != Kick::QueueOverflow {
+                        // What was queued before the kick (such as the reply to the request
+                        // that deleted the account) still goes out first.
+                        self.drain_queue();
+                    }
                     let (err, text) = match kick {
                         Kick::Conflict => (StreamError::Conflict, "replaced by a new session with the same resource"),
                         Kick::AccountRemoved => (StreamError::NotAuthorized, "the account was deleted"),
@@ -701,6 +706,15 @@ impl Connection {
 
     fn send_element(&mut self, el: &Element) {
         el.write_to(&mut self.out, ns::CLIENT);
+    }
+
+    /// Moves every queued stanza into the output buffer.
+    fn drain_queue(&mut self) {
+        if let Some(queue) = self.queue.as_mut() {
+            while let Ok(data) = queue.try_recv() {
+                self.out.extend_from_slice(&data);
+            }
+        }
     }
 
     /// Writes queued stanzas, taking more that are already waiting into the same write.

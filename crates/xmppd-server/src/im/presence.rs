@@ -64,7 +64,8 @@ pub async fn from_client(router: &Router, session: &Arc<SessionHandle>, stanza: 
         (None, _) => {}
         (Some(to), k) if Kind::parse(k).is_some() => {
             let kind = Kind::parse(k).expect("checked");
-            outbound_subscription(router, session, to.to_bare(), kind).await
+            let contact = to.to_bare();
+            outbound_subscription(router, session, contact, kind, stanza.into_element()).await
         }
         // §4.3: clients should not probe, but answering from the roster is harmless.
         (Some(to), "probe") => client_probe(router, session, &to.to_bare()).await,
@@ -200,6 +201,7 @@ async fn outbound_subscription(
     session: &Arc<SessionHandle>,
     contact: BareJid,
     kind: Kind,
+    mut el: Element,
 ) {
     let user = session.jid.to_bare();
     let (item, before) = match roster::load_state(router, &user, &contact).await {
@@ -215,8 +217,11 @@ async fn outbound_subscription(
         return;
     }
     if out.route {
-        // §3.1.2: subscription stanzas are stamped with the bare JID.
-        send_subscription(router, &user, &contact, kind).await;
+        // §3.1.2: subscription stanzas are stamped with bare JIDs; the client's status and
+        // extensions travel with it.
+        el.set_attr("from", user.as_str());
+        el.set_attr("to", contact.as_str());
+        route(router, el).await;
     }
     if !before.sub.has_from() && out.state.sub.has_from() {
         // §3.1.5: the contact now receives our presence: send the current one.

@@ -45,7 +45,9 @@ impl Module for Register {
             ));
         }
         if query.has_child("remove", NS) {
-            // §3.2: delete the account, then end its sessions.
+            // §3.2: delete the account, then end its sessions. Contacts are unsubscribed
+            // first, while the roster still says who they are.
+            super::roster::remove_all(router, &user).await?;
             router
                 .storage()
                 .accounts

@@ -269,6 +269,24 @@ async fn set(router: &Router, user: &BareJid, query: &Element) -> IqResult {
     Ok(None)
 }
 
+/// Removes every contact of an account being deleted, so they are told (unavailable,
+/// unsubscribe, unsubscribed) and their own rosters follow.
+pub async fn remove_all(router: &Router, user: &BareJid) -> Result<(), StanzaError> {
+    let (username, domain) = account_parts(user);
+    let (_, items) = router
+        .storage()
+        .roster
+        .roster(username, domain)
+        .await
+        .map_err(storage_error)?;
+    for item in items {
+        if let Ok(contact) = BareJid::new(&item.contact) {
+            remove(router, user, &contact).await?;
+        }
+    }
+    Ok(())
+}
+
 /// §2.5: removing an item also cancels both directions of the subscription.
 async fn remove(router: &Router, user: &BareJid, contact: &BareJid) -> Result<(), StanzaError> {
     let (item, state) = load_state(router, user, contact).await?;
