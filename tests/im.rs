@@ -608,7 +608,12 @@ async fn password_change_and_account_deletion_in_band() {
 
 #[tokio::test]
 async fn disco_lists_exactly_the_implemented_features() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| {
+        c.server
+            .contact_addresses
+            .insert("admin".into(), vec!["xmpp:admin@localhost".into()]);
+    })
+    .await;
     let mut alice = Raw::login_quiet(server.c2s, "alice", "a").await;
     let info = alice.iq("d1", "<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     let features: Vec<&str> = info
@@ -628,6 +633,10 @@ async fn disco_lists_exactly_the_implemented_features() {
             "urn:xmpp:time",
             "vcard-temp",
         ]
+    );
+    assert!(
+        info.contains("<field var='admin-addresses'><value>xmpp:admin@localhost</value></field>"),
+        "XEP-0157: {info}"
     );
     let account = alice.iq("d2", "<iq type='get' id='d2' to='bob@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert!(

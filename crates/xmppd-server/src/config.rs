@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Storage URL; empty means `sqlite://<data_dir>/xmppd.sqlite`.
     pub storage: String,
+    /// XEP-0157 contact addresses published in disco#info, by kind (abuse, admin, feedback,
+    /// sales, security, status, support), e.g. `admin = ["xmpp:admin@example.org"]`.
+    pub contact_addresses: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             domains: vec!["localhost".into()],
             data_dir: PathBuf::from("./data"),
             storage: String::new(),
+            contact_addresses: Default::default(),
         }
     }
 }
@@ -213,6 +217,11 @@ impl Default for LogConfig {
     }
 }
 
+/// The address kinds of XEP-0157 §4.
+pub const CONTACT_KINDS: [&str; 7] = [
+    "abuse", "admin", "feedback", "sales", "security", "status", "support",
+];
+
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -254,6 +263,13 @@ impl Config {
         for domain in &self.server.domains {
             if jid::BareJid::new(domain).map(|j| j.node().is_some()) != Ok(false) {
                 return invalid(format!("server.domains: {domain:?} is not a domain"));
+            }
+        }
+        for kind in self.server.contact_addresses.keys() {
+            if !CONTACT_KINDS.contains(&kind.as_str()) {
+                return invalid(format!(
+                    "server.contact_addresses: unknown kind {kind:?} (expected one of {CONTACT_KINDS:?})"
+                ));
             }
         }
         for mech in &self.sasl.mechanisms {

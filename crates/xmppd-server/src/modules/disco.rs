@@ -18,6 +18,32 @@ fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
     el
 }
 
+const DATA: &str = "jabber:x:data";
+
+/// XEP-0157 contact addresses as a XEP-0128 extended-information form.
+fn contact_form(addresses: &std::collections::BTreeMap<String, Vec<String>>) -> Element {
+    let field = |var: String, kind: Option<&str>| {
+        let mut f = Element::new("field", DATA).with_attr("var", var);
+        if let Some(kind) = kind {
+            f.set_attr("type", kind);
+        }
+        f
+    };
+    let mut form_type = field("FORM_TYPE".into(), Some("hidden"));
+    form_type.push_child(Element::new("value", DATA).with_text("http://jabber.org/network/serverinfo"));
+    let mut form = Element::new("x", DATA)
+        .with_attr("type", "result")
+        .with_child(form_type);
+    for (kind, values) in addresses {
+        let mut f = field(format!("{kind}-addresses"), None);
+        for v in values {
+            f.push_child(Element::new("value", DATA).with_text(v.clone()));
+        }
+        form.push_child(f);
+    }
+    form
+}
+
 #[async_trait]
 impl Module for Disco {
     fn namespaces(&self, _server: bool) -> &'static [&'static str] {
@@ -48,6 +74,10 @@ impl Module for Disco {
         });
         for feature in router.modules().features(server) {
             query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
+        }
+        let addresses = &router.config().server.contact_addresses;
+        if server && !addresses.is_empty() {
+            query.push_child(contact_form(addresses));
         }
         Ok(Some(query))
     }

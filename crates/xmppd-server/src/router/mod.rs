@@ -78,8 +78,7 @@ impl StanzaFilter for AllowAll {
 
 pub struct Router {
     domains: HashSet<String>,
-    limits: ImConfig,
-    scram_iterations: u32,
+    config: Config,
     started: std::time::Instant,
     sessions: SessionTable,
     storage: Storage,
@@ -101,8 +100,7 @@ impl Router {
     pub fn new(config: &Config, storage: Storage, modules: Modules, metrics: Arc<Metrics>) -> Self {
         Router {
             domains: config.server.domains.iter().cloned().collect(),
-            limits: config.im.clone(),
-            scram_iterations: config.sasl.scram_iterations,
+            config: config.clone(),
             started: std::time::Instant::now(),
             sessions: SessionTable::default(),
             storage,
@@ -126,13 +124,17 @@ impl Router {
         &self.storage
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Per-account limits of the IM services.
     pub fn limits(&self) -> &ImConfig {
-        &self.limits
+        &self.config.im
     }
 
     pub fn scram_iterations(&self) -> u32 {
-        self.scram_iterations
+        self.config.sasl.scram_iterations
     }
 
     pub fn uptime_secs(&self) -> i64 {
