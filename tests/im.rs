@@ -645,3 +645,51 @@ async fn disco_lists_exactly_the_implemented_features() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn in_band_registration_when_enabled() {
+    let server = TestServer::start_with(|c| {
+        c.im.allow_registration = true;
+        c.im.registrations_per_ip_per_hour = 1;
+    })
+    .await;
+    let (mut raw, features) = Raw::secure(server.c2s).await;
+    assert!(
+        features.contains("<register xmlns='http://jabber.org/features/iq-register'/>"),
+        "{features}"
+    );
+    let form = raw
+        .iq(
+            "f",
+            "<iq type='get' id='f'><query xmlns='jabber:iq:register'/></iq>",
+        )
+        .await;
+    assert!(
+        form.contains("<username/>") && form.contains("<password/>"),
+        "{form}"
+    );
+    let taken = raw.iq("t", "<iq type='set' id='t'><query xmlns='jabber:iq:register'><username>alice</username><password>x</password></query></iq>").await;
+    assert!(taken.contains("<conflict"), "{taken}");
+    let ok = raw.iq("n", "<iq type='set' id='n'><query xmlns='jabber:iq:register'><username>Newbie</username><password>fresh pass</password></query></iq>").await;
+    assert!(ok.contains("type='result'"), "{ok}");
+    let again = raw.iq("n2", "<iq type='set' id='n2'><query xmlns='jabber:iq:register'><username>other</username><password>p</password></query></iq>").await;
+    assert!(
+        again.contains("<resource-constraint"),
+        "rate limited: {again}"
+    );
+    let (mut login, _) = Raw::secure(server.c2s).await;
+    assert!(login
+        .auth_plain("newbie", "fresh pass")
+        .await
+        .contains("<success"));
+    server.stop().await;
+
+    // Off by default: not advertised, and the request is refused.
+    let server = TestServer::start().await;
+    let (mut raw, features) = Raw::secure(server.c2s).await;
+    assert!(!features.contains("iq-register"), "{features}");
+    raw.send("<iq type='get' id='f'><query xmlns='jabber:iq:register'/></iq>")
+        .await;
+    assert!(raw.read_to_close().await.contains("<not-authorized"));
+    server.stop().await;
+}

@@ -28,6 +28,10 @@ pub struct ImConfig {
     pub max_offline_messages: usize,
     /// Largest vCard or private XML document, in bytes.
     pub max_document_size: usize,
+    /// In-band registration of new accounts (XEP-0077) by anyone who can connect.
+    pub allow_registration: bool,
+    /// Accounts one IP address may register per hour when registration is on.
+    pub registrations_per_ip_per_hour: u32,
 }
 
 impl Default for ImConfig {
@@ -36,6 +40,8 @@ impl Default for ImConfig {
             max_roster_items: 1000,
             max_offline_messages: 500,
             max_document_size: 128 * 1024,
+            allow_registration: false,
+            registrations_per_ip_per_hour: 3,
         }
     }
 }

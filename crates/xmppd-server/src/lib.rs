@@ -46,6 +46,8 @@ pub struct ServerState {
     pub tls: TlsContext,
     pub metrics: Arc<Metrics>,
     pub throttle: AuthThrottle,
+    /// Counts in-band registrations per address (XEP-0077).
+    pub registrations: AuthThrottle,
     pub connections: Arc<ConnectionLimiter>,
     /// Server secret (persisted in the data directory) for values that must be stable but
     /// unguessable, such as the fake SCRAM salts of unknown users.
@@ -157,6 +159,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         throttle: AuthThrottle::new(
             config.sasl.max_failures_per_ip,
             Duration::from_secs(config.sasl.failure_window_secs),
+        ),
+        registrations: AuthThrottle::new(
+            config.im.registrations_per_ip_per_hour,
+            Duration::from_secs(3600),
         ),
         connections: ConnectionLimiter::new(config.limits.max_connections_per_ip),
         config,

@@ -419,6 +419,9 @@ impl Connection {
             features.push_child(starttls);
         }
         if self.user.is_none() && !self.tls_required_now() {
+            if self.may_register() {
+                features.push_child(Element::new("register", crate::im::register::FEATURE));
+            }
             let env = self.sasl_env();
             let mut mechanisms = Element::new("mechanisms", ns::SASL);
             for mech in env.offered() {
@@ -464,6 +467,9 @@ impl Connection {
                 }
             }
             (ns::SASL, _) if self.user.is_none() => self.on_sasl(el).await,
+            (ns::CLIENT, "iq") if self.user.is_none() && self.may_register() => {
+                self.on_registration(el).await
+            }
             (ns::CLIENT, "message" | "presence" | "iq") => {
                 if self.user.is_none() {
                     return self
@@ -484,6 +490,44 @@ impl Connection {
                     .await
             }
         }
+    }
+
+    /// In-band registration is possible on this stream (XEP-0077), behind TLS if required.
+    fn may_register(&self) -> bool {
+        self.server.config.im.allow_registration && !self.tls_required_now()
+    }
+
+    async fn on_registration(&mut self, el: Element) -> Flow {
+        let is_register = el
+            .children()
+            .next()
+            .is_some_and(|p| p.is("query", crate::im::register::NS));
+        let stanza = match Stanza::parse(el) {
+            Ok(s) if is_register && s.is_iq_request() => s,
+            _ => {
+                return self
+                    .stream_error(StreamError::NotAuthorized, Some("authenticate first"))
+                    .await
+            }
+        };
+        let server = self.server.clone();
+        let result = crate::im::register::register_new(
+            &server.router,
+            &self.domain,
+            &stanza,
+            self.peer.ip(),
+            &server.registrations,
+        )
+        .await;
+        let reply = match result {
+            Ok(payload) => stanza.iq_result(payload),
+            Err(e) => match stanza.error_reply(&e) {
+                Some(reply) => reply,
+                None => return Flow::Continue,
+            },
+        };
+        self.send_element(&reply);
+        self.flush_flow().await
     }
 
     async fn on_sasl(&mut self, el: Element) -> Flow {

@@ -10,6 +10,74 @@ use crate::router::{Kick, Router};
 use crate::sasl::credentials;
 
 pub const NS: &str = "jabber:iq:register";
+/// Stream feature advertising in-band registration (XEP-0077 §4).
+pub const FEATURE: &str = "http://jabber.org/features/iq-register";
+
+/// XEP-0077 §3.1: registration of a new account by a client that has not logged in.
+/// `throttle` limits successful registrations per address.
+pub async fn register_new(
+    router: &Router,
+    domain: &str,
+    iq: &Stanza,
+    ip: std::net::IpAddr,
+    throttle: &crate::sasl::AuthThrottle,
+) -> IqResult {
+    let query = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
+    if iq.stanza_type() == "get" {
+        return Ok(Some(
+            Element::new("query", NS)
+                .with_child(
+                    Element::new("instructions", NS)
+                        .with_text("Choose a username and password for this server."),
+                )
+                .with_child(Element::new("username", NS))
+                .with_child(Element::new("password", NS)),
+        ));
+    }
+    if query.has_child("remove", NS) {
+        return Err(StanzaErrorCondition::NotAuthorized.into());
+    }
+    let name = query.get_child("username", NS).map(|e| e.text());
+    let password = query.get_child("password", NS).map(|e| e.text());
+    let (Some(name), Some(password)) = (name, password) else {
+        return Err(StanzaErrorCondition::NotAcceptable.into());
+    };
+    let bare = xmppd_core::BareJid::new(&format!("{name}@{domain}")).map_err(|_| {
+        StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("invalid username")
+    })?;
+    if bare.node().is_none() || password.is_empty() {
+        return Err(StanzaErrorCondition::NotAcceptable.into());
+    }
+    if throttle.is_blocked(ip) {
+        return Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+            .with_text("too many registrations from your address; try later"));
+    }
+    let (username, domain) = account_parts(&bare);
+    let (u, d, iterations) = (
+        username.to_string(),
+        domain.to_string(),
+        router.scram_iterations(),
+    );
+    let account = tokio::task::spawn_blocking(move || {
+        credentials::new_account(&u, &d, &password, iterations)
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or(StanzaErrorCondition::NotAcceptable)?;
+    let created = router
+        .storage()
+        .accounts
+        .create(&account)
+        .await
+        .map_err(storage_error)?;
+    if !created {
+        return Err(StanzaErrorCondition::Conflict.into());
+    }
+    throttle.record_failure(ip);
+    tracing::info!(account = %bare, %ip, "account registered in-band");
+    Ok(None)
+}
 
 pub struct Register;
 

@@ -30,7 +30,8 @@ fn contact_form(addresses: &std::collections::BTreeMap<String, Vec<String>>) -> 
         f
     };
     let mut form_type = field("FORM_TYPE".into(), Some("hidden"));
-    form_type.push_child(Element::new("value", DATA).with_text("http://jabber.org/network/serverinfo"));
+    form_type
+        .push_child(Element::new("value", DATA).with_text("http://jabber.org/network/serverinfo"));
     let mut form = Element::new("x", DATA)
         .with_attr("type", "result")
         .with_child(form_type);
