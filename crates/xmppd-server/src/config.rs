@@ -32,6 +32,10 @@ pub struct ImConfig {
     pub allow_registration: bool,
     /// Accounts one IP address may register per hour when registration is on.
     pub registrations_per_ip_per_hour: u32,
+    /// Privacy lists (XEP-0016).
+    pub privacy_lists: bool,
+    /// The blocking command (XEP-0191).
+    pub blocking: bool,
 }
 
 impl Default for ImConfig {
@@ -42,6 +46,8 @@ impl Default for ImConfig {
             max_document_size: 128 * 1024,
             allow_registration: false,
             registrations_per_ip_per_hour: 3,
+            privacy_lists: true,
+            blocking: true,
         }
     }
 }

@@ -123,7 +123,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let router = Router::new(
         &config,
         storage,
-        modules::Modules::standard(),
+        modules::Modules::standard(&config),
         metrics.clone(),
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -5,6 +5,7 @@
 pub mod last;
 pub mod offline;
 pub mod presence;
+pub mod privacy;
 pub mod private;
 pub mod register;
 pub mod roster;

@@ -36,7 +36,7 @@ pub async fn send_subscription(router: &Router, user: &BareJid, contact: &BareJi
 }
 
 /// Sends the current presence of every available resource of `user` to `contact`.
-async fn send_current_to(router: &Router, user: &BareJid, contact: &BareJid) {
+pub async fn send_current_to(router: &Router, user: &BareJid, contact: &BareJid) {
     for session in router.sessions().resources(user) {
         if let Some(mut last) = session.last_presence() {
             last.set_attr("to", contact.as_str());
@@ -175,7 +175,8 @@ async fn go_unavailable(router: &Router, session: &Arc<SessionHandle>, el: Optio
     if !was_available {
         return;
     }
-    broadcast(router, &user, &el).await;
+    // Recorded before anyone hears of it, so a last-activity query that follows the
+    // unavailable presence sees this logout.
     if !router
         .sessions()
         .resources(&user)
@@ -188,6 +189,7 @@ async fn go_unavailable(router: &Router, session: &Arc<SessionHandle>, el: Optio
             .unwrap_or_default();
         super::last::record_logout(router, &user, &status).await;
     }
+    broadcast(router, &user, &el).await;
 }
 
 /// The session has closed: behave as if it had sent unavailable presence.

@@ -122,6 +122,7 @@ impl Module for Register {
                 .delete(username, domain)
                 .await
                 .map_err(storage_error)?;
+            router.privacy().forget(&user);
             tracing::info!(account = %user, "account deleted in-band");
             for session in router.sessions().resources(&user) {
                 session.kick(Kick::AccountRemoved);

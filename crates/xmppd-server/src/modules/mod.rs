@@ -47,10 +47,10 @@ pub struct Modules {
 }
 
 impl Modules {
-    /// The modules every server runs.
-    pub fn standard() -> Self {
+    /// The modules every server runs, and those `config` switches on.
+    pub fn standard(config: &crate::config::Config) -> Self {
         use crate::im;
-        Self::new(vec![
+        let mut all: Vec<Arc<dyn Module>> = vec![
             Arc::new(disco::Disco),
             Arc::new(ping::Ping),
             Arc::new(version::Version),
@@ -60,7 +60,14 @@ impl Modules {
             Arc::new(im::private::Private),
             Arc::new(im::last::LastActivity),
             Arc::new(im::register::Register),
-        ])
+        ];
+        if config.im.privacy_lists {
+            all.push(Arc::new(im::privacy::PrivacyLists));
+        }
+        if config.im.blocking {
+            all.push(Arc::new(im::privacy::Blocking));
+        }
+        Self::new(all)
     }
 
     pub fn new(all: Vec<Arc<dyn Module>>) -> Self {

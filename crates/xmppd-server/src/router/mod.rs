@@ -3,8 +3,8 @@
 //! Destinations: a local account (its sessions, or the server answering on its behalf), the
 //! server domain (modules), a local service host (MUC, pubsub, XEP-0114 components: the
 //! [`Service`] seam) or a remote domain (the [`RemoteDomains`] seam, s2s). Privacy lists and
-//! blocking plug in as a [`StanzaFilter`], consulted once on the way out of the sender and once
-//! on the way into a local recipient.
+//! blocking are the filter stage ([`im::privacy::Privacy`]), consulted once on the way out of
+//! a local sender and once on the way into a local recipient.
 
 pub mod sessions;
 
@@ -56,26 +56,6 @@ pub enum Verdict {
     Reject(StanzaError),
 }
 
-/// Privacy lists and blocking (XEP-0016, XEP-0191) plug in here.
-pub trait StanzaFilter: Send + Sync {
-    /// Whether the sender's own rules let the stanza out.
-    fn outbound(&self, stanza: &Stanza) -> Verdict;
-    /// Whether the local recipient's rules let the stanza in.
-    fn inbound(&self, stanza: &Stanza, recipient: &BareJid) -> Verdict;
-}
-
-/// No privacy rules.
-pub struct AllowAll;
-
-impl StanzaFilter for AllowAll {
-    fn outbound(&self, _: &Stanza) -> Verdict {
-        Verdict::Allow
-    }
-    fn inbound(&self, _: &Stanza, _: &BareJid) -> Verdict {
-        Verdict::Allow
-    }
-}
-
 pub struct Router {
     domains: HashSet<String>,
     config: Config,
@@ -85,7 +65,7 @@ pub struct Router {
     modules: Modules,
     services: RwLock<HashMap<String, Arc<dyn Service>>>,
     remote: Arc<dyn RemoteDomains>,
-    filter: Arc<dyn StanzaFilter>,
+    privacy: im::privacy::Privacy,
     metrics: Arc<Metrics>,
 }
 
@@ -107,7 +87,7 @@ impl Router {
             modules,
             services: RwLock::new(HashMap::new()),
             remote: Arc::new(NoFederation),
-            filter: Arc::new(AllowAll),
+            privacy: im::privacy::Privacy::default(),
             metrics,
         }
     }
@@ -122,6 +102,11 @@ impl Router {
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// The privacy filter stage (XEP-0016/XEP-0191).
+    pub fn privacy(&self) -> &im::privacy::Privacy {
+        &self.privacy
     }
 
     pub fn config(&self) -> &Config {
@@ -164,7 +149,7 @@ impl Router {
 
     /// Routes a stanza whose `from` has already been checked and stamped by its stream.
     pub async fn route(&self, stanza: Stanza) {
-        match self.filter.outbound(&stanza) {
+        match self.privacy.outbound(self, &stanza).await {
             Verdict::Allow => {}
             Verdict::Drop => return,
             Verdict::Reject(e) => return self.bounce(&stanza, e),
@@ -223,7 +208,7 @@ impl Router {
     /// Stanzas to a local account (RFC 6121 §8.5).
     async fn to_account(&self, stanza: Stanza, to: &Jid) {
         let bare = to.to_bare();
-        match self.filter.inbound(&stanza, &bare) {
+        match self.privacy.inbound(self, &stanza, to).await {
             Verdict::Allow => {}
             Verdict::Drop => return,
             Verdict::Reject(e) => return self.bounce(&stanza, e),

@@ -38,6 +38,10 @@ pub struct SessionHandle {
     interested: AtomicBool,
     /// The last available presence it broadcast (from = its full JID), for probes.
     last_presence: Mutex<Option<Element>>,
+    /// Its XEP-0016 active privacy list, if it chose one.
+    active_list: Mutex<Option<String>>,
+    /// Requested the blocklist, so it gets blocking pushes (XEP-0191 §3.3).
+    blocklist_interested: AtomicBool,
     /// Entities it sent directed available presence to (RFC 6121 §4.6), to be told when it
     /// becomes unavailable.
     directed: Mutex<HashSet<String>>,
@@ -54,6 +58,8 @@ impl SessionHandle {
             priority: AtomicI8::new(0),
             interested: AtomicBool::new(false),
             last_presence: Mutex::new(None),
+            active_list: Mutex::new(None),
+            blocklist_interested: AtomicBool::new(false),
             directed: Mutex::new(HashSet::new()),
         })
     }
@@ -139,6 +145,25 @@ impl SessionHandle {
 
     pub fn is_interested(&self) -> bool {
         self.interested.load(Ordering::Relaxed)
+    }
+
+    pub fn active_list(&self) -> Option<String> {
+        self.active_list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_active_list(&self, name: Option<String>) {
+        *self.active_list.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
+
+    pub fn set_blocklist_interested(&self) {
+        self.blocklist_interested.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_blocklist_interested(&self) -> bool {
+        self.blocklist_interested.load(Ordering::Relaxed)
     }
 
     /// Remembers (or forgets) an entity that got directed presence.
