@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts xmppd (from target/debug unless XMPPD is set) on free loopback ports with a fresh
 # data directory and its generated self-signed certificate, adds two accounts with the CLI,
-# runs the slixmpp scenarios against it, and stops it again.
+# runs the slixmpp scenarios against it, and stops it again. Extra arguments go to
+# scenarios.py, e.g. `bash interop/run.sh -v --only offline_message`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash interop/setup.sh
@@ -35,7 +36,7 @@ done
 status=0
 .venv/bin/python interop/scenarios.py --host 127.0.0.1 --port "$c2s" --tls-port "$tls" \
     --domain localhost --user alice --user2 bob --password interop-secret \
-    --cafile "$work/data/certs/localhost.crt" || status=$?
+    --cafile "$work/data/certs/localhost.crt" "$@" || status=$?
 if [ "$status" -ne 0 ]; then
     echo "--- server log ---"; tail -n 50 "$work/server.log"
 fi

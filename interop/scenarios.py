@@ -7,26 +7,52 @@ See interop/README.md for how to run it.
 """
 import argparse
 import asyncio
+import hashlib
 import logging
 import ssl
 import sys
 import uuid
+from datetime import datetime, timedelta, timezone
 
-from slixmpp import ClientXMPP
+from slixmpp import ClientXMPP, Presence
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins.xep_0153 import VCardTempUpdate
+from slixmpp.xmlstream import register_stanza_plugin
+
+# Read presence['vcard_temp_update'] without loading the xep_0153 plugin, which
+# would also stamp our own presence with a client-side hash.
+register_stanza_plugin(Presence, VCardTempUpdate)
 
 
 class Failed(Exception):
     pass
 
 
+class NotReceived(Failed):
+    pass
+
+
+WAIT = 10  # seconds for any single expected reply, push, message or presence
+
+
+async def until(cond, describe, timeout=WAIT):
+    """Poll cond() (e.g. state slixmpp updates from roster pushes); on
+    timeout fail with describe(), evaluated then."""
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise Failed(f"timed out after {timeout}s waiting for {describe()}")
+
+
 class Client:
     """One slixmpp connection plus the state the scenarios check."""
 
     def __init__(self, args, local, resource=None, password=None, mech=None,
-                 direct_tls=False):
+                 direct_tls=False, priority=None):
         self.args = args
         self.direct_tls = direct_tls
+        self.priority = priority
         jid = f"{local}@{args.domain}" + (f"/{resource}" if resource else "")
         # use_mechs limits SASL to exactly this set; without it slixmpp
         # picks the "best" offered mechanism and falls back on failure.
@@ -34,7 +60,12 @@ class Client:
         x = self.xmpp = ClientXMPP(
             jid, args.password if password is None else password,
             plugin_config=config)
-        x.register_plugin("xep_0199")
+        for plugin in ("xep_0030", "xep_0054", "xep_0199", "xep_0203"):
+            x.register_plugin(plugin)
+        # slixmpp accepts and reciprocates every subscription request by
+        # default; scenarios opt in to that (see befriend()).
+        x.auto_authorize = None
+        x.auto_subscribe = False
         x.ssl_context = make_ssl_context(args)
         # With an explicit host/port slixmpp tries direct TLS first, then
         # STARTTLS, on the same port: allow only the one we are testing.
@@ -47,6 +78,7 @@ class Client:
         self.closed = loop.create_future()    # disconnect reason
         self.auth_failed = False
         self.inbox = asyncio.Queue()
+        self.presences = asyncio.Queue()
         x.add_event_handler("session_start", self._on_session_start)
         x.add_event_handler("failed_auth", self._on_failed_auth)
         x.add_event_handler("failed_all_auth", self._on_failed_all_auth)
@@ -58,13 +90,20 @@ class Client:
                             lambda e: self._fail(f"stream error: {e['condition']}"))
         x.add_event_handler("disconnected", self._on_disconnected)
         x.add_event_handler("message", self.inbox.put_nowait)
+        x.add_event_handler("presence_available", self.presences.put_nowait)
+        x.add_event_handler("presence_unavailable", self.presences.put_nowait)
 
     def _fail(self, reason):
         if not self.session.done():
             self.session.set_exception(Failed(reason))
 
-    def _on_session_start(self, _):
-        self.xmpp.send_presence()
+    async def _on_session_start(self, _):
+        # Like an ordinary client: roster first, then initial presence.
+        try:
+            await self.xmpp.get_roster(timeout=WAIT)
+        except (IqError, IqTimeout) as e:
+            return self._fail(f"roster get failed: {e}")
+        self.xmpp.send_presence(ppriority=self.priority)
         if not self.session.done():
             self.session.set_result(None)
 
@@ -90,6 +129,10 @@ class Client:
         return self
 
     @property
+    def jid(self):
+        return self.xmpp.boundjid
+
+    @property
     def mech(self):
         m = self.xmpp.plugin["feature_mechanisms"].mech
         return m.name if m else None
@@ -107,15 +150,59 @@ class Client:
         self.xmpp.cancel_connection_attempt()  # stops slixmpp's retry loop
         self.xmpp.abort()
 
-    async def expect(self, body):
+    async def _next(self, queue, match, what, timeout):
+        """The first queued stanza for which match() is true."""
+        async def scan():
+            while True:
+                stanza = await queue.get()
+                if match(stanza):
+                    return stanza
+        try:
+            return await asyncio.wait_for(scan(), timeout)
+        except asyncio.TimeoutError:
+            raise NotReceived(f"{self.jid} got no {what} within {timeout:g}s")
+
+    async def expect(self, body, timeout=WAIT):
         """Wait for a message with this body, skipping unrelated ones."""
-        while True:  # bounded by the per-scenario timeout
-            msg = await self.inbox.get()
+        def match(msg):
             if msg["type"] == "error":
                 raise Failed(f"error message from {msg['from']}: "
                              f"{msg['error']['condition']}")
-            if msg["body"] == body:
-                return msg
+            return msg["body"] == body
+        return await self._next(self.inbox, match, f"message {body!r}", timeout)
+
+    async def expect_presence(self, who, ptype="available", where=None,
+                              what=None):
+        """Wait for presence of this type from `who` (a full JID, or a bare
+        JID for any of its resources) that also satisfies where()."""
+        def match(p):
+            sender = p["from"] if who.resource else p["from"].bare
+            return (p["type"] == ptype and sender == who
+                    and (where is None or where(p)))
+        what = what or f"{ptype} presence from {who}"
+        return await self._next(self.presences, match, what, WAIT)
+
+    async def sync(self):
+        """A ping round trip, so the server has handled all we sent before."""
+        await self.xmpp.plugin["xep_0199"].send_ping(self.args.domain, timeout=WAIT)
+
+    async def server_roster(self):
+        """The roster as stored on the server (full fetch, no versioning)."""
+        iq = self.xmpp.Iq(stype="get")
+        iq.enable("roster")
+        return (await iq.send(timeout=WAIT))["roster"]["items"]
+
+    async def clear_roster(self):
+        for jid in await self.server_roster():
+            await self.xmpp.del_roster_item(jid)
+        left = await self.server_roster()
+        if left:
+            raise Failed(f"{self.jid}: roster items left after removal: {list(left)}")
+
+    def subscription(self, contact):
+        """slixmpp's view (from roster pushes) of our subscription to contact."""
+        item = self.xmpp.client_roster[contact.bare]
+        return item["subscription"] + (" + ask" if item["pending_out"] else "")
 
 
 def make_ssl_context(args):
@@ -162,9 +249,9 @@ async def wrong_password(h):
 async def chat_message(h):
     alice = await h.client(h.args.user, "interop-a").login()
     bob = await h.client(h.args.user2, "interop-b").login()
-    # Round trip on bob's stream, so the server has processed bob's initial
-    # presence before alice's message to his bare JID arrives.
-    await bob.xmpp.plugin["xep_0199"].send_ping(h.args.domain, timeout=10)
+    # So the server has processed bob's initial presence before alice's
+    # message to his bare JID arrives.
+    await bob.sync()
 
     body = f"hello {uuid.uuid4()}"
     alice.xmpp.send_message(mto=bob.xmpp.boundjid.bare, mbody=body, mtype="chat")
@@ -202,6 +289,146 @@ async def ping_server(h):
     await c.close()
 
 
+# IM basics (RFC 6121, vCard, disco) between two ordinary clients. Scenarios
+# that touch rosters empty both rosters first (in case an earlier failed run
+# left items behind) and again at the end.
+
+async def online_pair(h, tag):
+    """alice and bob logged in (roster fetched, initial presence sent)."""
+    alice = await h.client(h.args.user, f"{tag}-a").login()
+    bob = await h.client(h.args.user2, f"{tag}-b").login()
+    return alice, bob
+
+
+async def clear_rosters(*clients):
+    for c in clients:
+        await c.clear_roster()
+
+
+async def befriend(a, b):
+    """Mutual subscription as slixmpp bots do it: a asks; b's client
+    auto-authorizes and asks back; a's client auto-authorizes that."""
+    b.xmpp.auto_authorize = True
+    b.xmpp.auto_subscribe = True
+    a.xmpp.auto_authorize = True
+    a.xmpp.send_presence_subscription(b.jid.bare)
+    for x, y in ((a, b), (b, a)):
+        await until(lambda: x.subscription(y.jid) == "both",
+                    lambda: f"{x.jid.bare}'s roster to show 'both' for "
+                            f"{y.jid.bare} (now {x.subscription(y.jid)!r})")
+
+
+async def subscription_handshake(h):
+    alice, bob = await online_pair(h, "sub")
+    await clear_rosters(alice, bob)
+    await befriend(alice, bob)
+    for x, y in ((alice, bob), (bob, alice)):
+        stored = (await x.server_roster()).get(y.jid.bare)
+        if stored is None or stored["subscription"] != "both":
+            raise Failed(f"{x.jid.bare}'s roster on the server has {y.jid.bare} as "
+                         f"{stored and stored['subscription']!r}, want 'both'")
+        await x.expect_presence(y.jid)
+    await clear_rosters(alice, bob)
+    await alice.close()
+    await bob.close()
+
+
+async def presence_offline_and_back(h):
+    alice, bob = await online_pair(h, "away")
+    await clear_rosters(alice, bob)
+    await befriend(alice, bob)
+    await alice.expect_presence(bob.jid)
+    await bob.close()
+    await alice.expect_presence(bob.jid, "unavailable")
+    bob = await h.client(h.args.user2, "away-b").login()
+    await alice.expect_presence(bob.jid)
+    await clear_rosters(alice, bob)
+    await alice.close()
+    await bob.close()
+
+
+async def offline_message(h):
+    alice = await h.client(h.args.user, "offline-a").login()
+    body = f"while you were out {uuid.uuid4()}"
+    sent = datetime.now(timezone.utc)
+    alice.xmpp.send_message(mto=f"{h.args.user2}@{h.args.domain}", mbody=body,
+                            mtype="chat")
+    await alice.sync()  # stored before bob comes online
+    bob = await h.client(h.args.user2, "offline-b").login()
+    msg = await bob.expect(body)
+    if msg["from"] != alice.jid:
+        raise Failed(f"bob got from={msg['from']}, want {alice.jid}")
+    stamp = msg["delay"]["stamp"]  # XEP-0203, parsed by slixmpp's xep_0203
+    if stamp is None:
+        raise Failed(f"offline message has no XEP-0203 delay: {msg}")
+    slack = timedelta(seconds=2)  # stamps may have whole-second precision
+    if not sent - slack <= stamp <= datetime.now(timezone.utc) + slack:
+        raise Failed(f"delay stamp {stamp} is not the time it was sent ({sent})")
+    await alice.close()
+    await bob.close()
+
+
+async def vcard_round_trip(h):
+    alice, bob = await online_pair(h, "vcard")
+    vcards = alice.xmpp.plugin["xep_0054"]
+    name = f"Alice {uuid.uuid4()}"
+    photo = b"\x89PNG\r\n\x1a\n" + uuid.uuid4().bytes  # new avatar each run
+    vcard = vcards.make_vcard()
+    vcard["FN"] = name
+    vcard["PHOTO"]["TYPE"] = "image/png"
+    vcard["PHOTO"]["BINVAL"] = photo
+    await vcards.publish_vcard(vcard, timeout=WAIT)
+
+    got = (await bob.xmpp.plugin["xep_0054"].get_vcard(
+        alice.jid.bare, timeout=WAIT))["vcard_temp"]
+    if got["FN"] != name:
+        raise Failed(f"bob read FN={got['FN']!r}, want {name!r}")
+    if got["PHOTO"]["BINVAL"] != photo:
+        raise Failed("bob read a different PHOTO than alice published")
+
+    # XEP-0153 avatar hash, put by the server (XEP-0398 §5) into presence
+    # that has none: alice's client does not stamp it itself. Her presence is
+    # reflected to her (RFC 6121 §4.2.2), so she sees it without a contact.
+    want = hashlib.sha1(photo).hexdigest()
+    alice.xmpp.send_presence()
+    await alice.expect_presence(
+        alice.jid, where=lambda p: p["vcard_temp_update"]["photo"] == want,
+        what=f"own presence with avatar hash {want}")
+    await alice.close()
+    await bob.close()
+
+
+async def disco_info_server(h):
+    c = await h.client(h.args.user, "disco").login()
+    iq = await c.xmpp.plugin["xep_0030"].get_info(jid=h.args.domain, timeout=WAIT)
+    info = iq["disco_info"]
+    missing = {"urn:xmpp:ping", "vcard-temp"} - set(info["features"])
+    if missing:
+        raise Failed(f"features {sorted(missing)} missing from {info['features']}")
+    if not any(i[:2] == ("server", "im") for i in info["identities"]):
+        raise Failed(f"no server/im identity in {info['identities']}")
+    await c.close()
+
+
+async def message_priority(h):
+    alice = await h.client(h.args.user, "prio-a").login()
+    high = await h.client(h.args.user2, "prio-5", priority=5).login()
+    low = await h.client(h.args.user2, "prio-1", priority=1).login()
+    await high.sync()
+    await low.sync()
+    body = f"to the bare JID {uuid.uuid4()}"
+    alice.xmpp.send_message(mto=high.jid.bare, mbody=body, mtype="chat")
+    await high.expect(body)
+    try:
+        await low.expect(body, timeout=1)
+    except NotReceived:
+        pass
+    else:
+        raise Failed("the priority-1 resource got the message as well")
+    for c in (alice, high, low):
+        await c.close()
+
+
 SCENARIOS = [
     ("starttls_scram_sha_256", login_with("SCRAM-SHA-256")),
     ("starttls_scram_sha_1", login_with("SCRAM-SHA-1")),
@@ -211,6 +438,12 @@ SCENARIOS = [
     ("chat_message", chat_message),
     ("server_resource", server_resource),
     ("ping_server", ping_server),
+    ("subscription_handshake", subscription_handshake),
+    ("presence_offline_and_back", presence_offline_and_back),
+    ("offline_message", offline_message),
+    ("vcard_round_trip", vcard_round_trip),
+    ("disco_info_server", disco_info_server),
+    ("message_priority", message_priority),
 ]
 
 

@@ -105,8 +105,8 @@ async fn own_presence(router: &Router, session: &Arc<SessionHandle>, stanza: Sta
 }
 
 /// Sends `el` (from a session of `user`) to the subscribed contacts and to the user's own
-/// available resources, itself included (§4.2.2).
-async fn broadcast(router: &Router, user: &BareJid, el: &Element) {
+/// available resources, itself included (§4.2.2). Returns the contacts it went to.
+async fn broadcast(router: &Router, user: &BareJid, el: &Element) -> Vec<String> {
     let (username, domain) = account_parts(user);
     let items = match router.storage().roster.roster(username, domain).await {
         Ok((_, items)) => items,
@@ -115,11 +115,13 @@ async fn broadcast(router: &Router, user: &BareJid, el: &Element) {
             Vec::new()
         }
     };
+    let mut sent = Vec::new();
     for item in items {
         if subscription::Sub::parse(&item.subscription).has_from() {
             let mut copy = el.clone();
             copy.set_attr("to", item.contact.clone());
             route(router, copy).await;
+            sent.push(item.contact);
         }
     }
     let mut own = el.clone();
@@ -129,6 +131,7 @@ async fn broadcast(router: &Router, user: &BareJid, el: &Element) {
             router.deliver_element(&session, &own);
         }
     }
+    sent
 }
 
 /// §4.2.2: on initial presence, ask for the presence of every contact we subscribe to.
@@ -167,29 +170,33 @@ async fn go_unavailable(router: &Router, session: &Arc<SessionHandle>, el: Optio
     let mut el = el.unwrap_or_else(|| presence(Some("unavailable"), session.jid.as_str(), ""));
     el.remove_attr("to");
     el.set_attr("from", session.jid.as_str());
+    let mut told = Vec::new();
+    if was_available {
+        // Recorded before anyone hears of it, so a last-activity query that follows the
+        // unavailable presence sees this logout.
+        if !router
+            .sessions()
+            .resources(&user)
+            .iter()
+            .any(|s| s.is_available() && !Arc::ptr_eq(s, session))
+        {
+            let status = el
+                .get_child("status", ns::CLIENT)
+                .map(|s| s.text())
+                .unwrap_or_default();
+            super::last::record_logout(router, &user, &status).await;
+        }
+        told = broadcast(router, &user, &el).await;
+    }
+    // §4.6.3: directed-presence recipients hear it too, unless the broadcast reached them.
     for to in directed {
-        let mut copy = el.clone();
-        copy.set_attr("to", to);
-        route(router, copy).await;
+        let already = Jid::new(&to).is_ok_and(|j| told.iter().any(|t| *t == j.to_bare().as_str()));
+        if !already {
+            let mut copy = el.clone();
+            copy.set_attr("to", to);
+            route(router, copy).await;
+        }
     }
-    if !was_available {
-        return;
-    }
-    // Recorded before anyone hears of it, so a last-activity query that follows the
-    // unavailable presence sees this logout.
-    if !router
-        .sessions()
-        .resources(&user)
-        .iter()
-        .any(|s| s.is_available() && !Arc::ptr_eq(s, session))
-    {
-        let status = el
-            .get_child("status", ns::CLIENT)
-            .map(|s| s.text())
-            .unwrap_or_default();
-        super::last::record_logout(router, &user, &status).await;
-    }
-    broadcast(router, &user, &el).await;
 }
 
 /// The session has closed: behave as if it had sent unavailable presence.
