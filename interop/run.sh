@@ -16,13 +16,14 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-c2s=$(free_port); tls=$(free_port)
+c2s=$(free_port); tls=$(free_port); metrics=$(free_port)
 cat > "$work/xmppd.toml" <<TOML
 [server]
 data_dir = "$work/data"
 [listen]
 c2s = ["127.0.0.1:$c2s"]
 c2s_direct_tls = ["127.0.0.1:$tls"]
+metrics = "127.0.0.1:$metrics"
 TOML
 for user in alice bob; do
     "$XMPPD" --config "$work/xmppd.toml" user add "$user@localhost" --password interop-secret >/dev/null
