@@ -4,27 +4,9 @@
 
 mod common;
 
-use common::{Raw, TestServer, PASSWORD};
+use common::{befriend, online, roster_get, Raw, TestServer, PASSWORD};
 
 const ROSTER: &str = "jabber:iq:roster";
-
-fn roster_get(id: &str) -> String {
-    format!("<iq type='get' id='{id}'><query xmlns='{ROSTER}'/></iq>")
-}
-
-/// Logs in, requests the roster (becoming an interested resource) and sends presence.
-async fn online(server: &TestServer, user: &str, resource: &str, priority: i8) -> Raw {
-    let mut raw = Raw::login_quiet(server.c2s, user, resource).await;
-    raw.iq("r0", &roster_get("r0")).await;
-    raw.send(&format!(
-        "<presence><priority>{priority}</priority></presence>"
-    ))
-    .await;
-    // Our own presence comes back to us (RFC 6121 §4.2.2).
-    raw.stanza_with(&["<presence", &format!("from='{user}@localhost/{resource}'")])
-        .await;
-    raw
-}
 
 #[tokio::test]
 async fn subscription_handshake_seen_from_both_sides() {
@@ -129,35 +111,18 @@ async fn subscription_handshake_seen_from_both_sides() {
     server.stop().await;
 }
 
-/// Makes alice and bob mutual contacts through the protocol itself.
-async fn befriend(alice: &mut Raw, bob: &mut Raw) {
-    alice
-        .send("<presence to='bob@localhost' type='subscribe'/>")
-        .await;
-    bob.stanza_with(&["type='subscribe'"]).await;
-    bob.send("<presence to='alice@localhost' type='subscribed'/>")
-        .await;
-    bob.send("<presence to='alice@localhost' type='subscribe'/>")
-        .await;
-    alice.stanza_with(&["type='subscribe'"]).await;
-    alice
-        .send("<presence to='bob@localhost' type='subscribed'/>")
-        .await;
-    alice
-        .stanza_with(&["jid='bob@localhost'", "subscription='both'"])
-        .await;
-    bob.stanza_with(&["jid='alice@localhost'", "subscription='both'"])
-        .await;
-    alice.sync().await;
-    bob.sync().await;
-}
-
 #[tokio::test]
 async fn contact_goes_offline_and_comes_back() {
     let server = TestServer::start().await;
     let mut alice = online(&server, "alice", "home", 0).await;
     let mut bob = online(&server, "bob", "phone", 0).await;
-    befriend(&mut alice, &mut bob).await;
+    befriend(
+        &mut alice,
+        "alice@localhost/home",
+        &mut bob,
+        "bob@localhost/phone",
+    )
+    .await;
 
     // Bob's connection breaks without unavailable presence: Alice is told anyway.
     drop(bob);
@@ -481,7 +446,13 @@ async fn vcard_round_trip_and_avatar_hash() {
     let server = TestServer::start().await;
     let mut alice = online(&server, "alice", "home", 0).await;
     let mut bob = online(&server, "bob", "phone", 0).await;
-    befriend(&mut alice, &mut bob).await;
+    befriend(
+        &mut alice,
+        "alice@localhost/home",
+        &mut bob,
+        "bob@localhost/phone",
+    )
+    .await;
 
     let empty = alice
         .iq(
@@ -572,7 +543,13 @@ async fn password_change_and_account_deletion_in_band() {
     let server = TestServer::start().await;
     let mut alice = online(&server, "alice", "home", 0).await;
     let mut bob = online(&server, "bob", "phone", 0).await;
-    befriend(&mut alice, &mut bob).await;
+    befriend(
+        &mut alice,
+        "alice@localhost/home",
+        &mut bob,
+        "bob@localhost/phone",
+    )
+    .await;
     let change = "<iq type='set' id='pw' to='localhost'><query xmlns='jabber:iq:register'><username>alice</username><password>n3w pass</password></query></iq>";
     assert!(alice.iq("pw", change).await.contains("type='result'"));
     let (mut probe, _) = Raw::secure(server.c2s).await;

@@ -3,55 +3,17 @@
 
 mod common;
 
-use common::{Raw, TestServer};
+use common::{befriend, online, Raw, TestServer};
 
 const BLOCKING: &str = "urn:xmpp:blocking";
 const PRIVACY: &str = "jabber:iq:privacy";
 
-async fn online(server: &TestServer, user: &str, resource: &str) -> Raw {
-    let mut raw = Raw::login_quiet(server.c2s, user, resource).await;
-    raw.iq(
-        "r0",
-        "<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>",
-    )
-    .await;
-    raw.send("<presence/>").await;
-    raw.stanza_with(&["<presence", &format!("from='{user}@localhost/{resource}'")])
-        .await;
-    raw
-}
-
-async fn befriend(alice: &mut Raw, bob: &mut Raw) {
-    alice
-        .send("<presence to='bob@localhost' type='subscribe'/>")
-        .await;
-    bob.stanza_with(&["type='subscribe'"]).await;
-    bob.send("<presence to='alice@localhost' type='subscribed'/>")
-        .await;
-    bob.send("<presence to='alice@localhost' type='subscribe'/>")
-        .await;
-    alice.stanza_with(&["type='subscribe'"]).await;
-    alice
-        .send("<presence to='bob@localhost' type='subscribed'/>")
-        .await;
-    alice
-        .stanza_with(&["jid='bob@localhost'", "subscription='both'"])
-        .await;
-    bob.stanza_with(&["jid='alice@localhost'", "subscription='both'"])
-        .await;
-    alice
-        .stanza_with(&["<presence", "from='bob@localhost/b'"])
-        .await;
-    bob.stanza_with(&["<presence", "from='alice@localhost/a'"])
-        .await;
-}
-
 #[tokio::test]
 async fn blocking_stops_and_unblocking_restores_the_flow() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "a").await;
-    let mut bob = online(&server, "bob", "b").await;
-    befriend(&mut alice, &mut bob).await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut bob = online(&server, "bob", "b", 0).await;
+    befriend(&mut alice, "alice@localhost/a", &mut bob, "bob@localhost/b").await;
 
     let list = alice
         .iq(
@@ -151,13 +113,13 @@ async fn blocking_stops_and_unblocking_restores_the_flow() {
 #[tokio::test]
 async fn blocked_sender_is_not_stored_offline_and_unblock_all() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "a").await;
+    let mut alice = online(&server, "alice", "a", 0).await;
     for who in ["bob@localhost", "carol@localhost"] {
         alice.iq("b", &format!("<iq type='set' id='b'><block xmlns='{BLOCKING}'><item jid='{who}'/></block></iq>")).await;
     }
     drop(alice);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let mut bob = online(&server, "bob", "b").await;
+    let mut bob = online(&server, "bob", "b", 0).await;
     bob.send("<message to='alice@localhost' id='off'><body>stored?</body></message>")
         .await;
     assert!(bob
@@ -206,9 +168,9 @@ async fn blocked_sender_is_not_stored_offline_and_unblock_all() {
 #[tokio::test]
 async fn privacy_lists_active_default_and_conflicts() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "a").await;
-    let mut bob = online(&server, "bob", "b").await;
-    befriend(&mut alice, &mut bob).await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut bob = online(&server, "bob", "b", 0).await;
+    befriend(&mut alice, "alice@localhost/a", &mut bob, "bob@localhost/b").await;
 
     // A list that refuses Bob's messages only.
     let list = format!(
@@ -249,7 +211,7 @@ async fn privacy_lists_active_default_and_conflicts() {
     // Default list: fine while no default is in use; a second change conflicts while another
     // resource of Alice's (with no active list) is using the default.
     assert!(alice.iq("d1", &format!("<iq type='set' id='d1'><query xmlns='{PRIVACY}'><default name='quiet'/></query></iq>")).await.contains("type='result'"));
-    let mut other = online(&server, "alice", "other").await;
+    let mut other = online(&server, "alice", "other", 0).await;
     other.sync().await;
     let conflict = alice
         .iq(
@@ -291,9 +253,9 @@ async fn privacy_lists_active_default_and_conflicts() {
 #[tokio::test]
 async fn presence_out_and_everything_rules() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "a").await;
-    let mut bob = online(&server, "bob", "b").await;
-    befriend(&mut alice, &mut bob).await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut bob = online(&server, "bob", "b", 0).await;
+    befriend(&mut alice, "alice@localhost/a", &mut bob, "bob@localhost/b").await;
     // Invisible to Bob: presence-out denied by subscription state.
     let list = format!("<iq type='set' id='l'><query xmlns='{PRIVACY}'><list name='invisible'>\
         <item type='subscription' value='both' action='deny' order='1'><presence-out/></item></list></query></iq>");
@@ -330,7 +292,7 @@ async fn presence_out_and_everything_rules() {
         .await
         .contains("<not-acceptable"));
     // Her own resources are never blocked.
-    let mut alice2 = online(&server, "alice", "a2").await;
+    let mut alice2 = online(&server, "alice", "a2", 0).await;
     alice2
         .send("<message to='alice@localhost/a' id='self'><body>note to self</body></message>")
         .await;

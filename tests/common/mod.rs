@@ -487,6 +487,53 @@ impl Raw {
     }
 }
 
+pub fn roster_get(id: &str) -> String {
+    format!("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>")
+}
+
+/// Logs in, requests the roster (becoming an interested resource) and sends presence.
+pub async fn online(server: &TestServer, user: &str, resource: &str, priority: i8) -> Raw {
+    let mut raw = Raw::login_quiet(server.c2s, user, resource).await;
+    raw.iq("r0", &roster_get("r0")).await;
+    raw.send(&format!(
+        "<presence><priority>{priority}</priority></presence>"
+    ))
+    .await;
+    // Our own presence comes back to us (RFC 6121 §4.2.2).
+    raw.stanza_with(&["<presence", &format!("from='{user}@localhost/{resource}'")])
+        .await;
+    raw
+}
+
+/// Makes alice and bob (both online) mutual contacts through the protocol itself, and
+/// consumes the presence each then receives from the other.
+pub async fn befriend(alice: &mut Raw, alice_jid: &str, bob: &mut Raw, bob_jid: &str) {
+    alice
+        .send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    bob.stanza_with(&["type='subscribe'"]).await;
+    bob.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
+    bob.send("<presence to='alice@localhost' type='subscribe'/>")
+        .await;
+    alice.stanza_with(&["type='subscribe'"]).await;
+    alice
+        .send("<presence to='bob@localhost' type='subscribed'/>")
+        .await;
+    alice
+        .stanza_with(&["jid='bob@localhost'", "subscription='both'"])
+        .await;
+    bob.stanza_with(&["jid='alice@localhost'", "subscription='both'"])
+        .await;
+    alice
+        .stanza_with(&["<presence", &format!("from='{bob_jid}'")])
+        .await;
+    bob.stanza_with(&["<presence", &format!("from='{alice_jid}'")])
+        .await;
+    alice.sync().await;
+    bob.sync().await;
+}
+
 /// Where the first complete element in `s` ends (the server writes no comments or CDATA).
 fn element_end(s: &str) -> Option<usize> {
     let b = s.as_bytes();

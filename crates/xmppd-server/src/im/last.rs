@@ -37,11 +37,19 @@ pub struct LastActivity;
 
 #[async_trait]
 impl Module for LastActivity {
-    fn namespaces(&self, _server: bool) -> &'static [&'static str] {
+    fn server_namespaces(&self) -> &'static [&'static str] {
         &[NS]
     }
 
-    fn features(&self, _server: bool) -> &'static [&'static str] {
+    fn account_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+
+    fn account_features(&self) -> &'static [&'static str] {
         &[NS]
     }
 

@@ -13,6 +13,25 @@ pub const NS: &str = "jabber:iq:register";
 /// Stream feature advertising in-band registration (XEP-0077 §4).
 pub const FEATURE: &str = "http://jabber.org/features/iq-register";
 
+/// Fresh SCRAM keys for a password, computed off the async workers.
+async fn derive_account(
+    router: &Router,
+    username: &str,
+    domain: &str,
+    password: String,
+) -> Result<xmppd_storage::Account, StanzaError> {
+    let (u, d, iterations) = (
+        username.to_string(),
+        domain.to_string(),
+        router.scram_iterations(),
+    );
+    tokio::task::spawn_blocking(move || credentials::new_account(&u, &d, &password, iterations))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| StanzaError::new(StanzaErrorCondition::NotAcceptable))
+}
+
 /// XEP-0077 §3.1: registration of a new account by a client that has not logged in.
 /// `throttle` limits successful registrations per address.
 pub async fn register_new(
@@ -53,18 +72,7 @@ pub async fn register_new(
             .with_text("too many registrations from your address; try later"));
     }
     let (username, domain) = account_parts(&bare);
-    let (u, d, iterations) = (
-        username.to_string(),
-        domain.to_string(),
-        router.scram_iterations(),
-    );
-    let account = tokio::task::spawn_blocking(move || {
-        credentials::new_account(&u, &d, &password, iterations)
-    })
-    .await
-    .ok()
-    .flatten()
-    .ok_or(StanzaErrorCondition::NotAcceptable)?;
+    let account = derive_account(router, username, domain, password).await?;
     let created = router
         .storage()
         .accounts
@@ -83,16 +91,12 @@ pub struct Register;
 
 #[async_trait]
 impl Module for Register {
-    fn namespaces(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[NS]
-        } else {
-            &[]
-        }
+    fn server_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
     }
 
-    fn features(&self, server: bool) -> &'static [&'static str] {
-        self.namespaces(server)
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
     }
 
     async fn handle_iq(&self, router: &Router, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
@@ -142,18 +146,7 @@ impl Module for Register {
         if password.is_empty() {
             return Err(StanzaErrorCondition::NotAcceptable.into());
         }
-        let (u, d, iterations) = (
-            username.to_string(),
-            domain.to_string(),
-            router.scram_iterations(),
-        );
-        let account = tokio::task::spawn_blocking(move || {
-            credentials::new_account(&u, &d, &password, iterations)
-        })
-        .await
-        .ok()
-        .flatten()
-        .ok_or(StanzaErrorCondition::NotAcceptable)?;
+        let account = derive_account(router, username, domain, password).await?;
         router
             .storage()
             .accounts

@@ -138,16 +138,8 @@ pub struct Roster;
 
 #[async_trait]
 impl Module for Roster {
-    fn namespaces(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[]
-        } else {
-            &[NS]
-        }
-    }
-
-    fn features(&self, _server: bool) -> &'static [&'static str] {
-        &[]
+    fn account_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
     }
 
     async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {

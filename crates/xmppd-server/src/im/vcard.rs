@@ -58,15 +58,11 @@ pub struct VCard;
 
 #[async_trait]
 impl Module for VCard {
-    fn namespaces(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[]
-        } else {
-            &[NS]
-        }
+    fn account_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
     }
 
-    fn features(&self, _server: bool) -> &'static [&'static str] {
+    fn server_features(&self) -> &'static [&'static str] {
         &[NS]
     }
 

@@ -47,11 +47,19 @@ fn contact_form(addresses: &std::collections::BTreeMap<String, Vec<String>>) -> 
 
 #[async_trait]
 impl Module for Disco {
-    fn namespaces(&self, _server: bool) -> &'static [&'static str] {
+    fn server_namespaces(&self) -> &'static [&'static str] {
         &[ns::DISCO_INFO, ns::DISCO_ITEMS]
     }
 
-    fn features(&self, _server: bool) -> &'static [&'static str] {
+    fn account_namespaces(&self) -> &'static [&'static str] {
+        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
+    }
+
+    fn server_features(&self) -> &'static [&'static str] {
+        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
+    }
+
+    fn account_features(&self) -> &'static [&'static str] {
         &[ns::DISCO_INFO, ns::DISCO_ITEMS]
     }
 

@@ -29,13 +29,27 @@ pub enum IqTarget<'a> {
 
 #[async_trait]
 pub trait Module: Send + Sync {
-    /// Payload namespaces this module answers for the given kind of target.
-    fn namespaces(&self, server: bool) -> &'static [&'static str];
+    /// Payload namespaces answered for the server domain.
+    fn server_namespaces(&self) -> &'static [&'static str] {
+        &[]
+    }
 
-    /// Disco features this module brings, for the server or for accounts.
-    fn features(&self, server: bool) -> &'static [&'static str];
+    /// Payload namespaces answered on behalf of accounts (their bare JIDs).
+    fn account_namespaces(&self) -> &'static [&'static str] {
+        &[]
+    }
 
-    /// Answers an iq request whose payload is in one of [`Module::namespaces`].
+    /// Disco features this module brings to the server domain.
+    fn server_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Disco features this module brings to accounts.
+    fn account_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Answers an iq request whose payload is in one of the module's namespaces.
     async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult;
 }
 
@@ -74,10 +88,10 @@ impl Modules {
         let mut server = HashMap::new();
         let mut account = HashMap::new();
         for m in &all {
-            for ns in m.namespaces(true) {
+            for ns in m.server_namespaces() {
                 server.insert(*ns, m.clone());
             }
-            for ns in m.namespaces(false) {
+            for ns in m.account_namespaces() {
                 account.insert(*ns, m.clone());
             }
         }
@@ -101,7 +115,14 @@ impl Modules {
         let mut out: Vec<&'static str> = self
             .all
             .iter()
-            .flat_map(|m| m.features(server).iter().copied())
+            .flat_map(|m| {
+                if server {
+                    m.server_features()
+                } else {
+                    m.account_features()
+                }
+            })
+            .copied()
             .collect();
         out.sort_unstable();
         out.dedup();

@@ -10,11 +10,19 @@ pub struct Ping;
 
 #[async_trait]
 impl Module for Ping {
-    fn namespaces(&self, _server: bool) -> &'static [&'static str] {
+    fn server_namespaces(&self) -> &'static [&'static str] {
         &[ns::PING]
     }
 
-    fn features(&self, _server: bool) -> &'static [&'static str] {
+    fn account_namespaces(&self) -> &'static [&'static str] {
+        &[ns::PING]
+    }
+
+    fn server_features(&self) -> &'static [&'static str] {
+        &[ns::PING]
+    }
+
+    fn account_features(&self) -> &'static [&'static str] {
         &[ns::PING]
     }
 

@@ -13,16 +13,12 @@ pub struct Time;
 
 #[async_trait]
 impl Module for Time {
-    fn namespaces(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[NS]
-        } else {
-            &[]
-        }
+    fn server_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
     }
 
-    fn features(&self, server: bool) -> &'static [&'static str] {
-        self.namespaces(server)
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
     }
 
     async fn handle_iq(&self, _: &Router, _: IqTarget<'_>, iq: &Stanza) -> IqResult {

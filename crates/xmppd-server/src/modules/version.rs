@@ -10,16 +10,12 @@ pub struct Version;
 
 #[async_trait]
 impl Module for Version {
-    fn namespaces(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[ns::VERSION]
-        } else {
-            &[]
-        }
+    fn server_namespaces(&self) -> &'static [&'static str] {
+        &[ns::VERSION]
     }
 
-    fn features(&self, server: bool) -> &'static [&'static str] {
-        self.namespaces(server)
+    fn server_features(&self) -> &'static [&'static str] {
+        &[ns::VERSION]
     }
 
     async fn handle_iq(&self, _: &Router, _: IqTarget<'_>, iq: &Stanza) -> IqResult {

@@ -292,20 +292,12 @@ pub struct PrivacyLists;
 
 #[async_trait]
 impl Module for PrivacyLists {
-    fn namespaces(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[]
-        } else {
-            &[NS]
-        }
+    fn account_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
     }
 
-    fn features(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[NS]
-        } else {
-            &[]
-        }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
     }
 
     async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
@@ -485,20 +477,12 @@ fn item_list(name: &str, jids: &[Jid]) -> Element {
 
 #[async_trait]
 impl Module for Blocking {
-    fn namespaces(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[]
-        } else {
-            &[BLOCKING_NS]
-        }
+    fn account_namespaces(&self) -> &'static [&'static str] {
+        &[BLOCKING_NS]
     }
 
-    fn features(&self, server: bool) -> &'static [&'static str] {
-        if server {
-            &[BLOCKING_NS]
-        } else {
-            &[]
-        }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[BLOCKING_NS]
     }
 
     async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
