@@ -275,16 +275,30 @@ fn push_list_name(router: &Router, user: &BareJid, name: &str) {
     push(router, user, query, |_| true);
 }
 
-fn owner_session<'a>(
+/// The requesting account and session, if the iq is addressed to the requester's own
+/// account (lists are private: anything else is forbidden).
+fn owner_session(
     router: &Router,
-    iq: &'a Stanza,
-) -> Option<(BareJid, Option<Arc<SessionHandle>>, &'a Jid)> {
-    let from = iq.from.as_ref()?;
+    target: IqTarget<'_>,
+    iq: &Stanza,
+) -> Result<(BareJid, Option<Arc<SessionHandle>>), StanzaError> {
+    let from = iq.from.as_ref().ok_or(StanzaErrorCondition::Forbidden)?;
+    let user = from.to_bare();
+    if target != IqTarget::Account(&user) {
+        return Err(StanzaErrorCondition::Forbidden.into());
+    }
     let session = from
         .try_as_full()
         .ok()
         .and_then(|f| router.sessions().get(f));
-    Some((from.to_bare(), session, from))
+    Ok((user, session))
+}
+
+/// Whether `jid` may receive `user`'s presence (a 'from' or 'both' subscription).
+async fn may_see_presence(router: &Router, user: &BareJid, jid: &Jid) -> bool {
+    roster::load_state(router, user, &jid.to_bare())
+        .await
+        .is_ok_and(|(_, s)| s.sub.has_from())
 }
 
 /// XEP-0016: the jabber:iq:privacy protocol.
@@ -301,11 +315,7 @@ impl Module for PrivacyLists {
     }
 
     async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
-        let (user, session, _) =
-            owner_session(router, iq).ok_or(StanzaErrorCondition::Forbidden)?;
-        if target != IqTarget::Account(&user) {
-            return Err(StanzaErrorCondition::Forbidden.into());
-        }
+        let (user, session) = owner_session(router, target, iq)?;
         let privacy = router.privacy();
         let query = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
         let lists = privacy.load(router, &user).await;
@@ -486,11 +496,7 @@ impl Module for Blocking {
     }
 
     async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
-        let (user, session, _) =
-            owner_session(router, iq).ok_or(StanzaErrorCondition::Forbidden)?;
-        if target != IqTarget::Account(&user) {
-            return Err(StanzaErrorCondition::Forbidden.into());
-        }
+        let (user, session) = owner_session(router, target, iq)?;
         let privacy = router.privacy();
         let payload = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
         let lists = privacy.load(router, &user).await;
@@ -514,11 +520,7 @@ impl Module for Blocking {
                 }
                 // §3.3: the blocked entity sees us go offline (while it still may).
                 for jid in &jids {
-                    let may_see = roster::load_state(router, &user, &jid.to_bare())
-                        .await
-                        .map(|(_, s)| s.sub.has_from())
-                        .unwrap_or(false);
-                    if may_see {
+                    if may_see_presence(router, &user, jid).await {
                         super::presence::send_unavailable_to(router, &user, &jid.to_bare()).await;
                     }
                 }
@@ -571,11 +573,7 @@ impl Module for Blocking {
                 push_list_name(router, &user, &name);
                 // §3.4: those who may see our presence get it again.
                 for jid in &unblocked {
-                    let may_see = roster::load_state(router, &user, &jid.to_bare())
-                        .await
-                        .map(|(_, s)| s.sub.has_from())
-                        .unwrap_or(false);
-                    if may_see {
+                    if may_see_presence(router, &user, jid).await {
                         super::presence::send_current_to(router, &user, &jid.to_bare()).await;
                     }
                 }
