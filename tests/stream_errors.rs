@@ -432,3 +432,94 @@ async fn metrics_endpoint_counts() {
     assert!(server.metric("xmppd_stanzas_in_total{kind=\"iq\"}").await >= 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn stream_language_is_applied_to_stanzas() {
+    let server = TestServer::start().await;
+    let (mut bob, _) = Raw::login(server.c2s, "bob", "b").await;
+    bob.sync().await;
+    let (mut alice, _) = Raw::secure(server.c2s).await;
+    assert!(alice
+        .auth_plain("alice", PASSWORD)
+        .await
+        .contains("<success"));
+    alice
+        .send(&header(DOMAIN).replace("version='1.0'>", "version='1.0' xml:lang='de'>"))
+        .await;
+    let opened = alice.read_until("</stream:features>").await;
+    assert!(opened.contains("xml:lang='de'"), "{opened}");
+    alice.bind(Some("a")).await;
+    alice
+        .send("<message to='bob@localhost/b'><body>hallo</body></message>")
+        .await;
+    alice
+        .send("<message to='bob@localhost/b' xml:lang='fr'><body>salut</body></message>")
+        .await;
+    let m = bob.stanza_with(&["hallo"]).await;
+    assert!(m.contains("xml:lang='de'"), "{m}");
+    let m = bob.stanza_with(&["salut"]).await;
+    assert!(m.contains("xml:lang='fr'") && !m.contains("'de'"), "{m}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_clients_are_pinged_then_dropped() {
+    let server = TestServer::start_with(|c| {
+        c.limits.ping_interval_secs = 1;
+        c.limits.ping_timeout_secs = 1;
+    })
+    .await;
+    let (mut quiet, jid) = Raw::login(server.c2s, "alice", "quiet").await;
+    let ping = quiet.stanza_with(&["<ping xmlns='urn:xmpp:ping'/>"]).await;
+    assert!(
+        ping.contains("type='get'") && ping.contains(&format!("to='{jid}'")),
+        "{ping}"
+    );
+    // It never answers: connection-timeout.
+    let rest = quiet.read_to_close().await;
+    assert!(rest.contains(&stream_error("connection-timeout")), "{rest}");
+
+    // A client that answers stays.
+    let (mut lively, _) = Raw::login(server.c2s, "bob", "lively").await;
+    for _ in 0..3 {
+        let ping = lively.stanza_with(&["<ping xmlns='urn:xmpp:ping'/>"]).await;
+        let id = ping
+            .split("id='")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap();
+        lively
+            .send(&format!("<iq type='result' id='{id}' to='localhost'/>"))
+            .await;
+    }
+    lively.sync().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn fast_senders_are_slowed_not_dropped() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_bytes_per_second = 4000;
+        c.limits.burst_bytes = 4000;
+    })
+    .await;
+    let (mut alice, _) = Raw::login(server.c2s, "alice", "a").await;
+    let started = std::time::Instant::now();
+    // About 12 kB: three seconds' worth at 4 kB/s once the burst is spent.
+    for i in 0..120 {
+        alice
+            .send(&format!(
+                "<iq type='get' id='p{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+            ))
+            .await;
+    }
+    alice.stanza_with(&["id='p119'"]).await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "reading was paused"
+    );
+    assert_eq!(server.metric("xmppd_stream_errors_total").await, 0);
+    server.stop().await;
+}

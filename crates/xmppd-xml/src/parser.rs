@@ -372,6 +372,59 @@ mod tests {
         assert_eq!(last_error(&text, limits), ParseError::TextAtStreamLevel);
     }
 
+    /// A deterministic stand-in for fuzzing: mutated and random input, fed in random chunk
+    /// sizes, must only ever produce events or typed errors, never a panic or a hang.
+    #[test]
+    fn hostile_input_never_panics() {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid = format!(
+            "{HEADER}<message to='a@b' xml:lang='en'><body>x &amp; y</body><x xmlns='urn:a' \
+             xmlns:p='urn:p' p:k='v'><y/></x></message><iq type='get' id='1'><q xmlns='urn:q'/></iq>"
+        );
+        for round in 0..400 {
+            let mut input = valid.clone().into_bytes();
+            if round % 4 == 0 {
+                input = (0..(next() % 600)).map(|_| next() as u8).collect();
+            } else {
+                for _ in 0..(1 + next() % 8) {
+                    let at = (next() as usize) % input.len();
+                    match next() % 3 {
+                        0 => input[at] = next() as u8,
+                        1 => {
+                            input.remove(at);
+                        }
+                        _ => input.insert(at, b"<>&'\"/:=!?-["[(next() % 12) as usize]),
+                    }
+                }
+            }
+            let mut parser = StreamParser::new(Limits {
+                max_stanza_size: 1 << 12,
+                max_depth: 8,
+                max_attributes: 8,
+            });
+            let mut rest: &[u8] = &input;
+            'feed: while !rest.is_empty() {
+                let n = 1 + (next() as usize) % 64;
+                let (chunk, tail) = rest.split_at(n.min(rest.len()));
+                rest = tail;
+                let mut chunk = chunk;
+                loop {
+                    match parser.feed(&mut chunk) {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn fragments_round_trip() {
         let el = Element::new("vCard", "vcard-temp")

@@ -56,6 +56,9 @@ pub struct Connection {
     header_sent: bool,
     /// The domain the client asked for in its stream header.
     domain: String,
+    /// The stream's default language (RFC 6120 §4.7.4), and whether the client declared it.
+    lang: String,
+    lang_declared: bool,
     sasl: Option<Exchange>,
     sasl_failures: u32,
     /// The authenticated account's localpart.
@@ -117,6 +120,8 @@ impl Connection {
             parser: StreamParser::new(Self::parser_limits(&server)),
             header_sent: false,
             domain: server.config.server.domains[0].clone(),
+            lang: "en".to_string(),
+            lang_declared: false,
             sasl: None,
             sasl_failures: 0,
             user: None,
@@ -361,6 +366,16 @@ impl Connection {
                     .await
             }
         }
+        // RFC 6120 §4.7.4: adopt the client's language if it looks like a language tag.
+        if let Some(lang) = header.attr("xml:lang") {
+            let plausible = !lang.is_empty()
+                && lang.len() <= 35
+                && lang.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if plausible {
+                self.lang = lang.to_string();
+                self.lang_declared = true;
+            }
+        }
         if self.refused {
             return self
                 .stream_error(
@@ -383,9 +398,10 @@ impl Connection {
         let header = format!(
             "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
              xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}' \
-             version='1.0' xml:lang='en'>",
+             version='1.0' xml:lang='{}'>",
             random_id(16),
-            self.domain
+            self.domain,
+            self.lang
         );
         self.out.extend_from_slice(header.as_bytes());
         self.header_sent = true;
@@ -653,6 +669,10 @@ impl Connection {
             }
         }
         el.set_attr("from", full.as_str());
+        // RFC 6120 §4.7.4: stanzas without a language carry the stream's on their way.
+        if self.lang_declared && el.attr("xml:lang").is_none() {
+            el.set_attr("xml:lang", self.lang.clone());
+        }
         let mut stanza = match Stanza::parse(el) {
             Ok(s) => s,
             Err(failed) => {
