@@ -322,3 +322,53 @@ async fn switched_off_protocols_are_not_advertised() {
     assert!(reply.contains("<service-unavailable"), "{reply}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn active_list_applies_per_session_and_lists_survive_restart() {
+    let mut server = TestServer::start().await;
+    let mut a1 = online(&server, "alice", "one", 0).await;
+    let mut a2 = online(&server, "alice", "two", 0).await;
+    let (mut bob, _) = Raw::login(server.c2s, "bob", "b").await;
+    let list = format!(
+        "<iq type='set' id='l'><query xmlns='{PRIVACY}'><list name='nobob'>\
+        <item type='jid' value='bob@localhost' action='deny' order='1'/></list></query></iq>"
+    );
+    a1.iq("l", &list).await;
+    a1.iq(
+        "a",
+        &format!(
+            "<iq type='set' id='a'><query xmlns='{PRIVACY}'><active name='nobob'/></query></iq>"
+        ),
+    )
+    .await;
+    // Both resources have the same priority; only the one without the active list gets it.
+    bob.send("<message to='alice@localhost' type='chat'><body>for whoever</body></message>")
+        .await;
+    a2.stanza_with(&["for whoever"]).await;
+    a1.sync().await;
+    assert!(!a1.next_stanza_if_any().await.contains("for whoever"));
+
+    // Block bob, restart: the block is still there.
+    a1.iq("b", &format!("<iq type='set' id='b'><block xmlns='{BLOCKING}'><item jid='bob@localhost'/></block></iq>")).await;
+    drop((a1, a2, bob));
+    server.restart().await;
+    let (mut bob, _) = Raw::login(server.c2s, "bob", "b").await;
+    bob.send("<message to='alice@localhost' id='after'><body>x</body></message>")
+        .await;
+    assert!(bob
+        .stanza_with(&["id='after'"])
+        .await
+        .contains("<service-unavailable"));
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "again").await;
+    let names = alice
+        .iq(
+            "n",
+            &format!("<iq type='get' id='n'><query xmlns='{PRIVACY}'/></iq>"),
+        )
+        .await;
+    assert!(
+        names.contains("<list name='nobob'/>") && names.contains("<default name='blocklist'/>"),
+        "{names}"
+    );
+    server.stop().await;
+}

@@ -260,15 +260,20 @@ pub async fn inbound(router: &Router, stanza: Stanza, to: &Jid) {
             }
         }
         "" | "unavailable" | "error" => {
-            let targets: Vec<_> = match to.try_as_full() {
-                Ok(full) => router.sessions().get(full).into_iter().collect(),
-                Err(_) => router
-                    .sessions()
-                    .resources(&user)
-                    .into_iter()
-                    .filter(|s| s.is_available())
-                    .collect(),
-            };
+            let mut targets = Vec::new();
+            match to.try_as_full() {
+                Ok(full) => targets.extend(router.sessions().get(full)),
+                Err(_) => {
+                    for session in router.sessions().resources(&user) {
+                        let privacy = router.privacy();
+                        if session.is_available()
+                            && privacy.session_accepts(router, &stanza, &session).await
+                        {
+                            targets.push(session);
+                        }
+                    }
+                }
+            }
             if !targets.is_empty() {
                 let data = crate::router::encode(stanza.element());
                 for session in targets {

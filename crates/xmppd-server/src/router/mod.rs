@@ -263,13 +263,20 @@ impl Router {
                     .map(|s| s.priority())
                     .filter(|p| *p >= 0)
                     .max();
-                let targets: Vec<_> = match (kind, best) {
+                let candidates: Vec<_> = match (kind, best) {
                     (_, None) => Vec::new(),
                     ("headline", Some(_)) => {
                         available.iter().filter(|s| s.priority() >= 0).collect()
                     }
                     (_, Some(best)) => available.iter().filter(|s| s.priority() == best).collect(),
                 };
+                // A session's own active privacy list may refuse what the account accepts.
+                let mut targets = Vec::with_capacity(candidates.len());
+                for session in candidates {
+                    if self.privacy.session_accepts(self, &stanza, session).await {
+                        targets.push(session);
+                    }
+                }
                 if !targets.is_empty() && kind != "groupchat" {
                     let data = encode(stanza.element());
                     for session in targets {

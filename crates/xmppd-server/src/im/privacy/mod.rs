@@ -218,6 +218,32 @@ impl Privacy {
         }
     }
 
+    /// For a stanza to an account's bare JID (already checked against the account's lists):
+    /// whether `session`'s own active list, if it chose one, also lets it in. The router asks
+    /// this for each session it would deliver to.
+    pub async fn session_accepts(
+        &self,
+        router: &Router,
+        stanza: &Stanza,
+        session: &SessionHandle,
+    ) -> bool {
+        let (Some(name), Some(from)) = (session.active_list(), &stanza.from) else {
+            return true;
+        };
+        let user = session.jid.to_bare();
+        if from.to_bare() == user {
+            return true;
+        }
+        let lists = self.load(router, &user).await;
+        let Some(list) = lists.lists.get(&name) else {
+            return true;
+        };
+        let kind = kind_of(stanza, false);
+        Self::decide(router, list, &user, kind, from)
+            .await
+            .is_none_or(|rule| rule.allow)
+    }
+
     /// The recipient's lists, for a stanza arriving for a local account.
     pub async fn inbound(&self, router: &Router, stanza: &Stanza, to: &Jid) -> Verdict {
         let Some(from) = &stanza.from else {
