@@ -145,13 +145,17 @@ async fn serve_logs_in_accounts_added_while_running_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let c2s = free_port();
     let config = write_config(dir.path(), c2s, free_port());
+    // Everything the server logs, at the most verbose level, to check no secret leaks.
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut server = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_xmppd"))
             .arg("serve")
             .arg("--config")
             .arg(&config)
+            .env("RUST_LOG", "trace")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap(),
     );
@@ -201,4 +205,11 @@ async fn serve_logs_in_accounts_added_while_running_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(exited.expect("server exits after SIGTERM").success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("authenticated"), "the log is there: {log}");
+    use base64::Engine;
+    let payload =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0carol\0{}", common::PASSWORD));
+    assert!(!log.contains(common::PASSWORD), "password in the log");
+    assert!(!log.contains(&payload), "SASL payload in the log");
 }

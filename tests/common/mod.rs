@@ -133,6 +133,10 @@ impl TestServer {
         ts
     }
 
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.server.data_dir
+    }
+
     pub fn state(&self) -> &xmppd_server::ServerState {
         &self.server.as_ref().unwrap().state
     }
