@@ -494,6 +494,14 @@ async fn vcard_round_trip_and_avatar_hash() {
         p.contains("<photo>aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d</photo>"),
         "{p}"
     );
+    // An explicit empty <photo/> is the client's word and stays (XEP-0398 §5).
+    alice
+        .send("<presence><status>no pic</status><x xmlns='vcard-temp:x:update'><photo/></x></presence>")
+        .await;
+    let p = bob
+        .stanza_with(&["from='alice@localhost/home'", "no pic"])
+        .await;
+    assert!(p.contains("<photo/>") && !p.contains("aaf4c61d"), "{p}");
     server.stop().await;
 }
 

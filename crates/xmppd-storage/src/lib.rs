@@ -5,12 +5,14 @@
 
 mod account_data;
 mod accounts;
+mod cached;
 mod offline;
 mod roster;
 mod sqlite;
 
 pub use account_data::AccountDataStore;
 pub use accounts::{Account, AccountStore, ScramKeys};
+pub use cached::CachedRoster;
 pub use offline::{OfflineMessage, OfflineStore};
 pub use roster::{PendingRequest, RosterItem, RosterStore};
 pub use sqlite::SqliteStorage;
@@ -46,7 +48,7 @@ impl Storage {
             let db = Arc::new(SqliteStorage::open(url).await?);
             return Ok(Storage {
                 accounts: db.clone(),
-                roster: db.clone(),
+                roster: Arc::new(CachedRoster::new(db.clone())),
                 offline: db.clone(),
                 data: db,
             });

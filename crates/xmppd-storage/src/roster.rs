@@ -28,8 +28,12 @@ pub struct PendingRequest {
 
 #[async_trait]
 pub trait RosterStore: Send + Sync {
-    /// The roster and its version.
-    async fn roster(&self, username: &str, domain: &str) -> Result<(i64, Vec<RosterItem>)>;
+    /// The roster and its version (shared: it is read on every presence broadcast).
+    async fn roster(
+        &self,
+        username: &str,
+        domain: &str,
+    ) -> Result<(i64, std::sync::Arc<Vec<RosterItem>>)>;
     async fn item(&self, username: &str, domain: &str, contact: &str)
         -> Result<Option<RosterItem>>;
     async fn count(&self, username: &str, domain: &str) -> Result<usize>;

@@ -216,7 +216,11 @@ impl SqliteStorage {
 
 #[async_trait]
 impl RosterStore for SqliteStorage {
-    async fn roster(&self, username: &str, domain: &str) -> Result<(i64, Vec<RosterItem>)> {
+    async fn roster(
+        &self,
+        username: &str,
+        domain: &str,
+    ) -> Result<(i64, std::sync::Arc<Vec<RosterItem>>)> {
         let rows = sqlx::query(
             "SELECT * FROM roster_items WHERE domain = $1 AND username = $2 ORDER BY contact",
         )
@@ -224,11 +228,14 @@ impl RosterStore for SqliteStorage {
         .bind(username)
         .fetch_all(&self.pool)
         .await?;
-        let items = rows
+        let items: Vec<RosterItem> = rows
             .iter()
             .map(roster_item_from_row)
             .collect::<Result<_>>()?;
-        Ok((self.version(username, domain).await?, items))
+        Ok((
+            self.version(username, domain).await?,
+            std::sync::Arc::new(items),
+        ))
     }
 
     async fn item(
@@ -561,7 +568,7 @@ mod tests {
         };
         let v1 = storage.roster.put("alice", d, &item).await.unwrap();
         let (v, items) = storage.roster.roster("alice", d).await.unwrap();
-        assert_eq!((v, items), (v1, vec![item.clone()]));
+        assert_eq!((v, items.to_vec()), (v1, vec![item.clone()]));
         let v2 = storage
             .roster
             .remove("alice", d, "bob@example.org")

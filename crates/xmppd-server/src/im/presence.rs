@@ -112,16 +112,16 @@ async fn broadcast(router: &Router, user: &BareJid, el: &Element) -> Vec<String>
         Ok((_, items)) => items,
         Err(e) => {
             tracing::error!(error = %e, "roster read failed during presence broadcast");
-            Vec::new()
+            Default::default()
         }
     };
     let mut sent = Vec::new();
-    for item in items {
+    for item in items.iter() {
         if subscription::Sub::parse(&item.subscription).has_from() {
             let mut copy = el.clone();
             copy.set_attr("to", item.contact.clone());
             route(router, copy).await;
-            sent.push(item.contact);
+            sent.push(item.contact.clone());
         }
     }
     let mut own = el.clone();
@@ -140,7 +140,7 @@ async fn probe_contacts(router: &Router, session: &Arc<SessionHandle>, user: &Ba
     let Ok((_, items)) = router.storage().roster.roster(username, domain).await else {
         return;
     };
-    for item in items {
+    for item in items.iter() {
         if !subscription::Sub::parse(&item.subscription).has_to() {
             continue;
         }

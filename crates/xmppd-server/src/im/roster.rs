@@ -177,7 +177,7 @@ async fn get(router: &Router, user: &BareJid, from: &Jid, query: &Element) -> Iq
         return Ok(None);
     }
     let mut result = Element::new("query", NS).with_attr("ver", version.to_string());
-    for item in &items {
+    for item in items.iter() {
         result.push_child(item_element(item));
     }
     Ok(Some(result))
@@ -271,7 +271,7 @@ pub async fn remove_all(router: &Router, user: &BareJid) -> Result<(), StanzaErr
         .roster(username, domain)
         .await
         .map_err(storage_error)?;
-    for item in items {
+    for item in items.iter() {
         if let Ok(contact) = BareJid::new(&item.contact) {
             remove(router, user, &contact).await?;
         }

@@ -1,5 +1,8 @@
 //! vcard-temp (XEP-0054) and the vCard avatar hash in presence (XEP-0153).
 
+use std::collections::HashMap;
+use std::sync::RwLock;
+
 use async_trait::async_trait;
 use base64::Engine;
 use sha1::Digest;
@@ -34,16 +37,57 @@ fn avatar_hash(vcard: &Element) -> String {
     }
 }
 
-/// XEP-0153 §4.3: the server keeps the avatar hash in the user's presence current, so that
-/// contacts never see a stale one after a vCard change from another client.
+/// The avatar hash of each account seen, so that presence does not read storage.
+#[derive(Default)]
+pub struct AvatarHashes {
+    known: RwLock<HashMap<BareJid, Option<String>>>,
+}
+
+/// Accounts remembered before the cache starts over.
+const MAX_CACHED: usize = 50_000;
+
+impl AvatarHashes {
+    async fn get(&self, router: &Router, user: &BareJid) -> Option<String> {
+        if let Some(found) = self
+            .known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+        {
+            return found.clone();
+        }
+        let (username, domain) = account_parts(user);
+        let stored = router
+            .storage()
+            .data
+            .get(username, domain, AREA, HASH_KEY)
+            .await;
+        let hash = stored.ok().flatten();
+        self.set(user, hash.clone());
+        hash
+    }
+
+    fn set(&self, user: &BareJid, hash: Option<String>) {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_CACHED {
+            known.clear();
+        }
+        known.insert(user.clone(), hash);
+    }
+}
+
+/// XEP-0398 §5: the server puts the hash of the stored vCard photo into the user's presence
+/// when the client left it out (no `<x/>`, or one without `<photo/>`), and corrects a stale
+/// one, so contacts never see an outdated avatar. An explicit empty `<photo/>` is the
+/// client's own statement and is left alone.
 pub async fn stamp_avatar_hash(router: &Router, user: &BareJid, presence: &mut Element) {
-    let (username, domain) = account_parts(user);
-    let Ok(Some(hash)) = router
-        .storage()
-        .data
-        .get(username, domain, AREA, HASH_KEY)
-        .await
-    else {
+    let photo = presence
+        .get_child("x", UPDATE_NS)
+        .and_then(|x| x.get_child("photo", UPDATE_NS));
+    if photo.is_some_and(|p| p.text().trim().is_empty()) {
+        return;
+    }
+    let Some(hash) = router.avatars().get(router, user).await else {
         return;
     };
     presence.remove_children("x", UPDATE_NS);
@@ -96,9 +140,11 @@ impl Module for VCard {
         data.put(username, domain, AREA, "", &text)
             .await
             .map_err(storage_error)?;
-        data.put(username, domain, AREA, HASH_KEY, &avatar_hash(vcard))
+        let hash = avatar_hash(vcard);
+        data.put(username, domain, AREA, HASH_KEY, &hash)
             .await
             .map_err(storage_error)?;
+        router.avatars().set(user, Some(hash));
         Ok(None)
     }
 }

@@ -66,6 +66,7 @@ pub struct Router {
     services: RwLock<HashMap<String, Arc<dyn Service>>>,
     remote: Arc<dyn RemoteDomains>,
     privacy: im::privacy::Privacy,
+    avatars: im::vcard::AvatarHashes,
     metrics: Arc<Metrics>,
 }
 
@@ -88,6 +89,7 @@ impl Router {
             services: RwLock::new(HashMap::new()),
             remote: Arc::new(NoFederation),
             privacy: im::privacy::Privacy::default(),
+            avatars: im::vcard::AvatarHashes::default(),
             metrics,
         }
     }
@@ -107,6 +109,11 @@ impl Router {
     /// The privacy filter stage (XEP-0016/XEP-0191).
     pub fn privacy(&self) -> &im::privacy::Privacy {
         &self.privacy
+    }
+
+    /// The vCard avatar hash of each account (XEP-0153), cached.
+    pub fn avatars(&self) -> &im::vcard::AvatarHashes {
+        &self.avatars
     }
 
     pub fn config(&self) -> &Config {
