@@ -16,10 +16,12 @@ use crate::Result;
 const MAX_CACHED: usize = 50_000;
 
 type Key = (String, String);
+/// A roster with its version, shared with every reader.
+type Versioned = (i64, Arc<Vec<RosterItem>>);
 
 pub struct CachedRoster {
     inner: Arc<dyn RosterStore>,
-    rosters: RwLock<HashMap<Key, (i64, Arc<Vec<RosterItem>>)>>,
+    rosters: RwLock<HashMap<Key, Versioned>>,
 }
 
 impl CachedRoster {
@@ -42,7 +44,7 @@ impl CachedRoster {
 
 #[async_trait]
 impl RosterStore for CachedRoster {
-    async fn roster(&self, username: &str, domain: &str) -> Result<(i64, Arc<Vec<RosterItem>>)> {
+    async fn roster(&self, username: &str, domain: &str) -> Result<Versioned> {
         let key = Self::key(username, domain);
         if let Some(found) = self
             .rosters
