@@ -37,3 +37,28 @@ pub async fn listen(listener: TcpListener, direct_tls: bool, server: Arc<ServerS
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every connection's task holds its future for its whole life, so the future's size is
+    /// paid per idle connection: the big per-stanza work is boxed to keep it out. This guards
+    /// against that regressing.
+    #[tokio::test]
+    async fn an_idle_connection_task_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        config.listen.c2s = vec![];
+        config.listen.c2s_direct_tls = vec![];
+        config.listen.metrics = None;
+        let server = crate::start(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let task = super::Connection::new(server.state.clone(), tcp, addr, None).run(false);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 3 * 1024, "connection future is {size} bytes");
+        drop(task);
+        server.shutdown().await;
+    }
+}

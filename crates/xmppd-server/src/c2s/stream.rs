@@ -40,7 +40,7 @@ enum Flow {
 }
 
 /// Bytes read from the socket at a time.
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 2048;
 /// How long final writes (errors, closing tags) may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outbound stanzas coalesced into one write.
@@ -165,7 +165,7 @@ impl Connection {
         let Transport::Plain(tcp) = std::mem::replace(&mut self.io, Transport::Upgrading) else {
             return false;
         };
-        let handshake = self.server.tls.acceptor.accept(tcp);
+        let handshake = Box::pin(self.server.tls.acceptor.accept(tcp));
         match tokio::time::timeout(Duration::from_secs(30), handshake).await {
             Ok(Ok(tls)) => {
                 let (_, conn) = tls.get_ref();
@@ -234,7 +234,9 @@ impl Connection {
                     if let Some(wait) = self.rate.take(n) {
                         self.paused_until = Some(Instant::now() + wait);
                     }
-                    if !self.process(&buf[..n]).await {
+                    // Boxed: parsing and handling a stanza needs a large future, which
+                    // should exist only while there is input, not in every idle task.
+                    if !Box::pin(self.process(&buf[..n])).await {
                         return;
                     }
                 }
@@ -527,13 +529,13 @@ impl Connection {
             }
         };
         let server = self.server.clone();
-        let result = crate::im::register::register_new(
+        let result = Box::pin(crate::im::register::register_new(
             &server.router,
             &self.domain,
             &stanza,
             self.peer.ip(),
             &server.registrations,
-        )
+        ))
         .await;
         let reply = match result {
             Ok(payload) => stanza.iq_result(payload),
@@ -573,11 +575,16 @@ impl Connection {
                         .await;
                 }
                 let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
-                sasl::begin(&mechanism, data, &self.sasl_env()).await
+                Box::pin(sasl::begin(&mechanism, data, &self.sasl_env())).await
             }
             "response" => match (self.sasl.take(), data) {
                 (Some(exchange), data) => {
-                    sasl::respond(exchange, data.unwrap_or_default(), &self.sasl_env()).await
+                    Box::pin(sasl::respond(
+                        exchange,
+                        data.unwrap_or_default(),
+                        &self.sasl_env(),
+                    ))
+                    .await
                 }
                 (None, _) => (Step::Failure(sasl::Failure::MalformedRequest), None),
             },
@@ -686,7 +693,14 @@ impl Connection {
         };
         if stanza.kind == StanzaKind::Presence {
             if let Some(session) = self.session.clone() {
-                crate::im::presence::from_client(&self.server.router, &session, stanza).await;
+                // Boxed here and below: the routing futures are large, and inline they would
+                // sit in every idle connection's task (see the README's memory notes).
+                Box::pin(crate::im::presence::from_client(
+                    &self.server.router,
+                    &session,
+                    stanza,
+                ))
+                .await;
             }
             return Flow::Continue;
         }
@@ -701,7 +715,7 @@ impl Connection {
             // No 'to': the account itself answers (RFC 6120 §10.3.3).
             stanza.set_to(Jid::from(full.to_bare()));
         }
-        self.server.router.route(stanza).await;
+        Box::pin(self.server.router.route(stanza)).await;
         Flow::Continue
     }
 
@@ -762,7 +776,11 @@ impl Connection {
     async fn end_session(&mut self) {
         if let Some(session) = self.session.take() {
             // Contacts learn the session is gone before it leaves the table (RFC 6121 §4.5).
-            crate::im::presence::session_ended(&self.server.router, &session).await;
+            Box::pin(crate::im::presence::session_ended(
+                &self.server.router,
+                &session,
+            ))
+            .await;
             self.server.router.sessions().unbind(&session);
             Metrics::dec(&self.server.metrics.sessions_bound);
         }
