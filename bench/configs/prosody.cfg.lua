@@ -1,0 +1,44 @@
+-- Prosody for the benchmark: loopback only, foreground, run by root, no throttles.
+-- @DIR@, @CERT_DIR@ and @C2S_PORT@ are filled in by bench/lib/prosody.sh.
+run_as_root = true
+daemonize = false
+pidfile = "@DIR@/prosody.pid"
+data_path = "@DIR@/data"
+log = { warn = "@DIR@/prosody.log" }
+
+interfaces = { "127.0.0.1" }
+local_interfaces = { "127.0.0.1" }
+c2s_ports = { @C2S_PORT@ }
+c2s_direct_tls_ports = { }
+s2s_ports = { }
+http_ports = { }
+https_ports = { }
+component_ports = { }
+admin_socket = "@DIR@/prosody.sock"
+
+-- Epoll is 0.12's default backend; spelled out because 10k sockets need it.
+network_backend = "epoll"
+
+-- The modules our server has a counterpart for. Deliberately left out: mod_limits (its
+-- default c2s rate limit would throttle the benchmark), carbons, smacks, MAM, PEP, CSI.
+modules_enabled = {
+	"roster"; "saslauth"; "tls"; "disco"; "ping"; "time"; "version";
+	"private"; "vcard_legacy"; "lastactivity"; "admin_shell";
+}
+
+c2s_require_encryption = true
+allow_registration = false
+
+-- SCRAM-SHA-1 keys stored hashed with the same iteration count as the other servers.
+authentication = "internal_hashed"
+default_iteration_count = 4096
+storage = "internal"
+
+-- The certificate shared by all three servers (Prosody finds localhost.crt/.key there).
+certificates = "@CERT_DIR@"
+ssl = {
+	certificate = "@CERT_DIR@/localhost.crt";
+	key = "@CERT_DIR@/localhost.key";
+}
+
+VirtualHost "localhost"

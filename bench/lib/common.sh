@@ -1,0 +1,91 @@
+# Helpers shared by bench/run.sh and the per-server scripts. Sourced, not run.
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# fill TEMPLATE KEY=VALUE...: the template with every @KEY@ replaced.
+fill() {
+    local template=$1 text
+    shift
+    text=$(<"$template")
+    local kv
+    for kv in "$@"; do
+        text=${text//@${kv%%=*}@/${kv#*=}}
+    done
+    printf '%s\n' "$text"
+}
+
+# wait_port PORT SECONDS: true once something accepts on 127.0.0.1:PORT.
+wait_port() {
+    local port=$1 deadline=$((SECONDS + $2))
+    while ((SECONDS < deadline)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    log "nothing listens on port $port after $2 s"
+    return 1
+}
+
+# stop_pid PID [SECONDS]: SIGTERM, wait (bounded), then SIGKILL. Only the given PID.
+stop_pid() {
+    local pid=$1 deadline=$((SECONDS + ${2:-15}))
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+        sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "PID $pid ignored SIGTERM; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# descendant PID NAME: the first descendant of PID whose command name is NAME.
+descendant() {
+    local pid=$1 name=$2 child found
+    for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+        if [ "$(ps -o comm= -p "$child" 2>/dev/null)" = "$name" ]; then
+            echo "$child"
+            return 0
+        fi
+        found=$(descendant "$child" "$name") && { echo "$found"; return 0; }
+    done
+    return 1
+}
+
+# One self-signed ECDSA P-256 certificate for "localhost", used by every server so that
+# TLS handshakes cost the same key type everywhere.
+make_cert() {
+    local dir=$1
+    [ -s "$dir/localhost.pem" ] && return 0
+    mkdir -p "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,DNS:*.localhost \
+        -keyout "$dir/localhost.key" -out "$dir/localhost.crt" 2>/dev/null
+    cat "$dir/localhost.crt" "$dir/localhost.key" >"$dir/localhost.pem"
+    chmod 644 "$dir"/*
+}
+
+# cpu_ticks PID: utime+stime of PID in clock ticks.
+cpu_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    set -- $stat
+    echo $((${12} + ${13}))
+}
+
+# wait_quiet PID SECONDS: waits until PID uses under 2% CPU over half a second (a server
+# still starting up, e.g. ejabberd loading modules after its port opened), at most SECONDS.
+wait_quiet() {
+    local pid=$1 deadline=$((SECONDS + $2)) before after
+    while ((SECONDS < deadline)); do
+        before=$(cpu_ticks "$pid") || return 0
+        sleep 0.5
+        after=$(cpu_ticks "$pid") || return 0
+        ((after - before <= 1)) && return 0
+    done
+    log "PID $pid still busy after $2 s"
+}

@@ -1,0 +1,70 @@
+# ejabberd for bench/run.sh: same interface as xmppd.sh. Runs `ejabberdctl … foreground`
+# (as the ejabberd user, which must own DIR); SERVER_PID is its beam.smp process. Erlang
+# distribution uses a fixed loopback port instead of epmd, so no epmd is left behind.
+
+# ejabberd_ctl ARGS…: ejabberdctl with our directories, as the ejabberd user, bounded to
+# 60 s (`foreground` runs without a bound: it is the server). ejabberdctl would switch user
+# with su, whose PAM session resets the open-files limit to 1024 — ejabberd then stops
+# accepting near 1,000 sessions and spins on accept. setpriv keeps the raised limit.
+ejabberd_ctl() {
+    local bound=(timeout 60)
+    [ "$1" = foreground ] && bound=()
+    (cd "$EJABBERD_DIR" && HOME=/var/lib/ejabberd "${bound[@]}" \
+        setpriv --reuid ejabberd --regid ejabberd --init-groups \
+        ejabberdctl --config-dir "$EJABBERD_DIR" \
+        --ctl-config "$EJABBERD_DIR/ejabberdctl.cfg" --config "$EJABBERD_DIR/ejabberd.yml" \
+        --spool "$EJABBERD_DIR/spool" --logs "$EJABBERD_DIR/logs" "$@")
+}
+
+ejabberd_setup() {
+    EJABBERD_DIR=$1
+    local accounts=$2
+    mkdir -p "$EJABBERD_DIR/spool" "$EJABBERD_DIR/logs"
+    SERVER_PORT=$("$BENCH" free-port)
+    EJABBERD_API_PORT=$("$BENCH" free-port)
+    fill "$BENCH_ROOT/configs/ejabberd.yml" DIR="$EJABBERD_DIR" CERT_DIR="$CERT_DIR" \
+        C2S_PORT="$SERVER_PORT" API_PORT="$EJABBERD_API_PORT" >"$EJABBERD_DIR/ejabberd.yml"
+    fill "$BENCH_ROOT/configs/ejabberdctl.cfg" DIST_PORT="$("$BENCH" free-port)" \
+        >"$EJABBERD_DIR/ejabberdctl.cfg"
+    cp /etc/ejabberd/inetrc "$EJABBERD_DIR/inetrc"
+    chown -R ejabberd:ejabberd "$EJABBERD_DIR"
+    # ejabberdctl su's to the ejabberd user, who must be able to reach DIR.
+    chmod o+x "$(dirname "$EJABBERD_DIR")"
+    ejabberd_start || return 1
+    # One `ejabberdctl register` starts an Erlang VM (about a second): create the accounts
+    # through ejabberd's HTTP admin API instead, the same `register` command, in one curl.
+    local i cfg="$EJABBERD_DIR/register.curl"
+    for ((i = 1; i <= accounts; i++)); do
+        ((i > 1)) && echo next
+        printf 'url = "http://127.0.0.1:%s/api/register"\n' "$EJABBERD_API_PORT"
+        printf 'data = "{\\"user\\":\\"bench%s\\",\\"host\\":\\"localhost\\",\\"password\\":\\"%s\\"}"\n' "$i" "$PASSWORD"
+        echo 'output = "/dev/null"'
+    done >"$cfg"
+    curl -sS --fail-early -K "$cfg" || { ejabberd_stop; return 1; }
+    local registered
+    registered=$(curl -sS -d '{"host":"localhost"}' \
+        "http://127.0.0.1:$EJABBERD_API_PORT/api/registered_users" | grep -o bench | wc -l)
+    ejabberd_stop
+    [ "$registered" -ge "$accounts" ] || { log "ejabberd has $registered of $accounts accounts"; return 1; }
+}
+
+ejabberd_start() {
+    ejabberd_ctl foreground >>"$EJABBERD_DIR/foreground.log" 2>&1 &
+    EJABBERD_TOP=$!
+    wait_port "$SERVER_PORT" 60 || return 1
+    SERVER_PID=$(descendant "$EJABBERD_TOP" beam.smp)
+}
+
+ejabberd_stop() {
+    ejabberd_ctl stop >/dev/null 2>&1 || true
+    local deadline=$((SECONDS + 20))
+    while [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null && ((SECONDS < deadline)); do
+        sleep 0.2
+    done
+    stop_pid "$SERVER_PID" 5
+    stop_pid "$EJABBERD_TOP" 5
+    SERVER_PID=
+    EJABBERD_TOP=
+}
+
+ejabberd_version() { echo "ejabberd $(dpkg-query -W -f='${Version}' ejabberd)"; }

@@ -1,0 +1,38 @@
+# xmppd for bench/run.sh: SERVER_PORT, SERVER_PID; xmppd_setup DIR ACCOUNTS, xmppd_start,
+# xmppd_stop, xmppd_version. Needs XMPPD (the binary), PASSWORD, CERT_DIR, JOBS, BENCH.
+
+xmppd_setup() {
+    XMPPD_DIR=$1
+    local accounts=$2 certificates=""
+    mkdir -p "$XMPPD_DIR"
+    SERVER_PORT=$("$BENCH" free-port)
+    if [ -s "$CERT_DIR/localhost.crt" ]; then
+        certificates="certificates = [{ domain = \"localhost\", cert = \"$CERT_DIR/localhost.crt\", key = \"$CERT_DIR/localhost.key\" }]"
+    fi
+    fill "$BENCH_ROOT/configs/xmppd.toml" DIR="$XMPPD_DIR" CERTIFICATES="$certificates" \
+        C2S_PORT="$SERVER_PORT" TLS_PORT="$("$BENCH" free-port)" \
+        METRICS_PORT="$("$BENCH" free-port)" >"$XMPPD_DIR/xmppd.toml"
+    # The first `user add` creates the database alone: concurrent first runs race on its
+    # migrations ("table accounts already exists").
+    "$XMPPD" --config "$XMPPD_DIR/xmppd.toml" user add bench1@localhost --password "$PASSWORD" >/dev/null
+    # Each `user add` derives the SCRAM keys (PBKDF2) for SHA-1 and SHA-256: run a few at once.
+    seq 2 "$accounts" | xargs -r -P "$JOBS" -I{} "$XMPPD" --config "$XMPPD_DIR/xmppd.toml" \
+        user add "bench{}@localhost" --password "$PASSWORD" >/dev/null
+}
+
+xmppd_start() {
+    "$XMPPD" --config "$XMPPD_DIR/xmppd.toml" serve 2>>"$XMPPD_DIR/server.log" &
+    SERVER_PID=$!
+    wait_port "$SERVER_PORT" 30
+}
+
+xmppd_stop() {
+    stop_pid "$SERVER_PID"
+    SERVER_PID=
+}
+
+xmppd_version() {
+    local rev
+    rev=$(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    echo "$("$XMPPD" --version) (git $rev)"
+}

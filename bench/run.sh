@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Benchmarks xmppd side by side with Prosody and ejabberd on loopback: the same scenarios,
+# accounts, certificate and SCRAM settings on each, one server at a time, then a table in
+# bench/results/latest.md and latest.json. See bench/README.md.
+#
+#   bench/run.sh                 # all servers, all scenarios, moderate sizes
+#   bench/run.sh --smoke         # xmppd only, tiny sizes, a few seconds, no apt (for CI)
+#   bench/run.sh --servers "xmppd prosody" --scenarios "chat"
+#   IDLE_N=10000 bench/run.sh --scenarios idle
+set -euo pipefail
+
+BENCH_ROOT=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$BENCH_ROOT")
+# shellcheck source=lib/common.sh
+source "$BENCH_ROOT/lib/common.sh"
+source "$BENCH_ROOT/lib/xmppd.sh"
+source "$BENCH_ROOT/lib/prosody.sh"
+source "$BENCH_ROOT/lib/ejabberd.sh"
+
+SMOKE=0
+SERVERS=""
+SCENARIOS="idle login chat presence"
+OUT=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --smoke) SMOKE=1 ;;
+        --servers) SERVERS=$2; shift ;;
+        --scenarios) SCENARIOS=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+# Sizes: environment variables override these defaults.
+if [ "$SMOKE" = 1 ]; then
+    : "${SERVERS:=xmppd}" "${PROFILE:=debug}"
+    : "${IDLE_N:=20}" "${LOGIN_N:=20}" "${CHAT_PAIRS:=10}" "${CHAT_RATE:=200}" "${CHAT_SECS:=2}"
+    : "${PRESENCE_N:=20}" "${PRESENCE_R:=3}" "${PRESENCE_RATE:=20}" "${PRESENCE_SECS:=2}"
+    : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}"
+else
+    : "${SERVERS:=xmppd prosody ejabberd}" "${PROFILE:=release}"
+    : "${IDLE_N:=1000}" "${LOGIN_N:=500}" "${CHAT_PAIRS:=200}" "${CHAT_RATE:=3000}" "${CHAT_SECS:=10}"
+    : "${PRESENCE_N:=500}" "${PRESENCE_R:=10}" "${PRESENCE_RATE:=500}" "${PRESENCE_SECS:=10}"
+    : "${HOLD:=5}" "${TIMEOUT:=30}" "${SETUP_TIMEOUT:=120}"
+    : "${OUT:=$BENCH_ROOT/results}"
+fi
+: "${RATE:=500}" "${INFLIGHT:=64}" "${JOBS:=4}" "${PASSWORD:=bench-secret}"
+
+# Each session is a socket on both ends of loopback; 10k sessions need more than 20k fds.
+ulimit -Hn 200000 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# Binaries: given, or built (one cargo build for both).
+if [ -z "${XMPPD:-}" ] || [ -z "${BENCH:-}" ]; then
+    profile_flag=()
+    [ "$PROFILE" = release ] && profile_flag=(--release)
+    log "building xmppd and xmppd-bench ($PROFILE)"
+    (cd "$REPO" && cargo build --quiet "${profile_flag[@]}" -p xmppd -p xmppd-bench)
+    : "${XMPPD:=$REPO/target/$PROFILE/xmppd}" "${BENCH:=$REPO/target/$PROFILE/xmppd-bench}"
+fi
+
+# The other servers come from Debian, installed on first use (never in smoke mode).
+missing=()
+for server in $SERVERS; do
+    case $server in
+        xmppd) ;;
+        prosody) command -v prosody >/dev/null || missing+=(prosody) ;;
+        ejabberd) command -v ejabberdctl >/dev/null || missing+=(ejabberd) ;;
+        *) echo "unknown server: $server" >&2; exit 2 ;;
+    esac
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$SMOKE" = 1 ] && { echo "smoke mode runs xmppd only" >&2; exit 2; }
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+WORK=$(mktemp -d /tmp/xmppd-bench.XXXXXX)
+chmod 755 "$WORK"
+CURRENT=""
+cleanup() {
+    if [ -n "$CURRENT" ]; then "${CURRENT}_stop" || true; fi
+    [ "${KEEP_WORK:-0}" = 1 ] && log "work directory kept: $WORK" || rm -rf "$WORK"
+}
+trap cleanup EXIT
+[ -n "$OUT" ] || OUT=$WORK/out
+mkdir -p "$OUT" "$WORK/results"
+CERT_DIR=$WORK/cert
+if command -v openssl >/dev/null; then make_cert "$CERT_DIR"; fi
+
+accounts=0
+for scenario in $SCENARIOS; do
+    case $scenario in
+        idle) n=$IDLE_N ;;
+        login) n=$LOGIN_N ;;
+        chat) n=$((CHAT_PAIRS * 2)) ;;
+        presence) n=$PRESENCE_N ;;
+        *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
+    esac
+    ((n > accounts)) && accounts=$n
+done
+
+scenario_args() {
+    local common=(--rate "$RATE" --max-inflight "$INFLIGHT" --timeout "$TIMEOUT"
+        --password "$PASSWORD" --user-prefix bench --domain localhost)
+    case $1 in
+        idle) echo "${common[@]}" -n "$IDLE_N" --hold "$HOLD" ;;
+        login) echo "${common[@]}" -n "$LOGIN_N" ;;
+        chat) echo "${common[@]}" -n $((CHAT_PAIRS * 2)) --msg-rate "$CHAT_RATE" --duration "$CHAT_SECS" ;;
+        presence) echo "${common[@]}" -n "$PRESENCE_N" --contacts "$PRESENCE_R" \
+            --presence-rate "$PRESENCE_RATE" --duration "$PRESENCE_SECS" \
+            --setup-timeout "$SETUP_TIMEOUT" ;;
+    esac
+}
+
+# A result for a scenario that could not run at all (the server did not start, say).
+failed_result() {
+    printf '{"label":"%s","scenario":"%s","status":"failed","metrics":{},"errors":{"%s":{"count":1,"example":"%s"}},"errors_total":1}\n' \
+        "$1" "$2" "$3" "$4" >"$WORK/results/$1-$2.json"
+}
+
+failures=0
+meta=(--meta "date=$(date -u +%Y-%m-%dT%H:%MZ)")
+meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
+for server in $SERVERS; do
+    log "$server: setting up $accounts accounts"
+    started=$SECONDS
+    if ! "${server}_setup" "$WORK/$server" "$accounts"; then
+        log "$server: setup failed"
+        for scenario in $SCENARIOS; do failed_result "$server" "$scenario" setup "setup failed"; done
+        failures=$((failures + 1))
+        continue
+    fi
+    log "$server: setup took $((SECONDS - started)) s"
+    meta+=(--meta "$server=$("${server}_version")")
+    for scenario in $SCENARIOS; do
+        # A fresh process per scenario: memory and CPU start from the same point everywhere.
+        CURRENT=$server
+        if ! "${server}_start"; then
+            failed_result "$server" "$scenario" start "the server did not start"
+            failures=$((failures + 1))
+            "${server}_stop" || true
+            CURRENT=""
+            continue
+        fi
+        wait_quiet "$SERVER_PID" 30
+        log "$server: $scenario (PID $SERVER_PID, port $SERVER_PORT)"
+        # shellcheck disable=SC2046
+        if ! "$BENCH" run --scenario "$scenario" --label "$server" --server-pid "$SERVER_PID" \
+            --addr "127.0.0.1:$SERVER_PORT" $(scenario_args "$scenario") \
+            --out "$WORK/results/$server-$scenario.json"; then
+            failures=$((failures + 1))
+        fi
+        "${server}_stop"
+        CURRENT=""
+    done
+done
+
+"$BENCH" summarize --ours xmppd --servers "${SERVERS// /,}" "${meta[@]}" \
+    --markdown "$OUT/latest.md" --json "$OUT/latest.json" "$WORK"/results/*.json
+log "results: $OUT/latest.md and $OUT/latest.json"
+if [ "$SMOKE" = 1 ]; then
+    cat "$OUT/latest.md"
+    # The smoke run checks that every scenario still completes; it asserts no timing.
+    if [ "$failures" -gt 0 ]; then
+        log "$failures scenario(s) failed"
+        exit 1
+    fi
+fi

@@ -1,0 +1,260 @@
+//! `chat`: N/2 pairs of sessions sending each other one-to-one messages (to the partner's
+//! full JID) at a target total rate. Each body carries its send time, so the receiver
+//! measures delivery latency. Reports delivered msgs/s, latency percentiles and the server's
+//! CPU time per delivered message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use super::{
+    finish, hold, parse_u64, push_u64, ramp, reached, server_quiet, Phase, PhaseRx, Progress, Run,
+    Window, INITIAL_PRESENCE,
+};
+use crate::conn::{self, Failure};
+use crate::histogram::Histogram;
+use crate::reader::{Event, StanzaReader};
+use crate::xml::Stanza;
+
+pub struct Params {
+    pub pairs: usize,
+    /// Messages per second, all senders together.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Longest wait, after sending stops, for messages still in flight.
+    pub drain: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Send loops still running: the drain waits for them before comparing counts.
+    senders: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    errors: AtomicU64,
+    latency: Histogram,
+}
+
+pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
+    let n = params.pairs * 2;
+    let timeout = run.target.timeout;
+    let (phase, phase_rx) = watch::channel(Phase::Setup);
+    let progress = Arc::new(Progress::default());
+    let counters = Arc::new(Counters::default());
+    let jids: Arc<Vec<OnceLock<String>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
+    // Each sender's share of the rate, as an interval.
+    let period = Duration::from_secs_f64(n as f64 / params.rate);
+
+    let login = Window::start(run.server_pid);
+    let tasks = ramp(&run, n, |i, permit| {
+        let run = run.clone();
+        let progress = progress.clone();
+        let counters = counters.clone();
+        let jids = jids.clone();
+        let rx = phase_rx.clone();
+        async move {
+            let result =
+                session_task(&run, i, permit, &progress, &counters, &jids, rx, period).await;
+            if let Err(e) = result {
+                run.errors.record(&e);
+            }
+        }
+    })
+    .await;
+    progress.settled(n, timeout * 2).await;
+    let login = login.finish();
+    let online = progress.online() as u64;
+
+    server_quiet(run.server_pid, timeout).await;
+    let received_before = counters.received.load(Ordering::Relaxed);
+    let window = Window::start(run.server_pid);
+    let _ = phase.send(Phase::Measure);
+    tokio::time::sleep(params.duration).await;
+    let measured = window.finish();
+    let delivered = counters.received.load(Ordering::Relaxed) - received_before;
+    let _ = phase.send(Phase::Drain);
+
+    // Wait (bounded) for messages still on their way.
+    let drain_until = Instant::now() + params.drain;
+    while (counters.senders.load(Ordering::Relaxed) > 0
+        || counters.received.load(Ordering::Relaxed) < counters.sent.load(Ordering::Relaxed))
+        && Instant::now() < drain_until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    finish(&phase, tasks, timeout).await;
+
+    let sent = counters.sent.load(Ordering::Relaxed);
+    let received = counters.received.load(Ordering::Relaxed);
+    run.errors.add(
+        "lost",
+        sent.saturating_sub(received),
+        "messages sent but not received before the drain timeout",
+    );
+    run.errors.add(
+        "message-error",
+        counters.errors.load(Ordering::Relaxed),
+        "message bounced with type='error'",
+    );
+    let status = if delivered == 0 { "failed" } else { "ok" };
+    let metrics = json!({
+        "sessions_online": online,
+        "target_msgs_per_s": params.rate,
+        "sent": sent,
+        "received": received,
+        "delivered_in_window": delivered,
+        "delivered_per_s": measured.rate(delivered),
+        "server_cpu_us_per_msg": measured.cpu_per(delivered, 1e6),
+        "latency": counters.latency.summary_ms(),
+        "logins_per_s": login.rate(online),
+        "window": measured.to_json(),
+        "params": {
+            "pairs": params.pairs,
+            "rate": params.rate,
+            "duration_s": params.duration.as_secs_f64(),
+        },
+    });
+    (metrics, status)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session_task(
+    run: &Run,
+    i: usize,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    progress: &Progress,
+    counters: &Counters,
+    jids: &[OnceLock<String>],
+    mut rx: PhaseRx,
+    period: Duration,
+) -> Result<(), Failure> {
+    let target = &run.target;
+    let mut session = match conn::login(target, i).await {
+        Ok(s) => s,
+        Err(e) => {
+            progress.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    let _ = jids[i].set(session.jid.clone());
+    if let Err(e) = session.go_online(target, INITIAL_PRESENCE, |_| {}).await {
+        progress.failed.fetch_add(1, Ordering::Relaxed);
+        return Err(e);
+    }
+    progress.online.fetch_add(1, Ordering::Relaxed);
+    drop(permit);
+    // A partner that starts sending first must not have its messages dropped here.
+    hold(&mut session, &mut rx, Phase::Measure, |s| {
+        record(run, s, counters)
+    })
+    .await?;
+    let Some(partner) = jids[i ^ 1].get() else {
+        // The partner never logged in (already counted as its error): just stay online.
+        hold(&mut session, &mut rx, Phase::Stop, |_| {}).await?;
+        session.close(Duration::from_secs(2)).await;
+        return Ok(());
+    };
+    // Senders start spread over one period so they do not tick in lockstep.
+    let offset = period.mul_f64((i as f64 * 0.618_034).fract());
+    let conn::Session { io, mut reader, .. } = session;
+    let (rd, wr) = tokio::io::split(io);
+    let sending = send_loop(run, wr, partner, period, offset, rx.clone(), counters);
+    let receiving = receive_loop(run, rd, &mut reader, rx, counters);
+    let (wr, read_result) = tokio::join!(sending, receiving);
+    let mut wr = wr?;
+    read_result?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = wr.write_all(b"</stream:stream>").await;
+        let _ = wr.shutdown().await;
+    })
+    .await;
+    Ok(())
+}
+
+/// Sends a message every `period` until the drain phase. The stanza is assembled in one
+/// reused buffer: a fixed prefix, the timestamp digits, a fixed suffix — no allocation per
+/// message.
+async fn send_loop<W: AsyncWrite + Unpin>(
+    run: &Run,
+    mut wr: W,
+    partner: &str,
+    period: Duration,
+    offset: Duration,
+    mut rx: PhaseRx,
+    counters: &Counters,
+) -> Result<W, Failure> {
+    counters.senders.fetch_add(1, Ordering::Relaxed);
+    let result = send_messages(run, &mut wr, partner, period, offset, &mut rx, counters).await;
+    counters.senders.fetch_sub(1, Ordering::Relaxed);
+    result.map(|()| wr)
+}
+
+async fn send_messages<W: AsyncWrite + Unpin>(
+    run: &Run,
+    wr: &mut W,
+    partner: &str,
+    period: Duration,
+    offset: Duration,
+    rx: &mut PhaseRx,
+    counters: &Counters,
+) -> Result<(), Failure> {
+    let prefix = format!("<message to='{partner}' type='chat'><body>");
+    let suffix = b"</body></message>";
+    let mut buf = Vec::with_capacity(prefix.len() + 20 + suffix.len());
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    // A late generator catches up (open loop): the offered rate stays the target.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    loop {
+        tokio::select! {
+            _ = reached(rx, Phase::Drain) => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        buf.clear();
+        buf.extend_from_slice(prefix.as_bytes());
+        push_u64(&mut buf, run.now_micros());
+        buf.extend_from_slice(suffix);
+        conn::send(wr, &buf, "send").await?;
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn receive_loop<R: AsyncRead + Unpin>(
+    run: &Run,
+    mut rd: R,
+    reader: &mut StanzaReader,
+    mut rx: PhaseRx,
+    counters: &Counters,
+) -> Result<(), Failure> {
+    loop {
+        let event = tokio::select! {
+            _ = reached(&mut rx, Phase::Stop) => return Ok(()),
+            event = reader.next(&mut rd) => event,
+        };
+        let stanza = match event.map_err(|e| Failure::new("receive", e))? {
+            Event::Stanza(s) => s,
+            Event::StreamClose => return Err(Failure::new("receive", "stream closed by server")),
+            Event::StreamOpen => return Err(Failure::new("receive", "unexpected stream header")),
+        };
+        record(run, stanza, counters);
+    }
+}
+
+/// Counts a received message and its latency (or a bounce).
+fn record(run: &Run, stanza: Stanza<'_>, counters: &Counters) {
+    if stanza.name() != b"message" {
+        return;
+    }
+    if stanza.attr(b"type") == Some(b"error") {
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+    } else if let Some(sent_at) = stanza.child_text(b"body").and_then(parse_u64) {
+        counters
+            .latency
+            .record(run.now_micros().saturating_sub(sent_at));
+        counters.received.fetch_add(1, Ordering::Relaxed);
+    }
+}

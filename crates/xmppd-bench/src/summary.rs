@@ -1,0 +1,386 @@
+//! Combines per-run result files into one Markdown table per scenario, with the ratios of
+//! our server to each other server, and a JSON file with the same numbers plus every raw
+//! result.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+/// A number shown in the table: where it is in a result's metrics and how to read it.
+struct Headline {
+    path: &'static str,
+    name: &'static str,
+    /// Multiplies the stored value (KiB → MiB and such).
+    scale: f64,
+    /// Which direction is better, for the reader; None for context rows.
+    higher_is_better: Option<bool>,
+}
+
+const fn h(path: &'static str, name: &'static str, higher: Option<bool>) -> Headline {
+    Headline {
+        path,
+        name,
+        scale: 1.0,
+        higher_is_better: higher,
+    }
+}
+
+const fn mib(path: &'static str, name: &'static str) -> Headline {
+    Headline {
+        path,
+        name,
+        scale: 1.0 / 1024.0,
+        higher_is_better: Some(false),
+    }
+}
+
+const UP: Option<bool> = Some(true);
+const DOWN: Option<bool> = Some(false);
+
+const LOGIN: &[Headline] = &[
+    h("logins_per_s", "logins/s", UP),
+    h("server_cpu_ms_per_login", "server CPU ms per login", DOWN),
+    h("login_latency/p50_ms", "login latency p50 (ms)", DOWN),
+    h("login_latency/p99_ms", "login latency p99 (ms)", DOWN),
+    h("logins_ok", "logins completed", None),
+    mib("window/server_peak_rss_kib", "server peak RSS (MiB)"),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    h(
+        "window/generator_cpu_s",
+        "load generator CPU in window (s)",
+        None,
+    ),
+    h("window/other_cpu_s", "other processes' CPU (s)", None),
+];
+
+const IDLE: &[Headline] = &[
+    h(
+        "server_rss_kib_per_session",
+        "server RSS per session (KiB)",
+        DOWN,
+    ),
+    h("sessions_online", "sessions online", None),
+    mib("server_rss_baseline_kib", "server RSS before (MiB)"),
+    mib("server_rss_idle_kib", "server RSS with sessions (MiB)"),
+    mib("server_peak_rss_kib", "server peak RSS (MiB)"),
+    mib("server_rss_after_close_kib", "server RSS after close (MiB)"),
+    h("server_idle_cpu_s", "server CPU while idle (s)", DOWN),
+    h("logins_per_s", "logins/s while connecting", UP),
+];
+
+const CHAT: &[Headline] = &[
+    h("delivered_per_s", "delivered msgs/s", UP),
+    h("server_cpu_us_per_msg", "server CPU µs per message", DOWN),
+    h("latency/p50_ms", "latency p50 (ms)", DOWN),
+    h("latency/p90_ms", "latency p90 (ms)", DOWN),
+    h("latency/p99_ms", "latency p99 (ms)", DOWN),
+    h("latency/max_ms", "latency max (ms)", DOWN),
+    h("sent", "messages sent", None),
+    h("received", "messages received", None),
+    mib("window/server_peak_rss_kib", "server peak RSS (MiB)"),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    h(
+        "window/generator_cpu_s",
+        "load generator CPU in window (s)",
+        None,
+    ),
+    h("window/other_cpu_s", "other processes' CPU (s)", None),
+];
+
+const PRESENCE: &[Headline] = &[
+    h("broadcasts_per_s", "presence broadcasts/s", UP),
+    h(
+        "server_cpu_us_per_broadcast",
+        "server CPU µs per broadcast",
+        DOWN,
+    ),
+    h("latency/p50_ms", "broadcast latency p50 (ms)", DOWN),
+    h("latency/p99_ms", "broadcast latency p99 (ms)", DOWN),
+    h("roster_contacts_avg", "mutual contacts per account", None),
+    h(
+        "server_cpu_ms_per_login",
+        "server CPU ms per login with roster",
+        DOWN,
+    ),
+    h("changes_sent", "presence changes sent", None),
+    h(
+        "broadcasts_expected",
+        "broadcasts expected (changes × contacts)",
+        None,
+    ),
+    h("broadcasts_received", "broadcasts received", None),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    h(
+        "window/generator_cpu_s",
+        "load generator CPU in window (s)",
+        None,
+    ),
+    h("window/other_cpu_s", "other processes' CPU (s)", None),
+];
+
+const SCENARIO_ORDER: [&str; 4] = ["login", "idle", "chat", "presence"];
+
+fn headlines(scenario: &str) -> &'static [Headline] {
+    match scenario {
+        "login" => LOGIN,
+        "idle" => IDLE,
+        "chat" => CHAT,
+        "presence" => PRESENCE,
+        _ => &[],
+    }
+}
+
+fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('/').try_fold(value, |v, key| v.get(key))
+}
+
+/// A number with about three significant digits.
+fn format_number(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 0.1 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+pub struct Input {
+    pub results: Vec<Value>,
+    pub ours: String,
+    /// Order of the server columns; servers missing here follow in name order.
+    pub servers: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub machine: Value,
+}
+
+/// Facts about this machine that matter for reading the numbers.
+pub fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned());
+    let meminfo = read("/proc/meminfo");
+    let mem_kib: Option<u64> = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "cpu_model": cpu,
+        "memory_gib": mem_kib.map(|k| (k as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
+}
+
+pub struct Output {
+    pub markdown: String,
+    pub json: Value,
+}
+
+pub fn summarize(input: &Input) -> Output {
+    // scenario → server label → result
+    let mut by_scenario: BTreeMap<String, BTreeMap<String, &Value>> = BTreeMap::new();
+    for r in &input.results {
+        let scenario = r["scenario"].as_str().unwrap_or("?").to_owned();
+        let label = r["label"].as_str().unwrap_or("?").to_owned();
+        by_scenario.entry(scenario).or_default().insert(label, r);
+    }
+    let mut md = String::from("# xmppd benchmark results\n\n");
+    md.push_str(&format!(
+        "Machine: {} cores, {}, {} GiB memory, Linux {}.\n\n",
+        input.machine["nproc"],
+        input.machine["cpu_model"].as_str().unwrap_or("unknown CPU"),
+        input.machine["memory_gib"],
+        input.machine["kernel"].as_str().unwrap_or("?"),
+    ));
+    for (k, v) in &input.meta {
+        md.push_str(&format!("- {k}: {v}\n"));
+    }
+    md.push_str(
+        "\nRatios are ours ÷ theirs: above 1 is better for rows marked ↑, below 1 for rows \
+         marked ↓. See bench/README.md for what each number means.\n",
+    );
+    let mut scenarios_json = Map::new();
+    // The usual order of a run first, anything else after.
+    let mut scenarios: Vec<&String> = SCENARIO_ORDER
+        .iter()
+        .filter_map(|s| by_scenario.get_key_value(*s).map(|(k, _)| k))
+        .collect();
+    scenarios.extend(
+        by_scenario
+            .keys()
+            .filter(|k| !SCENARIO_ORDER.contains(&k.as_str())),
+    );
+    for scenario in scenarios {
+        let servers = &by_scenario[scenario];
+        let mut order: Vec<&String> = input
+            .servers
+            .iter()
+            .filter(|s| servers.contains_key(*s))
+            .collect();
+        order.extend(servers.keys().filter(|s| !input.servers.contains(s)));
+        let others: Vec<&String> = order
+            .iter()
+            .copied()
+            .filter(|s| **s != input.ours && servers.contains_key(&input.ours))
+            .collect();
+        md.push_str(&format!("\n## {scenario}\n\n"));
+        if let Some(params) = servers.values().find_map(|r| r["metrics"].get("params")) {
+            md.push_str(&format!("Parameters: `{params}`\n\n"));
+        }
+        md.push_str("| metric |");
+        for s in &order {
+            md.push_str(&format!(" {s} |"));
+        }
+        for o in &others {
+            md.push_str(&format!(" {} / {o} |", input.ours));
+        }
+        md.push('\n');
+        md.push_str(&"|---".repeat(1 + order.len() + others.len()));
+        md.push_str("|\n");
+
+        md.push_str("| status |");
+        for s in &order {
+            md.push_str(&format!(
+                " {} |",
+                servers[*s]["status"].as_str().unwrap_or("?")
+            ));
+        }
+        md.push_str(&" |".repeat(others.len()));
+        md.push('\n');
+
+        let mut rows = Vec::new();
+        for hl in headlines(scenario) {
+            let value_of = |s: &str| -> Option<f64> {
+                let r = servers.get(s)?;
+                if r["status"] != "ok" {
+                    return None;
+                }
+                lookup(&r["metrics"], hl.path)?
+                    .as_f64()
+                    .map(|v| v * hl.scale)
+            };
+            let arrow = match hl.higher_is_better {
+                Some(true) => " ↑",
+                Some(false) => " ↓",
+                None => "",
+            };
+            md.push_str(&format!("| {}{arrow} |", hl.name));
+            let mut values = Map::new();
+            for s in &order {
+                let v = value_of(s);
+                md.push_str(&format!(" {} |", v.map_or("–".into(), format_number)));
+                values.insert(s.to_string(), json!(v));
+            }
+            let mut ratios = Map::new();
+            for o in &others {
+                let ratio = match (value_of(&input.ours), value_of(o)) {
+                    (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+                    _ => None,
+                };
+                md.push_str(&format!(
+                    " {} |",
+                    ratio.map_or("–".into(), |r| format!("{r:.2}"))
+                ));
+                ratios.insert(format!("{}/{o}", input.ours), json!(ratio));
+            }
+            md.push('\n');
+            rows.push(json!({
+                "metric": hl.path,
+                "name": hl.name,
+                "higher_is_better": hl.higher_is_better,
+                "values": values,
+                "ratios": ratios,
+            }));
+        }
+        md.push_str("| errors |");
+        for s in &order {
+            md.push_str(&format!(" {} |", servers[*s]["errors_total"]));
+        }
+        md.push_str(&" |".repeat(others.len()));
+        md.push('\n');
+        for s in &order {
+            if let Some(note) = servers[*s]["metrics"]["note"].as_str() {
+                md.push_str(&format!("\n{s}: {note}\n"));
+            }
+            let errors = &servers[*s]["errors"];
+            if errors.as_object().is_some_and(|e| !e.is_empty()) {
+                md.push_str(&format!("\n{s} errors: `{errors}`\n"));
+            }
+        }
+        scenarios_json.insert(
+            scenario.clone(),
+            json!({
+                "headline": rows,
+                "results": servers,
+            }),
+        );
+    }
+    Output {
+        markdown: md,
+        json: json!({
+            "machine": input.machine,
+            "meta": input.meta,
+            "ours": input.ours,
+            "scenarios": scenarios_json,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(label: &str, logins: f64, status: &str) -> Value {
+        json!({
+            "label": label, "scenario": "login", "status": status, "errors_total": 0,
+            "errors": {},
+            "metrics": {
+                "logins_per_s": logins,
+                "login_latency": {"p50_ms": 2.0},
+                "params": {"logins": 10},
+            },
+        })
+    }
+
+    #[test]
+    fn ratios_against_each_other_server() {
+        let input = Input {
+            results: vec![
+                result("prosody", 100.0, "ok"),
+                result("xmppd", 250.0, "ok"),
+                result("ejabberd", 0.0, "failed"),
+            ],
+            ours: "xmppd".into(),
+            servers: vec!["xmppd".into(), "prosody".into(), "ejabberd".into()],
+            meta: BTreeMap::from([("date".into(), "today".into())]),
+            machine: json!({"nproc": 2}),
+        };
+        let out = summarize(&input);
+        let header = "| metric | xmppd | prosody | ejabberd | xmppd / prosody | xmppd / ejabberd |";
+        assert!(out.markdown.contains(header), "{}", out.markdown);
+        assert!(out
+            .markdown
+            .contains("| logins/s ↑ | 250 | 100 | – | 2.50 | – |"));
+        assert!(out.markdown.contains("| status | ok | ok | failed | | |"));
+        let row = &out.json["scenarios"]["login"]["headline"][0];
+        assert_eq!(row["ratios"]["xmppd/prosody"], json!(2.5));
+        assert_eq!(row["ratios"]["xmppd/ejabberd"], Value::Null);
+    }
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(format_number(1234.4), "1234");
+        assert_eq!(format_number(12.345), "12.3");
+        assert_eq!(format_number(1.2345), "1.23");
+        assert_eq!(format_number(0.01234), "0.012");
+        assert_eq!(format_number(0.0), "0");
+        assert_eq!(format_number(20.0), "20");
+    }
+}
