@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit and end-to-end tests (cargo), then the slixmpp interop scenarios.
+# Runs every test: unit and end-to-end tests (cargo), the slixmpp interop scenarios, and the
+# benchmark harness in smoke mode (so it cannot rot; it asserts no timings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
 bash interop/run.sh
+bash bench/run.sh --smoke
