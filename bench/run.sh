@@ -6,7 +6,7 @@
 #   bench/run.sh                 # all servers, all scenarios, moderate sizes
 #   bench/run.sh --smoke         # xmppd only, tiny sizes, a few seconds, no apt (for CI)
 #   bench/run.sh --servers "xmppd prosody" --scenarios "chat"
-#   IDLE_N=10000 bench/run.sh --scenarios idle
+#   IDLE_N="1000 10000" bench/run.sh --scenarios idle   # one idle run per size
 set -euo pipefail
 
 BENCH_ROOT=$(cd "$(dirname "$0")" && pwd)
@@ -94,7 +94,7 @@ if command -v openssl >/dev/null; then make_cert "$CERT_DIR"; fi
 accounts=0
 for scenario in $SCENARIOS; do
     case $scenario in
-        idle) n=$IDLE_N ;;
+        idle) n=$(printf '%s\n' $IDLE_N | sort -n | tail -n 1) ;;
         login) n=$LOGIN_N ;;
         chat) n=$((CHAT_PAIRS * 2)) ;;
         presence) n=$PRESENCE_N ;;
@@ -103,10 +103,22 @@ for scenario in $SCENARIOS; do
     ((n > accounts)) && accounts=$n
 done
 
+# The runs of a scenario: "idle" once per size in IDLE_N (named idle-N when several).
+runs_of() {
+    local n
+    if [ "$1" = idle ] && [ "$(echo $IDLE_N | wc -w)" -gt 1 ]; then
+        for n in $IDLE_N; do echo "idle-$n"; done
+    else
+        echo "$1"
+    fi
+}
+
+# scenario_args RUN: the generator's arguments for a run named by runs_of.
 scenario_args() {
-    local common=(--rate "$RATE" --max-inflight "$INFLIGHT" --timeout "$TIMEOUT"
-        --password "$PASSWORD" --user-prefix bench --domain localhost)
+    local common=(--scenario "${1%%-*}" --name "$1" --rate "$RATE" --max-inflight "$INFLIGHT"
+        --timeout "$TIMEOUT" --password "$PASSWORD" --user-prefix bench --domain localhost)
     case $1 in
+        idle-*) echo "${common[@]}" -n "${1#idle-}" --hold "$HOLD" ;;
         idle) echo "${common[@]}" -n "$IDLE_N" --hold "$HOLD" ;;
         login) echo "${common[@]}" -n "$LOGIN_N" ;;
         chat) echo "${common[@]}" -n $((CHAT_PAIRS * 2)) --msg-rate "$CHAT_RATE" --duration "$CHAT_SECS" ;;
@@ -130,28 +142,30 @@ for server in $SERVERS; do
     started=$SECONDS
     if ! "${server}_setup" "$WORK/$server" "$accounts"; then
         log "$server: setup failed"
-        for scenario in $SCENARIOS; do failed_result "$server" "$scenario" setup "setup failed"; done
+        for scenario in $SCENARIOS; do
+            for run in $(runs_of "$scenario"); do failed_result "$server" "$run" setup "setup failed"; done
+        done
         failures=$((failures + 1))
         continue
     fi
     log "$server: setup took $((SECONDS - started)) s"
     meta+=(--meta "$server=$("${server}_version")")
-    for scenario in $SCENARIOS; do
-        # A fresh process per scenario: memory and CPU start from the same point everywhere.
+    for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do
+        # A fresh process per run: memory and CPU start from the same point everywhere.
         CURRENT=$server
         if ! "${server}_start"; then
-            failed_result "$server" "$scenario" start "the server did not start"
+            failed_result "$server" "$run" start "the server did not start"
             failures=$((failures + 1))
             "${server}_stop" || true
             CURRENT=""
             continue
         fi
         wait_quiet "$SERVER_PID" 30
-        log "$server: $scenario (PID $SERVER_PID, port $SERVER_PORT)"
+        log "$server: $run (PID $SERVER_PID, port $SERVER_PORT)"
         # shellcheck disable=SC2046
-        if ! "$BENCH" run --scenario "$scenario" --label "$server" --server-pid "$SERVER_PID" \
-            --addr "127.0.0.1:$SERVER_PORT" $(scenario_args "$scenario") \
-            --out "$WORK/results/$server-$scenario.json"; then
+        if ! "$BENCH" run --label "$server" --server-pid "$SERVER_PID" \
+            --addr "127.0.0.1:$SERVER_PORT" $(scenario_args "$run") \
+            --out "$WORK/results/$server-$run.json"; then
             failures=$((failures + 1))
         fi
         "${server}_stop"

@@ -31,8 +31,10 @@ xmppd_stop() {
     SERVER_PID=
 }
 
+# The binary may be older than the checkout: say both.
 xmppd_version() {
-    local rev
+    local rev built
     rev=$(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    echo "$("$XMPPD" --version) (git $rev)"
+    built=$(date -u -r "$XMPPD" +%Y-%m-%dT%H:%MZ)
+    echo "$("$XMPPD" --version) (binary built $built; checkout at git $rev)"
 }

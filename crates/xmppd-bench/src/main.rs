@@ -89,6 +89,10 @@ struct RunArgs {
     /// The server's name in the result.
     #[arg(long, default_value = "server")]
     label: String,
+    /// The scenario's name in the result, e.g. idle-10000 when one scenario runs at several
+    /// sizes (default: the scenario).
+    #[arg(long)]
+    name: Option<String>,
     /// Seconds each wait for the server may take before it counts as an error.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
@@ -229,7 +233,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         let keys = &run.target.keys;
         json!({
             "label": args.label,
-            "scenario": scenario_name(args.scenario),
+            "scenario": args.name.as_deref().unwrap_or(scenario_name(args.scenario)),
             "status": status,
             "started_unix": started,
             "target": args.addr.to_string(),

@@ -14,6 +14,8 @@ struct Headline {
     scale: f64,
     /// Which direction is better, for the reader; None for context rows.
     higher_is_better: Option<bool>,
+    /// Whether ours ÷ theirs means anything (not for the generator's or other processes' CPU).
+    ratio: bool,
 }
 
 const fn h(path: &'static str, name: &'static str, higher: Option<bool>) -> Headline {
@@ -22,6 +24,18 @@ const fn h(path: &'static str, name: &'static str, higher: Option<bool>) -> Head
         name,
         scale: 1.0,
         higher_is_better: higher,
+        ratio: true,
+    }
+}
+
+/// A row about the run rather than the server.
+const fn run_row(path: &'static str, name: &'static str) -> Headline {
+    Headline {
+        path,
+        name,
+        scale: 1.0,
+        higher_is_better: None,
+        ratio: false,
     }
 }
 
@@ -31,6 +45,7 @@ const fn mib(path: &'static str, name: &'static str) -> Headline {
         name,
         scale: 1.0 / 1024.0,
         higher_is_better: Some(false),
+        ratio: true,
     }
 }
 
@@ -45,12 +60,8 @@ const LOGIN: &[Headline] = &[
     h("logins_ok", "logins completed", None),
     mib("window/server_peak_rss_kib", "server peak RSS (MiB)"),
     h("window/server_cpu_s", "server CPU in window (s)", None),
-    h(
-        "window/generator_cpu_s",
-        "load generator CPU in window (s)",
-        None,
-    ),
-    h("window/other_cpu_s", "other processes' CPU (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
 const IDLE: &[Headline] = &[
@@ -79,12 +90,8 @@ const CHAT: &[Headline] = &[
     h("received", "messages received", None),
     mib("window/server_peak_rss_kib", "server peak RSS (MiB)"),
     h("window/server_cpu_s", "server CPU in window (s)", None),
-    h(
-        "window/generator_cpu_s",
-        "load generator CPU in window (s)",
-        None,
-    ),
-    h("window/other_cpu_s", "other processes' CPU (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
 const PRESENCE: &[Headline] = &[
@@ -110,15 +117,30 @@ const PRESENCE: &[Headline] = &[
     ),
     h("broadcasts_received", "broadcasts received", None),
     h("window/server_cpu_s", "server CPU in window (s)", None),
-    h(
-        "window/generator_cpu_s",
-        "load generator CPU in window (s)",
-        None,
-    ),
-    h("window/other_cpu_s", "other processes' CPU (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
 const SCENARIO_ORDER: [&str; 4] = ["login", "idle", "chat", "presence"];
+
+/// A result's scenario may be a variant such as `idle-10000` (one size of several).
+fn kind(scenario: &str) -> &str {
+    scenario.split('-').next().unwrap_or(scenario)
+}
+
+/// The usual order of a run, sizes ascending within a scenario, unknown ones last.
+fn sort_key(scenario: &str) -> (usize, u64, String) {
+    let k = kind(scenario);
+    let order = SCENARIO_ORDER
+        .iter()
+        .position(|s| *s == k)
+        .unwrap_or(SCENARIO_ORDER.len());
+    let size = scenario
+        .split_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0);
+    (order, size, scenario.to_owned())
+}
 
 fn headlines(scenario: &str) -> &'static [Headline] {
     match scenario {
@@ -208,15 +230,8 @@ pub fn summarize(input: &Input) -> Output {
     );
     let mut scenarios_json = Map::new();
     // The usual order of a run first, anything else after.
-    let mut scenarios: Vec<&String> = SCENARIO_ORDER
-        .iter()
-        .filter_map(|s| by_scenario.get_key_value(*s).map(|(k, _)| k))
-        .collect();
-    scenarios.extend(
-        by_scenario
-            .keys()
-            .filter(|k| !SCENARIO_ORDER.contains(&k.as_str())),
-    );
+    let mut scenarios: Vec<&String> = by_scenario.keys().collect();
+    scenarios.sort_by_key(|name| sort_key(name));
     for scenario in scenarios {
         let servers = &by_scenario[scenario];
         let mut order: Vec<&String> = input
@@ -256,7 +271,7 @@ pub fn summarize(input: &Input) -> Output {
         md.push('\n');
 
         let mut rows = Vec::new();
-        for hl in headlines(scenario) {
+        for hl in headlines(kind(scenario)) {
             let value_of = |s: &str| -> Option<f64> {
                 let r = servers.get(s)?;
                 if r["status"] != "ok" {
@@ -281,7 +296,7 @@ pub fn summarize(input: &Input) -> Output {
             let mut ratios = Map::new();
             for o in &others {
                 let ratio = match (value_of(&input.ours), value_of(o)) {
-                    (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+                    (Some(a), Some(b)) if hl.ratio && b != 0.0 => Some(a / b),
                     _ => None,
                 };
                 md.push_str(&format!(
@@ -372,6 +387,31 @@ mod tests {
         let row = &out.json["scenarios"]["login"]["headline"][0];
         assert_eq!(row["ratios"]["xmppd/prosody"], json!(2.5));
         assert_eq!(row["ratios"]["xmppd/ejabberd"], Value::Null);
+    }
+
+    #[test]
+    fn scenario_variants_sort_by_kind_then_size() {
+        let mut names = vec![
+            "presence",
+            "idle-10000",
+            "chat",
+            "idle-1000",
+            "login",
+            "mine",
+        ];
+        names.sort_by_key(|n| sort_key(n));
+        assert_eq!(
+            names,
+            [
+                "login",
+                "idle-1000",
+                "idle-10000",
+                "chat",
+                "presence",
+                "mine"
+            ]
+        );
+        assert_eq!(kind("idle-10000"), "idle");
     }
 
     #[test]
