@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
         --servers) SERVERS=$2; shift ;;
         --scenarios) SCENARIOS=$2; shift ;;
         --out) OUT=$2; shift ;;
-        -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,8p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -47,6 +47,8 @@ else
     : "${OUT:=$BENCH_ROOT/results}"
 fi
 : "${RATE:=500}" "${INFLIGHT:=64}" "${JOBS:=4}" "${PASSWORD:=bench-secret}"
+# Longest wait for other processes (a build beside the benchmark) to calm down before a run.
+: "${QUIET_WAIT:=120}"
 
 # Each session is a socket on both ends of loopback; 10k sessions need more than 20k fds.
 ulimit -Hn 200000 2>/dev/null || true
@@ -161,6 +163,7 @@ for server in $SERVERS; do
             continue
         fi
         wait_quiet "$SERVER_PID" 30
+        wait_machine_quiet "$QUIET_WAIT"
         log "$server: $run (PID $SERVER_PID, port $SERVER_PORT)"
         # shellcheck disable=SC2046
         if ! "$BENCH" run --label "$server" --server-pid "$SERVER_PID" \

@@ -89,3 +89,24 @@ wait_quiet() {
     done
     log "PID $pid still busy after $2 s"
 }
+
+# machine_ticks: busy clock ticks of the whole machine (all CPUs, not idle or iowait).
+machine_ticks() {
+    local cpu user nice system idle iowait irq softirq steal rest
+    read -r cpu user nice system idle iowait irq softirq steal rest </proc/stat
+    echo $((user + nice + system + irq + softirq + steal))
+}
+
+# wait_machine_quiet SECONDS: on a shared machine, waits until everything together uses
+# under 15% of one core over two seconds (no build or test running beside the benchmark),
+# at most SECONDS. Disturbance that remains shows in the "other processes' CPU" rows.
+wait_machine_quiet() {
+    local deadline=$((SECONDS + $1)) before after
+    while ((SECONDS < deadline)); do
+        before=$(machine_ticks)
+        sleep 2
+        after=$(machine_ticks)
+        ((after - before <= 30)) && return 0
+    done
+    log "the machine is still busy after $1 s (other processes); measuring anyway"
+}
