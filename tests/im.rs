@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{befriend, online, roster_get, Raw, TestServer, PASSWORD};
+use common::{friends, online, roster_get, Raw, TestServer, PASSWORD};
 
 const ROSTER: &str = "jabber:iq:roster";
 
@@ -114,15 +114,7 @@ async fn subscription_handshake_seen_from_both_sides() {
 #[tokio::test]
 async fn contact_goes_offline_and_comes_back() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "home", 0).await;
-    let mut bob = online(&server, "bob", "phone", 0).await;
-    befriend(
-        &mut alice,
-        "alice@localhost/home",
-        &mut bob,
-        "bob@localhost/phone",
-    )
-    .await;
+    let (mut alice, bob) = friends(&server, "home", "phone").await;
 
     // Bob's connection breaks without unavailable presence: Alice is told anyway.
     drop(bob);
@@ -444,15 +436,7 @@ async fn directed_presence_is_undone() {
 #[tokio::test]
 async fn vcard_round_trip_and_avatar_hash() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "home", 0).await;
-    let mut bob = online(&server, "bob", "phone", 0).await;
-    befriend(
-        &mut alice,
-        "alice@localhost/home",
-        &mut bob,
-        "bob@localhost/phone",
-    )
-    .await;
+    let (mut alice, mut bob) = friends(&server, "home", "phone").await;
 
     let empty = alice
         .iq(
@@ -549,15 +533,7 @@ async fn private_storage_and_small_services() {
 #[tokio::test]
 async fn password_change_and_account_deletion_in_band() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "home", 0).await;
-    let mut bob = online(&server, "bob", "phone", 0).await;
-    befriend(
-        &mut alice,
-        "alice@localhost/home",
-        &mut bob,
-        "bob@localhost/phone",
-    )
-    .await;
+    let (mut alice, mut bob) = friends(&server, "home", "phone").await;
     let change = "<iq type='set' id='pw' to='localhost'><query xmlns='jabber:iq:register'><username>alice</username><password>n3w pass</password></query></iq>";
     assert!(alice.iq("pw", change).await.contains("type='result'"));
     let (mut probe, _) = Raw::secure(server.c2s).await;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{befriend, online, Raw, TestServer};
+use common::{friends, online, Raw, TestServer};
 
 const BLOCKING: &str = "urn:xmpp:blocking";
 const PRIVACY: &str = "jabber:iq:privacy";
@@ -11,9 +11,7 @@ const PRIVACY: &str = "jabber:iq:privacy";
 #[tokio::test]
 async fn blocking_stops_and_unblocking_restores_the_flow() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "a", 0).await;
-    let mut bob = online(&server, "bob", "b", 0).await;
-    befriend(&mut alice, "alice@localhost/a", &mut bob, "bob@localhost/b").await;
+    let (mut alice, mut bob) = friends(&server, "a", "b").await;
 
     let list = alice
         .iq(
@@ -168,9 +166,7 @@ async fn blocked_sender_is_not_stored_offline_and_unblock_all() {
 #[tokio::test]
 async fn privacy_lists_active_default_and_conflicts() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "a", 0).await;
-    let mut bob = online(&server, "bob", "b", 0).await;
-    befriend(&mut alice, "alice@localhost/a", &mut bob, "bob@localhost/b").await;
+    let (mut alice, mut bob) = friends(&server, "a", "b").await;
 
     // A list that refuses Bob's messages only.
     let list = format!(
@@ -253,9 +249,7 @@ async fn privacy_lists_active_default_and_conflicts() {
 #[tokio::test]
 async fn presence_out_and_everything_rules() {
     let server = TestServer::start().await;
-    let mut alice = online(&server, "alice", "a", 0).await;
-    let mut bob = online(&server, "bob", "b", 0).await;
-    befriend(&mut alice, "alice@localhost/a", &mut bob, "bob@localhost/b").await;
+    let (mut alice, mut bob) = friends(&server, "a", "b").await;
     // Invisible to Bob: presence-out denied by subscription state.
     let list = format!("<iq type='set' id='l'><query xmlns='{PRIVACY}'><list name='invisible'>\
         <item type='subscription' value='both' action='deny' order='1'><presence-out/></item></list></query></iq>");

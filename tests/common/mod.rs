@@ -538,6 +538,18 @@ pub async fn befriend(alice: &mut Raw, alice_jid: &str, bob: &mut Raw, bob_jid: 
     bob.sync().await;
 }
 
+/// alice and bob online with the given resources, as mutual contacts.
+pub async fn friends(server: &TestServer, alice_res: &str, bob_res: &str) -> (Raw, Raw) {
+    let mut alice = online(server, "alice", alice_res, 0).await;
+    let mut bob = online(server, "bob", bob_res, 0).await;
+    let (a, b) = (
+        format!("alice@localhost/{alice_res}"),
+        format!("bob@localhost/{bob_res}"),
+    );
+    befriend(&mut alice, &a, &mut bob, &b).await;
+    (alice, bob)
+}
+
 /// Where the first complete element in `s` ends (the server writes no comments or CDATA).
 fn element_end(s: &str) -> Option<usize> {
     let b = s.as_bytes();
