@@ -38,7 +38,7 @@ if [ "$SMOKE" = 1 ]; then
     : "${SERVERS:=xmppd}" "${PROFILE:=debug}"
     : "${IDLE_N:=20}" "${LOGIN_N:=20}" "${CHAT_PAIRS:=10}" "${CHAT_RATE:=200}" "${CHAT_SECS:=2}"
     : "${PRESENCE_N:=20}" "${PRESENCE_R:=3}" "${PRESENCE_RATE:=20}" "${PRESENCE_SECS:=2}"
-    : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}"
+    : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}" "${QUIET_WAIT:=0}"
 else
     : "${SERVERS:=xmppd prosody ejabberd}" "${PROFILE:=release}"
     : "${IDLE_N:=1000}" "${LOGIN_N:=500}" "${CHAT_PAIRS:=200}" "${CHAT_RATE:=3000}" "${CHAT_SECS:=10}"

@@ -102,6 +102,7 @@ machine_ticks() {
 # at most SECONDS. Disturbance that remains shows in the "other processes' CPU" rows.
 wait_machine_quiet() {
     local deadline=$((SECONDS + $1)) before after
+    (($1 > 0)) || return 0
     while ((SECONDS < deadline)); do
         before=$(machine_ticks)
         sleep 2
