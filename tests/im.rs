@@ -286,6 +286,64 @@ async fn offline_storage_is_limited() {
     server.stop().await;
 }
 
+/// Everyone subscribes to everyone at the same moment, then everyone approves at the same
+/// moment: the requests and approvals cross on the wire, and every roster must still end in
+/// `both` (a lost update left some at `to` or `from`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_subscriptions_all_end_in_both() {
+    const N: usize = 8;
+    let server = TestServer::start().await;
+    let names: Vec<String> = (0..N).map(|i| format!("user{i}")).collect();
+    let mut clients = Vec::new();
+    for name in &names {
+        server.add_user(name, PASSWORD).await;
+        clients.push(online(&server, name, "r", 0).await);
+    }
+    let to_others = |i: usize, kind: &str| -> String {
+        let others = names.iter().enumerate().filter(|(j, _)| *j != i);
+        others
+            .map(|(_, n)| format!("<presence to='{n}@localhost' type='{kind}'/>"))
+            .collect()
+    };
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.send(&to_others(i, "subscribe")).await;
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        for other in names
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n)
+        {
+            let from = format!("from='{other}@localhost'");
+            client.stanza_with(&["type='subscribe'", &from]).await;
+        }
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.send(&to_others(i, "subscribed")).await;
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.sync().await;
+        // A contact's presence comes once it has approved us, after our roster recorded it.
+        for other in names
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n)
+        {
+            let from = format!("from='{other}@localhost/r'");
+            client.stanza_with(&["<presence", &from]).await;
+        }
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let roster = client.iq("all", &roster_get("all")).await;
+        let both = roster.matches("subscription='both'").count();
+        assert_eq!(both, N - 1, "{} has {roster}", names[i]);
+        assert!(!roster.contains("ask="), "{roster}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn subscription_request_waits_for_an_offline_contact() {
     let server = TestServer::start().await;

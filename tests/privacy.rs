@@ -366,3 +366,34 @@ async fn active_list_applies_per_session_and_lists_survive_restart() {
     );
     server.stop().await;
 }
+
+/// Two resources blocking different JIDs at the same moment: every block is kept (each one
+/// loads the list, adds to it and stores it; unserialised, one overwrote the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_blocks_from_two_resources_all_stick() {
+    const EACH: usize = 15;
+    let server = TestServer::start().await;
+    let mut phone = Raw::login_quiet(server.c2s, "alice", "phone").await;
+    let mut laptop = Raw::login_quiet(server.c2s, "alice", "laptop").await;
+    let blocks = |prefix: &str| -> String {
+        (0..EACH)
+            .map(|i| format!("<iq type='set' id='{prefix}{i}'><block xmlns='{BLOCKING}'><item jid='{prefix}{i}@example.net'/></block></iq>"))
+            .collect()
+    };
+    let (a, b) = (blocks("p"), blocks("l"));
+    tokio::join!(phone.send(&a), laptop.send(&b));
+    for i in 0..EACH {
+        let reply = phone.stanza_with(&[&format!("id='p{i}'")]).await;
+        assert!(reply.contains("type='result'"), "{reply}");
+        let reply = laptop.stanza_with(&[&format!("id='l{i}'")]).await;
+        assert!(reply.contains("type='result'"), "{reply}");
+    }
+    let list = phone
+        .iq(
+            "all",
+            &format!("<iq type='get' id='all'><blocklist xmlns='{BLOCKING}'/></iq>"),
+        )
+        .await;
+    assert_eq!(list.matches("<item ").count(), 2 * EACH, "{list}");
+    server.stop().await;
+}

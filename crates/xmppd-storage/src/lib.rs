@@ -5,6 +5,7 @@
 
 mod account_data;
 mod accounts;
+mod cache;
 mod cached;
 mod offline;
 mod roster;
@@ -12,6 +13,7 @@ mod sqlite;
 
 pub use account_data::AccountDataStore;
 pub use accounts::{Account, AccountStore, ScramKeys};
+pub use cache::{CacheMap, Miss};
 pub use cached::CachedRoster;
 pub use offline::{OfflineMessage, OfflineStore};
 pub use roster::{PendingRequest, RosterItem, RosterStore};

@@ -213,6 +213,7 @@ async fn outbound_subscription(
     mut el: Element,
 ) {
     let user = session.jid.to_bare();
+    let locked = router.account_locks().lock(&user).await;
     let (item, before) = match roster::load_state(router, &user, &contact).await {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -225,6 +226,7 @@ async fn outbound_subscription(
         tracing::warn!(error = ?e, "subscription state not saved");
         return;
     }
+    drop(locked);
     if out.route {
         // §3.1.2: subscription stanzas are stamped with bare JIDs; the client's status and
         // extensions travel with it.
@@ -369,6 +371,7 @@ async fn inbound_subscription(
         }
         return;
     }
+    let locked = router.account_locks().lock(user).await;
     let (item, before) = match roster::load_state(router, user, contact).await {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -401,6 +404,7 @@ async fn inbound_subscription(
         tracing::warn!(error = ?e, "subscription state not saved");
         return;
     }
+    drop(locked);
     if out.deliver {
         // Subscription stanzas go to every available resource of non-negative priority.
         let mut el = stanza.into_element();

@@ -127,6 +127,7 @@ impl Module for Register {
                 .await
                 .map_err(storage_error)?;
             router.privacy().forget(&user);
+            router.avatars().forget(&user);
             tracing::info!(account = %user, "account deleted in-band");
             for session in router.sessions().resources(&user) {
                 session.kick(Kick::AccountRemoved);

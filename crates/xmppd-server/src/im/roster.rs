@@ -231,6 +231,7 @@ async fn set(router: &Router, user: &BareJid, query: &Element) -> IqResult {
     }
     let (username, domain) = account_parts(user);
     let store = &router.storage().roster;
+    let _locked = router.account_locks().lock(user).await;
     // The subscription attribute of a set is ignored: only presence changes subscriptions.
     let mut item = match store
         .item(username, domain, contact.as_str())
@@ -281,6 +282,7 @@ pub async fn remove_all(router: &Router, user: &BareJid) -> Result<(), StanzaErr
 
 /// §2.5: removing an item also cancels both directions of the subscription.
 async fn remove(router: &Router, user: &BareJid, contact: &BareJid) -> Result<(), StanzaError> {
+    let locked = router.account_locks().lock(user).await;
     let (item, state) = load_state(router, user, contact).await?;
     if item.is_none() {
         return Err(StanzaErrorCondition::ItemNotFound.into());
@@ -301,6 +303,7 @@ async fn remove(router: &Router, user: &BareJid, contact: &BareJid) -> Result<()
         .with_attr("jid", contact.as_str())
         .with_attr("subscription", "remove");
     push(router, user, removed, version);
+    drop(locked);
     if state.sub.has_to() || state.ask {
         super::presence::send_subscription(router, user, contact, Kind::Unsubscribe).await;
     }

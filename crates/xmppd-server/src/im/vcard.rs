@@ -1,12 +1,10 @@
 //! vcard-temp (XEP-0054) and the vCard avatar hash in presence (XEP-0153).
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-
 use async_trait::async_trait;
 use base64::Engine;
 use sha1::Digest;
 use xmppd_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
+use xmppd_storage::CacheMap;
 
 use super::{account_parts, from_owner, storage_error};
 use crate::modules::{IqResult, IqTarget, Module};
@@ -38,24 +36,27 @@ fn avatar_hash(vcard: &Element) -> String {
 }
 
 /// The avatar hash of each account seen, so that presence does not read storage.
-#[derive(Default)]
 pub struct AvatarHashes {
-    known: RwLock<HashMap<BareJid, Option<String>>>,
+    known: CacheMap<BareJid, Option<String>>,
 }
 
 /// Accounts remembered before the cache starts over.
 const MAX_CACHED: usize = 50_000;
 
+impl Default for AvatarHashes {
+    fn default() -> Self {
+        AvatarHashes {
+            known: CacheMap::new(MAX_CACHED),
+        }
+    }
+}
+
 impl AvatarHashes {
     async fn get(&self, router: &Router, user: &BareJid) -> Option<String> {
-        if let Some(found) = self
-            .known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(user)
-        {
-            return found.clone();
-        }
+        let miss = match self.known.lookup(user) {
+            Ok(found) => return found,
+            Err(miss) => miss,
+        };
         let (username, domain) = account_parts(user);
         let stored = router
             .storage()
@@ -63,16 +64,13 @@ impl AvatarHashes {
             .get(username, domain, AREA, HASH_KEY)
             .await;
         let hash = stored.ok().flatten();
-        self.set(user, hash.clone());
+        self.known.fill(user.clone(), hash.clone(), miss);
         hash
     }
 
-    fn set(&self, user: &BareJid, hash: Option<String>) {
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        if known.len() >= MAX_CACHED {
-            known.clear();
-        }
-        known.insert(user.clone(), hash);
+    /// Forgets an account (deleted).
+    pub fn forget(&self, user: &BareJid) {
+        self.known.forget(user);
     }
 }
 
@@ -144,7 +142,7 @@ impl Module for VCard {
         data.put(username, domain, AREA, HASH_KEY, &hash)
             .await
             .map_err(storage_error)?;
-        router.avatars().set(user, Some(hash));
+        router.avatars().known.store(user.clone(), Some(hash));
         Ok(None)
     }
 }

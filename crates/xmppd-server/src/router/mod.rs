@@ -6,6 +6,7 @@
 //! blocking are the filter stage ([`im::privacy::Privacy`]), consulted once on the way out of
 //! a local sender and once on the way into a local recipient.
 
+mod locks;
 pub mod sessions;
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +23,7 @@ use crate::config::{Config, ImConfig};
 use crate::im;
 use crate::metrics::Metrics;
 use crate::modules::{IqTarget, Modules};
+pub use locks::AccountLocks;
 pub use sessions::{Kick, SessionHandle, SessionTable};
 
 /// Stanzas for domains this server does not host.
@@ -67,6 +69,7 @@ pub struct Router {
     remote: Arc<dyn RemoteDomains>,
     privacy: im::privacy::Privacy,
     avatars: im::vcard::AvatarHashes,
+    account_locks: AccountLocks,
     metrics: Arc<Metrics>,
 }
 
@@ -90,6 +93,7 @@ impl Router {
             remote: Arc::new(NoFederation),
             privacy: im::privacy::Privacy::default(),
             avatars: im::vcard::AvatarHashes::default(),
+            account_locks: AccountLocks::default(),
             metrics,
         }
     }
@@ -114,6 +118,11 @@ impl Router {
     /// The vCard avatar hash of each account (XEP-0153), cached.
     pub fn avatars(&self) -> &im::vcard::AvatarHashes {
         &self.avatars
+    }
+
+    /// Serialises changes to each account's stored state (see [`AccountLocks`]).
+    pub fn account_locks(&self) -> &AccountLocks {
+        &self.account_locks
     }
 
     pub fn config(&self) -> &Config {

@@ -13,14 +13,16 @@
 
 mod rules;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use xmppd_core::{
     ns, BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
 };
+use xmppd_storage::CacheMap;
 
+use super::subscription::Sub;
 use super::{account_parts, roster, storage_error};
 use crate::modules::{IqResult, IqTarget, Module};
 use crate::router::{Router, SessionHandle, Verdict};
@@ -43,9 +45,19 @@ struct AccountLists {
 
 /// The privacy lists of every account seen, loaded on first use and kept in step with
 /// every change made through this server.
-#[derive(Default)]
 pub struct Privacy {
-    cache: RwLock<HashMap<BareJid, Arc<AccountLists>>>,
+    cache: CacheMap<BareJid, Arc<AccountLists>>,
+}
+
+/// Accounts whose lists are remembered before the cache starts over.
+const MAX_CACHED: usize = 50_000;
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Privacy {
+            cache: CacheMap::new(MAX_CACHED),
+        }
+    }
 }
 
 fn kind_of(stanza: &Stanza, outbound: bool) -> Kind {
@@ -62,9 +74,10 @@ fn kind_of(stanza: &Stanza, outbound: bool) -> Kind {
 
 impl Privacy {
     async fn load(&self, router: &Router, user: &BareJid) -> Arc<AccountLists> {
-        if let Some(found) = self.read_cache(user) {
-            return found;
-        }
+        let miss = match self.cache.lookup(user) {
+            Ok(found) => return found,
+            Err(miss) => miss,
+        };
         let (username, domain) = account_parts(user);
         let data = &router.storage().data;
         let mut loaded = AccountLists::default();
@@ -87,17 +100,12 @@ impl Privacy {
             .flatten()
             .filter(|d| loaded.lists.contains_key(d));
         let loaded = Arc::new(loaded);
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.insert(user.clone(), loaded.clone());
+        self.cache.fill(user.clone(), loaded.clone(), miss);
         loaded
     }
 
-    fn read_cache(&self, user: &BareJid) -> Option<Arc<AccountLists>> {
-        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        cache.get(user).cloned()
-    }
-
-    /// Writes an account's lists and default, then updates the cache.
+    /// Writes an account's lists and default, then updates the cache. The caller holds the
+    /// account's lock from the load its change is based on.
     async fn save(
         &self,
         router: &Router,
@@ -132,15 +140,13 @@ impl Privacy {
                 .map(|_| ()),
         }
         .map_err(storage_error)?;
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.insert(user.clone(), Arc::new(lists));
+        self.cache.store(user.clone(), Arc::new(lists));
         Ok(())
     }
 
     /// Forgets an account (deleted).
     pub fn forget(&self, user: &BareJid) {
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.remove(user);
+        self.cache.forget(user);
     }
 
     /// The list that applies to `session` (its active list), else the account's default.
@@ -166,12 +172,19 @@ impl Privacy {
         other: &Jid,
     ) -> Option<rules::Rule> {
         let contact = if list.needs_roster() {
-            match roster::load_state(router, user, &other.to_bare()).await {
-                Ok((item, state)) => Contact {
-                    sub: state.sub,
-                    groups: item.map(|i| i.groups).unwrap_or_default(),
+            // The cached roster item; pending requests play no part in privacy rules.
+            let (username, domain) = account_parts(user);
+            let item = router
+                .storage()
+                .roster
+                .item(username, domain, other.to_bare().as_str())
+                .await;
+            match item {
+                Ok(Some(item)) => Contact {
+                    sub: Sub::parse(&item.subscription),
+                    groups: item.groups,
                 },
-                Err(_) => Contact::default(),
+                _ => Contact::default(),
             }
         } else {
             Contact::default()
@@ -344,6 +357,11 @@ impl Module for PrivacyLists {
         let (user, session) = owner_session(router, target, iq)?;
         let privacy = router.privacy();
         let query = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
+        // A set changes what it loads; nothing below routes, so the lock spans it all.
+        let _locked = match iq.stanza_type() {
+            "set" => Some(router.account_locks().lock(&user).await),
+            _ => None,
+        };
         let lists = privacy.load(router, &user).await;
         let mut children = query.children();
         let (first, second) = (children.next(), children.next());
@@ -525,13 +543,31 @@ impl Module for Blocking {
         let (user, session) = owner_session(router, target, iq)?;
         let privacy = router.privacy();
         let payload = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
+        let kind = (iq.stanza_type(), payload.name());
+        let jids = match kind {
+            ("set", "block" | "unblock") => blocking_items(payload)?,
+            _ => Vec::new(),
+        };
+        if kind == ("set", "block") {
+            if jids.is_empty() {
+                return Err(StanzaErrorCondition::BadRequest.into());
+            }
+            // §3.3: the blocked entity sees us go offline (while it still may).
+            for jid in &jids {
+                if may_see_presence(router, &user, jid).await {
+                    super::presence::send_unavailable_to(router, &user, &jid.to_bare()).await;
+                }
+            }
+        }
+        // Held from the load to the save; released before anything is routed.
+        let locked = router.account_locks().lock(&user).await;
         let lists = privacy.load(router, &user).await;
         let default = lists
             .default
             .as_ref()
             .and_then(|d| lists.lists.get(d))
             .cloned();
-        match (iq.stanza_type(), payload.name()) {
+        match kind {
             ("get", "blocklist") => {
                 if let Some(s) = &session {
                     s.set_blocklist_interested();
@@ -540,16 +576,6 @@ impl Module for Blocking {
                 Ok(Some(item_list("blocklist", &blocked)))
             }
             ("set", "block") => {
-                let jids = blocking_items(payload)?;
-                if jids.is_empty() {
-                    return Err(StanzaErrorCondition::BadRequest.into());
-                }
-                // §3.3: the blocked entity sees us go offline (while it still may).
-                for jid in &jids {
-                    if may_see_presence(router, &user, jid).await {
-                        super::presence::send_unavailable_to(router, &user, &jid.to_bare()).await;
-                    }
-                }
                 let mut updated = (*lists).clone();
                 let name = updated
                     .default
@@ -575,7 +601,6 @@ impl Module for Blocking {
                 Ok(None)
             }
             ("set", "unblock") => {
-                let jids = blocking_items(payload)?;
                 let Some(list) = default else {
                     return Ok(None);
                 };
@@ -597,6 +622,7 @@ impl Module for Blocking {
                     SessionHandle::is_blocklist_interested,
                 );
                 push_list_name(router, &user, &name);
+                drop(locked);
                 // §3.4: those who may see our presence get it again.
                 for jid in &unblocked {
                     if may_see_presence(router, &user, jid).await {
