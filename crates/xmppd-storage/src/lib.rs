@@ -28,6 +28,8 @@ pub enum StorageError {
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot lock the database for migration: {0}")]
+    MigrationLock(#[from] std::io::Error),
     #[error("unsupported storage url {0:?} (expected sqlite://PATH)")]
     UnsupportedUrl(String),
 }

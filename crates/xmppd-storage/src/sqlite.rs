@@ -25,11 +25,28 @@ impl SqliteStorage {
             // Durable once the client was told it succeeded.
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        let lock_path = format!("{}.migrate-lock", options.get_filename().display());
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await?;
+        // Two processes opening a fresh database at once (say, parallel `xmppd user add`)
+        // would both find a migration missing, and the second would fail with "table
+        // exists": SQLite transactions start deferred and sqlx takes no lock on SQLite.
+        // An exclusive lock on a file beside the database makes them take turns.
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        drop(lock);
         Ok(SqliteStorage { pool })
     }
 }
@@ -498,6 +515,25 @@ impl AccountDataStore for SqliteStorage {
 mod tests {
     use super::*;
     use crate::Storage;
+
+    /// Several processes opening one fresh database at once (parallel `xmppd user add`) all
+    /// succeed: the migrations run once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_opens_all_succeed() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+            let opens: Vec<_> = (0..4)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(async move { SqliteStorage::open(&url).await.map(|_| ()) })
+                })
+                .collect();
+            for open in opens {
+                open.await.unwrap().unwrap();
+            }
+        }
+    }
 
     fn account(name: &str, byte: u8) -> Account {
         let keys = ScramKeys {
