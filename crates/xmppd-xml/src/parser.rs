@@ -60,6 +60,8 @@ pub enum ParseError {
     Restricted(String),
     /// A stanza larger than the limit (`policy-violation`).
     TooLarge,
+    /// A name or attribute value longer than [`MAX_TOKEN`] (`policy-violation`).
+    TooLong,
     /// Elements nested deeper than the limit (`policy-violation`).
     TooDeep,
     /// More attributes than the limit (`policy-violation`).
@@ -67,6 +69,13 @@ pub enum ParseError {
     /// Character data directly inside the stream root (`bad-format`).
     TextAtStreamLevel,
 }
+
+/// Longest name or attribute value accepted, in bytes (a JID is at most 3071, RFC 7622 §3.1).
+///
+/// rxml reserves a scratch buffer of this size for the life of the parser, one per connection,
+/// so it must stay small. Longer text is not refused: rxml hands it over in pieces, which
+/// [`Element::push_text`] joins (the stanza size limit still applies).
+pub const MAX_TOKEN: usize = 4096;
 
 /// Incremental parser; feed it whatever the socket gave.
 pub struct StreamParser {
@@ -82,7 +91,7 @@ pub struct StreamParser {
 impl StreamParser {
     pub fn new(limits: Limits) -> Self {
         let options = rxml::Options {
-            max_token_length: limits.max_stanza_size.max(1024),
+            max_token_length: MAX_TOKEN,
             ..Default::default()
         };
         StreamParser {
@@ -200,7 +209,7 @@ fn attr_key(ns: &rxml::Namespace, name: &rxml::NcName) -> String {
 
 fn map_error(e: rxml::Error) -> ParseError {
     match e {
-        rxml::Error::RestrictedXml(what) if what.contains("long") => ParseError::TooLarge,
+        rxml::Error::RestrictedXml(what) if what.contains("long") => ParseError::TooLong,
         rxml::Error::RestrictedXml(what) => ParseError::Restricted(what.to_string()),
         // RFC 6120 §11.1: no entity references beyond the five predefined ones.
         rxml::Error::UndeclaredEntity => ParseError::Restricted("entity reference".into()),
@@ -370,6 +379,35 @@ mod tests {
         assert_eq!(last_error(&attrs, limits), ParseError::TooManyAttributes);
         let text = format!("{HEADER}hello<a/>");
         assert_eq!(last_error(&text, limits), ParseError::TextAtStreamLevel);
+        let long_attr = format!("{HEADER}<message id='{}'/>", "i".repeat(MAX_TOKEN + 1));
+        assert_eq!(
+            last_error(&long_attr, Limits::default()),
+            ParseError::TooLong
+        );
+    }
+
+    /// Text longer than the token limit arrives whole, in one text node, even when it comes in
+    /// small reads.
+    #[test]
+    fn long_text_is_joined() {
+        let body = "0123456789abcdef".repeat(MAX_TOKEN / 4);
+        let doc = format!("{HEADER}<message><body>{body}</body></message>");
+        let mut parser = StreamParser::new(Limits::default());
+        let mut stanzas = Vec::new();
+        for chunk in doc.as_bytes().chunks(700) {
+            let mut chunk = chunk;
+            while let Some(event) = parser.feed(&mut chunk).unwrap() {
+                if let StreamEvent::Stanza(el) = event {
+                    stanzas.push(el);
+                }
+            }
+        }
+        let [message] = &stanzas[..] else {
+            panic!("one stanza expected, got {stanzas:?}");
+        };
+        let text = message.get_child("body", "jabber:client").unwrap();
+        assert_eq!(text.nodes().len(), 1);
+        assert_eq!(text.text(), body);
     }
 
     /// A deterministic stand-in for fuzzing: mutated and random input, fed in random chunk

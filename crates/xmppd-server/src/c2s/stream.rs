@@ -2,6 +2,7 @@
 //! session's stanzas in and out. One task owns the socket; others reach it only through its
 //! bounded queue and its kick signal.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use base64::Engine;
 use bytes::Bytes;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -20,7 +21,7 @@ use xmppd_core::{
 };
 use xmppd_xml::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
 
-use super::transport::Transport;
+use super::transport::{Transport, READ_BUFFER};
 use crate::limits::{ByteRate, ConnectionSlot};
 use crate::metrics::Metrics;
 use crate::router::{Kick, SessionHandle};
@@ -39,8 +40,6 @@ enum Flow {
     Close,
 }
 
-/// Bytes read from the socket at a time.
-const READ_BUFFER: usize = 2048;
 /// How long final writes (errors, closing tags) may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outbound stanzas coalesced into one write.
@@ -76,6 +75,8 @@ pub struct Connection {
     ping_deadline: Option<Instant>,
     /// Set when the connection is over a per-IP limit: it only gets a stream error.
     refused: bool,
+    /// Read buffer, empty while idle (see [`Transport::poll_read_lazy`]).
+    input: Vec<u8>,
     out: Vec<u8>,
     _slot: Option<ConnectionSlot>,
 }
@@ -96,6 +97,10 @@ fn parse_error_condition(e: &ParseError) -> (StreamError, &'static str) {
             "DTDs, comments, processing instructions and entities are not allowed",
         ),
         ParseError::TooLarge => (StreamError::PolicyViolation, "stanza too large"),
+        ParseError::TooLong => (
+            StreamError::PolicyViolation,
+            "name or attribute value too long",
+        ),
         ParseError::TooDeep => (StreamError::PolicyViolation, "XML nested too deeply"),
         ParseError::TooManyAttributes => (StreamError::PolicyViolation, "too many attributes"),
         ParseError::TextAtStreamLevel => (StreamError::BadFormat, "text outside of any stanza"),
@@ -133,6 +138,8 @@ impl Connection {
             last_read: Instant::now(),
             ping_deadline: None,
             refused: slot.is_none(),
+            // Not empty: the first read goes straight to the socket.
+            input: vec![0; READ_BUFFER],
             out: Vec::new(),
             _slot: slot,
             server,
@@ -188,7 +195,6 @@ impl Connection {
     }
 
     async fn serve(&mut self) {
-        let mut buf = vec![0u8; READ_BUFFER];
         let mut shutdown = self.server.shutdown.clone();
         let limits = &self.server.config.limits;
         let ping = (
@@ -224,7 +230,14 @@ impl Connection {
                         return;
                     }
                 }
-                read = self.io.read(&mut buf), if can_read => {
+                read = poll_fn(|cx| {
+                    let read = self.io.poll_read_lazy(cx, &mut self.input);
+                    if read.is_pending() && self.out.is_empty() {
+                        // Idle: the output buffer goes the way of the input one.
+                        self.out = Vec::new();
+                    }
+                    read
+                }), if can_read => {
                     let n = match read {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
@@ -236,9 +249,12 @@ impl Connection {
                     }
                     // Boxed: parsing and handling a stanza needs a large future, which
                     // should exist only while there is input, not in every idle task.
-                    if !Box::pin(self.process(&buf[..n])).await {
+                    let input = std::mem::take(&mut self.input);
+                    if !Box::pin(self.process(&input[..n])).await {
                         return;
                     }
+                    // Kept: there may be more above the socket (the next poll tells).
+                    self.input = input;
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     if !self.on_timer(ping).await {
