@@ -104,6 +104,14 @@ impl StreamParser {
         }
     }
 
+    /// Frees scratch memory while the stream is idle (the next event allocates it again).
+    pub fn release_temporaries(&mut self) {
+        rxml::Parse::release_temporaries(&mut self.parser);
+        if self.stack.is_empty() {
+            self.stack = Vec::new();
+        }
+    }
+
     /// Parses from `buf`, advancing it. Returns `Ok(None)` once `buf` is used up without a
     /// complete event; call again with more data.
     pub fn feed(&mut self, buf: &mut &[u8]) -> Result<Option<StreamEvent>, ParseError> {
@@ -384,6 +392,38 @@ mod tests {
             last_error(&long_attr, Limits::default()),
             ParseError::TooLong
         );
+    }
+
+    /// Releasing scratch memory between reads, even in the middle of a name, an attribute
+    /// value or text, loses nothing.
+    #[test]
+    fn releasing_temporaries_mid_stanza_loses_nothing() {
+        let doc = format!(
+            "{HEADER}<message to='someone@example.org' id='abc'><body>hello world</body></message>"
+        );
+        for cut in 1..doc.len() {
+            let mut parser = StreamParser::new(Limits::default());
+            let mut stanzas = Vec::new();
+            for part in [&doc.as_bytes()[..cut], &doc.as_bytes()[cut..]] {
+                let mut part = part;
+                while let Some(event) = parser.feed(&mut part).unwrap() {
+                    if let StreamEvent::Stanza(el) = event {
+                        stanzas.push(el);
+                    }
+                }
+                parser.release_temporaries();
+            }
+            let [message] = &stanzas[..] else {
+                panic!("cut at {cut}: {stanzas:?}");
+            };
+            assert_eq!(
+                message.attr("to"),
+                Some("someone@example.org"),
+                "cut at {cut}"
+            );
+            let body = message.get_child("body", "jabber:client").unwrap().text();
+            assert_eq!(body, "hello world", "cut at {cut}");
+        }
     }
 
     /// Text longer than the token limit arrives whole, in one text node, even when it comes in

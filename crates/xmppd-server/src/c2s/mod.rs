@@ -57,7 +57,7 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let task = super::Connection::new(server.state.clone(), tcp, addr, None).run(false);
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 3 * 1024, "connection future is {size} bytes");
+        assert!(size <= 2 * 1024, "connection future is {size} bytes");
         drop(task);
         server.shutdown().await;
     }

@@ -156,16 +156,21 @@ impl Connection {
     }
 
     /// Runs the connection to its end. `direct_tls` starts with a TLS handshake (XEP-0368).
-    pub async fn run(mut self, direct_tls: bool) {
-        let metrics = self.server.metrics.clone();
-        Metrics::inc(&metrics.connections_total);
-        Metrics::inc(&metrics.connections_open);
-        if !direct_tls || self.start_tls().await {
-            self.serve().await;
+    ///
+    /// Written as an async block rather than an `async fn`: rustc stores an async fn's
+    /// by-value arguments twice in its future, and this future is every connection's task.
+    pub fn run(mut self, direct_tls: bool) -> impl std::future::Future<Output = ()> {
+        async move {
+            let metrics = self.server.metrics.clone();
+            Metrics::inc(&metrics.connections_total);
+            Metrics::inc(&metrics.connections_open);
+            if !direct_tls || self.start_tls().await {
+                self.serve().await;
+            }
+            self.end_session().await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
+            Metrics::dec(&metrics.connections_open);
         }
-        self.end_session().await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
-        Metrics::dec(&metrics.connections_open);
     }
 
     async fn start_tls(&mut self) -> bool {
@@ -232,9 +237,12 @@ impl Connection {
                 }
                 read = poll_fn(|cx| {
                     let read = self.io.poll_read_lazy(cx, &mut self.input);
-                    if read.is_pending() && self.out.is_empty() {
-                        // Idle: the output buffer goes the way of the input one.
-                        self.out = Vec::new();
+                    if read.is_pending() {
+                        // Idle: scratch memory goes the way of the input buffer.
+                        self.parser.release_temporaries();
+                        if self.out.is_empty() {
+                            self.out = Vec::new();
+                        }
                     }
                     read
                 }), if can_read => {
