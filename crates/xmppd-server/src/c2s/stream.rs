@@ -14,7 +14,6 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use xmppd_core::{
     ns, BareJid, Element, FullJid, Jid, Stanza, StanzaErrorCondition, StanzaKind, StreamError,
@@ -63,7 +62,6 @@ pub struct Connection {
     /// The authenticated account's localpart.
     user: Option<String>,
     session: Option<Arc<SessionHandle>>,
-    queue: Option<mpsc::Receiver<Bytes>>,
     rate: ByteRate,
     /// Until when reading is paused by the byte-rate limit.
     paused_until: Option<Instant>,
@@ -131,7 +129,6 @@ impl Connection {
             sasl_failures: 0,
             user: None,
             session: None,
-            queue: None,
             rate: ByteRate::new(limits.max_bytes_per_second, limits.burst_bytes),
             paused_until: None,
             login_deadline: Some(login_deadline),
@@ -159,6 +156,7 @@ impl Connection {
     ///
     /// Written as an async block rather than an `async fn`: rustc stores an async fn's
     /// by-value arguments twice in its future, and this future is every connection's task.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn, see above
     pub fn run(mut self, direct_tls: bool) -> impl std::future::Future<Output = ()> {
         async move {
             let metrics = self.server.metrics.clone();
@@ -230,7 +228,7 @@ impl Connection {
                     self.stream_error(err, Some(text)).await;
                     return;
                 }
-                Some(first) = recv(self.queue.as_mut()) => {
+                Some(first) = recv(session.as_deref()) => {
                     if !self.write_queued(first).await {
                         return;
                     }
@@ -778,15 +776,13 @@ impl Connection {
                 return self.flush_flow().await;
             }
         };
-        let (tx, rx) = mpsc::channel(self.server.config.limits.outbound_queue);
-        let handle = SessionHandle::new(full.clone(), tx);
+        let handle = SessionHandle::new(full.clone(), self.server.config.limits.outbound_queue);
         // RFC 6120 §7.7.2.2: the new session wins; the old one gets a <conflict/> stream error.
         if let Some(old) = self.server.router.sessions().bind(handle.clone()) {
             old.kick(Kick::Conflict);
         }
         Metrics::inc(&self.server.metrics.sessions_bound);
         self.session = Some(handle);
-        self.queue = Some(rx);
         self.login_deadline = None;
         tracing::debug!(peer = %self.peer, jid = %full, "resource bound");
         let reply = stanza
@@ -806,6 +802,7 @@ impl Connection {
             ))
             .await;
             self.server.router.sessions().unbind(&session);
+            session.outbox().close();
             Metrics::dec(&self.server.metrics.sessions_bound);
         }
     }
@@ -816,8 +813,8 @@ impl Connection {
 
     /// Moves every queued stanza into the output buffer.
     fn drain_queue(&mut self) {
-        if let Some(queue) = self.queue.as_mut() {
-            while let Ok(data) = queue.try_recv() {
+        if let Some(session) = &self.session {
+            while let Some(data) = session.outbox().pop() {
                 self.out.extend_from_slice(&data);
             }
         }
@@ -826,11 +823,11 @@ impl Connection {
     /// Writes queued stanzas, taking more that are already waiting into the same write.
     async fn write_queued(&mut self, first: Bytes) -> bool {
         self.out.extend_from_slice(&first);
-        if let Some(queue) = self.queue.as_mut() {
+        if let Some(session) = &self.session {
             for _ in 0..WRITE_BATCH {
-                match queue.try_recv() {
-                    Ok(more) => self.out.extend_from_slice(&more),
-                    Err(_) => break,
+                match session.outbox().pop() {
+                    Some(more) => self.out.extend_from_slice(&more),
+                    None => break,
                 }
             }
         }
@@ -900,9 +897,9 @@ async fn wait_kick(session: Option<&SessionHandle>) -> Kick {
     }
 }
 
-async fn recv(queue: Option<&mut mpsc::Receiver<Bytes>>) -> Option<Bytes> {
-    match queue {
-        Some(q) => q.recv().await,
+async fn recv(session: Option<&SessionHandle>) -> Option<Bytes> {
+    match session {
+        Some(s) => s.outbox().next().await,
         None => std::future::pending().await,
     }
 }

@@ -7,6 +7,7 @@
 //! a local sender and once on the way into a local recipient.
 
 mod locks;
+mod outbox;
 pub mod sessions;
 
 use std::collections::{HashMap, HashSet};

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use xmppd_core::{BareJid, Element, FullJid};
+
+use super::outbox::{Outbox, Push};
 
 /// Why a session is told to end by someone else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +31,7 @@ pub enum Kick {
 /// handle only queues bytes (never blocking) and can ask the task to end.
 pub struct SessionHandle {
     pub jid: FullJid,
-    queue: mpsc::Sender<Bytes>,
+    outbox: Outbox,
     kick: AtomicU8,
     kicked: Notify,
     available: AtomicBool,
@@ -48,10 +50,11 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    pub fn new(jid: FullJid, queue: mpsc::Sender<Bytes>) -> Arc<Self> {
+    /// A session whose outbound queue holds at most `queue_capacity` stanzas.
+    pub fn new(jid: FullJid, queue_capacity: usize) -> Arc<Self> {
         Arc::new(SessionHandle {
             jid,
-            queue,
+            outbox: Outbox::new(queue_capacity),
             kick: AtomicU8::new(Kick::None as u8),
             kicked: Notify::new(),
             available: AtomicBool::new(false),
@@ -66,13 +69,13 @@ impl SessionHandle {
 
     /// Queues serialised stanza bytes. A full queue ends the session rather than waiting.
     pub fn send(&self, data: Bytes) -> bool {
-        match self.queue.try_send(data) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.outbox.push(data) {
+            Push::Queued => true,
+            Push::Full => {
                 self.kick(Kick::QueueOverflow);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Push::Closed => false,
         }
     }
 
@@ -80,14 +83,19 @@ impl SessionHandle {
     /// messages at login), which must not count as the client failing to read.
     pub async fn send_patiently(&self, data: Bytes) -> bool {
         let wait = std::time::Duration::from_secs(5);
-        match tokio::time::timeout(wait, self.queue.send(data)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) => {
+        match self.outbox.push_patiently(data, wait).await {
+            Push::Queued => true,
+            Push::Full => {
                 self.kick(Kick::QueueOverflow);
                 false
             }
+            Push::Closed => false,
         }
+    }
+
+    /// The queue the session's own task writes out.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     pub fn kick(&self, why: Kick) {
@@ -246,17 +254,16 @@ impl SessionTable {
 mod tests {
     use super::*;
 
-    fn handle(jid: &str) -> (Arc<SessionHandle>, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(2);
-        (SessionHandle::new(FullJid::new(jid).unwrap(), tx), rx)
+    fn handle(jid: &str) -> Arc<SessionHandle> {
+        SessionHandle::new(FullJid::new(jid).unwrap(), 2)
     }
 
     #[tokio::test]
     async fn bind_replaces_same_resource_and_unbind_is_exact() {
         let table = SessionTable::default();
-        let (a, _ra) = handle("u@x/r");
-        let (b, _rb) = handle("u@x/r");
-        let (c, _rc) = handle("u@x/s");
+        let a = handle("u@x/r");
+        let b = handle("u@x/r");
+        let c = handle("u@x/s");
         assert!(table.bind(a.clone()).is_none());
         assert!(table.bind(c.clone()).is_none());
         let replaced = table.bind(b.clone()).unwrap();
@@ -271,7 +278,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_kicks_instead_of_blocking() {
-        let (a, _rx) = handle("u@x/r");
+        let a = handle("u@x/r");
         assert!(a.send(Bytes::from_static(b"1")));
         assert!(a.send(Bytes::from_static(b"2")));
         assert!(!a.send(Bytes::from_static(b"3")));
