@@ -211,6 +211,24 @@ async fn user(action: UserAction, path: Option<&Path>) -> Result<(), String> {
         }
         UserAction::Del { jid } => {
             let (user, domain) = account_jid(&config, &jid)?;
+            // A running server does it all: sessions end, contacts are unsubscribed.
+            #[cfg(unix)]
+            {
+                let command = format!("delete-account {user}@{domain}");
+                let data_dir = &config.server.data_dir;
+                match xmppd_server::admin::request(data_dir, &command).await {
+                    Ok(Some(reply)) if reply == "ok" => {
+                        println!("deleted {user}@{domain} (through the running server)");
+                        return Ok(());
+                    }
+                    Ok(Some(reply)) => {
+                        let why = reply.strip_prefix("error ").unwrap_or(&reply);
+                        return Err(format!("the running server refused: {why}"));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("asking the running server: {e}")),
+                }
+            }
             if !accounts.delete(&user, &domain).await.map_err(db)? {
                 return Err(format!("{user}@{domain} does not exist"));
             }

@@ -185,6 +185,41 @@ async fn serve_logs_in_accounts_added_while_running_and_stops_on_sigterm() {
     assert_eq!(jid, "carol@localhost/cli");
     raw.sync().await;
 
+    // `user del` goes through the running server: the account's session ends at once.
+    let (ok, _, err) = xmppd(
+        &config,
+        &[
+            "user",
+            "add",
+            "dave@localhost",
+            "--password",
+            common::PASSWORD,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (mut dave, _) = Raw::login(addr, "dave", "cli").await;
+    dave.sync().await;
+    let (ok, out, err) = xmppd(&config, &["user", "del", "dave@localhost"]);
+    assert!(
+        ok && out.contains("through the running server"),
+        "{out} {err}"
+    );
+    let ended = dave.read_to_close().await;
+    assert!(
+        ended.contains("<not-authorized") && ended.contains("the account was deleted"),
+        "{ended}"
+    );
+    let (_, list, _) = xmppd(&config, &["user", "list"]);
+    assert!(!list.contains("dave"), "{list}");
+    let (ok, _, err) = xmppd(&config, &["user", "del", "dave@localhost"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    // A second server on the same data directory refuses to start.
+    let (ok, _, err) = xmppd(&config, &["serve"]);
+    assert!(
+        !ok && err.contains("another xmppd serves this data directory"),
+        "{err}"
+    );
+
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(server.0.id().to_string())
@@ -205,6 +240,10 @@ async fn serve_logs_in_accounts_added_while_running_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(exited.expect("server exits after SIGTERM").success());
+    assert!(
+        !dir.path().join("data/xmppd.sock").exists(),
+        "the admin socket is removed on exit"
+    );
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("authenticated"), "the log is there: {log}");
     use base64::Engine;

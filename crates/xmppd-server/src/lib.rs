@@ -5,6 +5,8 @@
 //! which delivers to sessions, answers through [`modules`], or passes them to the seams for
 //! services and remote domains. [`xmppd_storage`] holds what must survive a restart.
 
+#[cfg(unix)]
+pub mod admin;
 pub mod c2s;
 pub mod config;
 pub mod im;
@@ -117,6 +119,20 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).map_err(io_error("creating", data_dir.display()))?;
     let secret = load_secret(data_dir)?;
+    #[cfg(unix)]
+    let admin = match admin::bind(data_dir).await {
+        Ok(listener) => Some(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let path = admin::socket_path(data_dir);
+            return Err(io_error("admin socket", path.display())(e));
+        }
+        Err(e) => {
+            // Not fatal (say, a data directory path too long for a Unix socket): the server
+            // runs, and `xmppd user del` falls back to deleting from storage directly.
+            tracing::warn!(error = %e, "no admin socket");
+            None
+        }
+    };
     let storage = Storage::open(&config.storage_url()).await?;
     let tls = TlsContext::new(&config)?;
     let metrics = Arc::new(Metrics::default());
@@ -181,6 +197,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     if let Some(l) = metrics_listener {
         tasks.push(tokio::spawn(metrics::serve(l, metrics, shutdown_rx)));
+    }
+    #[cfg(unix)]
+    if let Some(listener) = admin {
+        tasks.push(tokio::spawn(admin::serve(listener, state.clone())));
     }
     for addr in c2s_addrs.iter() {
         tracing::info!(%addr, "listening for clients (STARTTLS)");

@@ -2,7 +2,7 @@
 //! account with everything stored for it.
 
 use async_trait::async_trait;
-use xmppd_core::{Element, Stanza, StanzaError, StanzaErrorCondition};
+use xmppd_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
 
 use super::{account_parts, storage_error};
 use crate::modules::{IqResult, IqTarget, Module};
@@ -117,21 +117,8 @@ impl Module for Register {
             ));
         }
         if query.has_child("remove", NS) {
-            // §3.2: delete the account, then end its sessions. Contacts are unsubscribed
-            // first, while the roster still says who they are.
-            super::roster::remove_all(router, &user).await?;
-            router
-                .storage()
-                .accounts
-                .delete(username, domain)
-                .await
-                .map_err(storage_error)?;
-            router.privacy().forget(&user);
-            router.avatars().forget(&user);
+            delete_account(router, &user).await?;
             tracing::info!(account = %user, "account deleted in-band");
-            for session in router.sessions().resources(&user) {
-                session.kick(Kick::AccountRemoved);
-            }
             return Ok(None);
         }
         let name = query.get_child("username", NS).map(|e| e.text());
@@ -157,4 +144,24 @@ impl Module for Register {
         tracing::info!(account = %user, "password changed in-band");
         Ok(None)
     }
+}
+
+/// Deletes an account and everything it owns (XEP-0077 §3.2, and `xmppd user del` through
+/// the admin socket). Contacts are unsubscribed first, while the roster still says who they
+/// are; then the data goes, the server forgets what it cached, and the sessions end.
+pub async fn delete_account(router: &Router, user: &BareJid) -> Result<(), StanzaError> {
+    let (username, domain) = account_parts(user);
+    super::roster::remove_all(router, user).await?;
+    router
+        .storage()
+        .accounts
+        .delete(username, domain)
+        .await
+        .map_err(storage_error)?;
+    router.privacy().forget(user);
+    router.avatars().forget(user);
+    for session in router.sessions().resources(user) {
+        session.kick(Kick::AccountRemoved);
+    }
+    Ok(())
 }
