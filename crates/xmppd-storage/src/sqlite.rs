@@ -25,15 +25,13 @@ impl SqliteStorage {
             // Durable once the client was told it succeeded.
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let lock_path = format!("{}.migrate-lock", options.get_filename().display());
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
         // Two processes opening a fresh database at once (say, parallel `xmppd user add`)
-        // would both find a migration missing, and the second would fail with "table
-        // exists": SQLite transactions start deferred and sqlx takes no lock on SQLite.
-        // An exclusive lock on a file beside the database makes them take turns.
+        // trip over each other: switching to WAL needs the database to themselves (SQLite
+        // answers "database is locked" without waiting), and both would find a migration
+        // missing, the second failing with "table exists" (SQLite transactions start
+        // deferred; sqlx takes no lock on SQLite). An exclusive lock on a file beside the
+        // database makes them take turns until the schema is in place.
+        let lock_path = format!("{}.migrate-lock", options.get_filename().display());
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -45,6 +43,10 @@ impl SqliteStorage {
         })
         .await
         .map_err(std::io::Error::other)??;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         drop(lock);
         Ok(SqliteStorage { pool })

@@ -39,6 +39,9 @@ enum Flow {
     Close,
 }
 
+/// Quiet time after which a connection's buffers are released (see `serve`). Shorter gaps keep
+/// them: a busy client would otherwise allocate them afresh for every stanza.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// How long final writes (errors, closing tags) may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outbound stanzas coalesced into one write.
@@ -234,8 +237,9 @@ impl Connection {
                     }
                 }
                 read = poll_fn(|cx| {
-                    let read = self.io.poll_read_lazy(cx, &mut self.input);
-                    if read.is_pending() {
+                    let quiet = self.last_read.elapsed() >= RELEASE_AFTER;
+                    let read = self.io.poll_read_lazy(cx, &mut self.input, quiet);
+                    if read.is_pending() && quiet {
                         // Idle: scratch memory goes the way of the input buffer.
                         self.parser.release_temporaries();
                         if self.out.is_empty() {
@@ -278,7 +282,9 @@ impl Connection {
             (Some(_), None) => Some(self.last_read + ping_interval),
             (None, None) => None,
         };
-        [ping, self.paused_until, self.login_deadline]
+        // Buffers still held are released once the connection has been quiet for a while.
+        let release = (!self.input.is_empty()).then(|| self.last_read + RELEASE_AFTER);
+        [ping, self.paused_until, self.login_deadline, release]
             .into_iter()
             .flatten()
             .min()
