@@ -39,9 +39,6 @@ enum Flow {
     Close,
 }
 
-/// Quiet time after which a connection's buffers are released (see `serve`). Shorter gaps keep
-/// them: a busy client would otherwise allocate them afresh for every stanza.
-const RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// How long final writes (errors, closing tags) may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outbound stanzas coalesced into one write.
@@ -237,9 +234,8 @@ impl Connection {
                     }
                 }
                 read = poll_fn(|cx| {
-                    let quiet = self.last_read.elapsed() >= RELEASE_AFTER;
-                    let read = self.io.poll_read_lazy(cx, &mut self.input, quiet);
-                    if read.is_pending() && quiet {
+                    let read = self.io.poll_read_lazy(cx, &mut self.input);
+                    if read.is_pending() {
                         // Idle: scratch memory goes the way of the input buffer.
                         self.parser.release_temporaries();
                         if self.out.is_empty() {
@@ -282,9 +278,7 @@ impl Connection {
             (Some(_), None) => Some(self.last_read + ping_interval),
             (None, None) => None,
         };
-        // Buffers still held are released once the connection has been quiet for a while.
-        let release = (!self.input.is_empty()).then(|| self.last_read + RELEASE_AFTER);
-        [ping, self.paused_until, self.login_deadline, release]
+        [ping, self.paused_until, self.login_deadline]
             .into_iter()
             .flatten()
             .min()

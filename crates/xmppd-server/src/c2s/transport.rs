@@ -26,16 +26,14 @@ impl Transport {
     /// Reads into `buf`, holding no buffer while the connection is idle.
     ///
     /// Most connections are idle most of the time, so the buffer exists only from the moment
-    /// the socket has data until a read finds nothing more while the connection is `quiet`
-    /// (then it is freed). An empty `buf` therefore means a read found nothing since, so
-    /// nothing is buffered above the socket (tokio-rustls reports "pending" only once rustls
-    /// holds no plaintext) and it is enough to wait for the socket before allocating. A
-    /// non-empty one may have more above it, so we read at once.
+    /// the socket has data until a read finds nothing more. An empty `buf` means the last read
+    /// found nothing, so nothing is buffered above the socket (tokio-rustls reports "pending"
+    /// only once rustls holds no plaintext) and it is enough to wait for the socket. A
+    /// non-empty one means there may be more above it, so we read at once.
     pub fn poll_read_lazy(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut Vec<u8>,
-        quiet: bool,
     ) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             let tcp = match self {
@@ -51,9 +49,7 @@ impl Transport {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if quiet {
-                    *buf = Vec::new();
-                }
+                *buf = Vec::new();
                 Poll::Pending
             }
         }
