@@ -397,3 +397,41 @@ async fn concurrent_blocks_from_two_resources_all_stick() {
     assert_eq!(list.matches("<item ").count(), 2 * EACH, "{list}");
     server.stop().await;
 }
+
+/// XEP-0016 §2.2 (business rules): no layering. A session's active list replaces the default list, also for
+/// messages to the bare JID; without one, the default applies again.
+#[tokio::test]
+async fn an_active_list_replaces_the_default_for_bare_jid_messages() {
+    let server = TestServer::start().await;
+    let mut alice = online(&server, "alice", "one", 0).await;
+    let (mut bob, _) = Raw::login(server.c2s, "bob", "b").await;
+    let set = |id: &str, body: &str| {
+        format!("<iq type='set' id='{id}'><query xmlns='{PRIVACY}'>{body}</query></iq>")
+    };
+    for (id, body) in [
+        ("l1", "<list name='nobob'><item type='jid' value='bob@localhost' action='deny' order='1'/></list>"),
+        ("l2", "<list name='open'><item action='allow' order='1'/></list>"),
+        ("d", "<default name='nobob'/>"),
+        ("a", "<active name='open'/>"),
+    ] {
+        let reply = alice.iq(id, &set(id, body)).await;
+        assert!(reply.contains("type='result'"), "{reply}");
+    }
+    bob.send("<message to='alice@localhost' type='chat' id='m1'><body>through the active list</body></message>")
+        .await;
+    alice.stanza_with(&["through the active list"]).await;
+
+    // Declining the active list brings the default back: refused, and not stored offline.
+    let reply = alice.iq("a0", &set("a0", "<active/>")).await;
+    assert!(reply.contains("type='result'"), "{reply}");
+    bob.send("<message to='alice@localhost' type='chat' id='m2'><body>refused</body></message>")
+        .await;
+    let bounce = bob.stanza_with(&["id='m2'"]).await;
+    assert!(bounce.contains("<service-unavailable"), "{bounce}");
+    drop(alice);
+    let mut again = Raw::login_quiet(server.c2s, "alice", "two").await;
+    again.send("<presence/>").await;
+    again.sync().await;
+    assert!(!again.next_stanza_if_any().await.contains("refused"));
+    server.stop().await;
+}

@@ -308,6 +308,13 @@ impl Router {
                     }
                     return;
                 }
+                // What no session took meets the account's default list (the sessions' own
+                // lists may have decided above instead, see `Privacy::inbound`).
+                match self.privacy.inbound_for_account(self, &stanza, bare).await {
+                    Verdict::Allow => {}
+                    Verdict::Drop => return,
+                    Verdict::Reject(e) => return self.bounce(&stanza, e),
+                }
                 // §8.5.2.2.1: no session can take it now: keep it for later (XEP-0160).
                 im::offline::store(self, &stanza, bare).await;
             }

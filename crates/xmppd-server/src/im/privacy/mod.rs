@@ -231,50 +231,92 @@ impl Privacy {
         }
     }
 
-    /// For a stanza to an account's bare JID (already checked against the account's lists):
-    /// whether `session`'s own active list, if it chose one, also lets it in. The router asks
-    /// this for each session it would deliver to.
+    /// Whether `user` itself or the server sent it: never filtered (XEP-0016 §2.1).
+    fn exempt(router: &Router, from: &Jid, user: &BareJid) -> bool {
+        from.to_bare() == *user
+            || from.node().is_none() && router.is_local_domain(from.domain().as_str())
+    }
+
+    /// For a stanza to an account's bare JID on its way to `session`: whether the list that
+    /// applies to that session (its active list, else the account's default) lets it in. The
+    /// router asks this for each session it would deliver to.
     pub async fn session_accepts(
         &self,
         router: &Router,
         stanza: &Stanza,
         session: &SessionHandle,
     ) -> bool {
-        let (Some(name), Some(from)) = (session.active_list(), &stanza.from) else {
+        let Some(from) = &stanza.from else {
             return true;
         };
         let user = session.jid.to_bare();
-        if from.to_bare() == user {
+        if Self::exempt(router, from, &user) {
             return true;
         }
-        let lists = self.load(router, &user).await;
-        let Some(list) = lists.lists.get(&name) else {
+        let Some(list) = self.applicable(router, &user, Some(session)).await else {
             return true;
         };
         let kind = kind_of(stanza, false);
-        Self::decide(router, list, &user, kind, from)
+        Self::decide(router, &list, &user, kind, from)
             .await
             .is_none_or(|rule| rule.allow)
     }
 
+    /// Whether a stanza to `to` (a bare JID) is decided session by session: messages and
+    /// presence that go on to the account's sessions, when one of them has an active list.
+    /// XEP-0016 §2.2 (business rules) allows no layering: such a session's active list replaces the default
+    /// list, so the default must not refuse the stanza for everyone first.
+    fn decided_per_session(router: &Router, stanza: &Stanza, to: &Jid) -> bool {
+        to.try_as_full().is_err()
+            && matches!(kind_of(stanza, false), Kind::Message | Kind::PresenceIn)
+            && router
+                .sessions()
+                .resources(&to.to_bare())
+                .iter()
+                .any(|s| s.is_available() && s.active_list().is_some())
+    }
+
     /// The recipient's lists, for a stanza arriving for a local account.
     pub async fn inbound(&self, router: &Router, stanza: &Stanza, to: &Jid) -> Verdict {
+        let session = to.try_as_full().ok().and_then(|f| router.sessions().get(f));
+        if session.is_none() && Self::decided_per_session(router, stanza, to) {
+            // Each session's own list decides ([`Self::session_accepts`]); what none takes
+            // meets the default in [`Self::inbound_for_account`].
+            return Verdict::Allow;
+        }
+        self.check_inbound(router, stanza, &to.to_bare(), session.as_deref())
+            .await
+    }
+
+    /// The account's default list, for a stanza to the bare JID that no session took (it is
+    /// about to be stored offline).
+    pub async fn inbound_for_account(
+        &self,
+        router: &Router,
+        stanza: &Stanza,
+        user: &BareJid,
+    ) -> Verdict {
+        self.check_inbound(router, stanza, user, None).await
+    }
+
+    async fn check_inbound(
+        &self,
+        router: &Router,
+        stanza: &Stanza,
+        user: &BareJid,
+        session: Option<&SessionHandle>,
+    ) -> Verdict {
         let Some(from) = &stanza.from else {
             return Verdict::Allow;
         };
-        let user = to.to_bare();
-        if from.to_bare() == user
-            || from.node().is_none() && router.is_local_domain(from.domain().as_str())
-        {
-            // Our own resources, and the server itself, are never filtered.
+        if Self::exempt(router, from, user) {
             return Verdict::Allow;
         }
-        let session = to.try_as_full().ok().and_then(|f| router.sessions().get(f));
-        let Some(list) = self.applicable(router, &user, session.as_deref()).await else {
+        let Some(list) = self.applicable(router, user, session).await else {
             return Verdict::Allow;
         };
         let kind = kind_of(stanza, false);
-        match Self::decide(router, &list, &user, kind, from).await {
+        match Self::decide(router, &list, user, kind, from).await {
             Some(rule) if !rule.allow => match stanza.kind {
                 // XEP-0016 §2.13: presence (of any type) vanishes without a word…
                 StanzaKind::Presence => Verdict::Drop,
