@@ -398,8 +398,8 @@ async fn concurrent_blocks_from_two_resources_all_stick() {
     server.stop().await;
 }
 
-/// XEP-0016 §2.2 (business rules): no layering. A session's active list replaces the default list, also for
-/// messages to the bare JID; without one, the default applies again.
+/// XEP-0016 §2.2 (business rules): no layering. A session's active list replaces the default
+/// list, also for messages to the bare JID; without one, the default applies again.
 #[tokio::test]
 async fn an_active_list_replaces_the_default_for_bare_jid_messages() {
     let server = TestServer::start().await;

@@ -264,8 +264,8 @@ impl Privacy {
 
     /// Whether a stanza to `to` (a bare JID) is decided session by session: messages and
     /// presence that go on to the account's sessions, when one of them has an active list.
-    /// XEP-0016 §2.2 (business rules) allows no layering: such a session's active list replaces the default
-    /// list, so the default must not refuse the stanza for everyone first.
+    /// XEP-0016 §2.2 (business rules) allows no layering: such a session's active list
+    /// replaces the default list, so the default must not refuse the stanza for everyone first.
     fn decided_per_session(router: &Router, stanza: &Stanza, to: &Jid) -> bool {
         to.try_as_full().is_err()
             && matches!(kind_of(stanza, false), Kind::Message | Kind::PresenceIn)
