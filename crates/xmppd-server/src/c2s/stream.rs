@@ -16,7 +16,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use xmppd_core::{
-    ns, BareJid, Element, FullJid, Jid, Stanza, StanzaErrorCondition, StanzaKind, StreamError,
+    bare_str, ns, BareJid, Element, FullJid, Jid, Stanza, StanzaErrorCondition, StanzaKind,
+    StreamError,
 };
 use xmppd_xml::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
 
@@ -690,9 +691,8 @@ impl Connection {
         };
         // RFC 6120 §8.1.2.1: the server stamps the full JID; a different one is a forgery.
         if let Some(from) = el.attr("from") {
-            let ok = Jid::new(from).is_ok_and(|j| {
-                j.as_str() == full.as_str() || j.as_str() == full.to_bare().as_str()
-            });
+            let ok = Jid::new(from)
+                .is_ok_and(|j| j.as_str() == full.as_str() || j.as_str() == bare_str(&full));
             if !ok {
                 return self.stream_error(StreamError::InvalidFrom, None).await;
             }

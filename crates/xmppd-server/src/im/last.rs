@@ -77,7 +77,7 @@ impl Module for LastActivity {
         }
         if router
             .sessions()
-            .resources(user)
+            .resources(user.as_str())
             .iter()
             .any(|s| s.is_available())
         {

@@ -37,7 +37,7 @@ pub async fn send_subscription(router: &Router, user: &BareJid, contact: &BareJi
 
 /// Sends the current presence of every available resource of `user` to `contact`.
 pub async fn send_current_to(router: &Router, user: &BareJid, contact: &BareJid) {
-    for session in router.sessions().resources(user) {
+    for session in router.sessions().resources(user.as_str()) {
         if let Some(mut last) = session.last_presence() {
             last.set_attr("to", contact.as_str());
             route(router, last).await;
@@ -47,7 +47,7 @@ pub async fn send_current_to(router: &Router, user: &BareJid, contact: &BareJid)
 
 /// Sends unavailable presence from every available resource of `user` to `contact`.
 pub async fn send_unavailable_to(router: &Router, user: &BareJid, contact: &BareJid) {
-    for session in router.sessions().resources(user) {
+    for session in router.sessions().resources(user.as_str()) {
         if session.is_available() {
             let el = presence(Some("unavailable"), session.jid.as_str(), contact.as_str());
             route(router, el).await;
@@ -126,7 +126,7 @@ async fn broadcast(router: &Router, user: &BareJid, el: &Element) -> Vec<String>
     }
     let mut own = el.clone();
     own.set_attr("to", user.as_str());
-    for session in router.sessions().resources(user) {
+    for session in router.sessions().resources(user.as_str()) {
         if session.is_available() {
             router.deliver_element(&session, &own);
         }
@@ -176,7 +176,7 @@ async fn go_unavailable(router: &Router, session: &Arc<SessionHandle>, el: Optio
         // unavailable presence sees this logout.
         if !router
             .sessions()
-            .resources(&user)
+            .resources(user.as_str())
             .iter()
             .any(|s| s.is_available() && !Arc::ptr_eq(s, session))
         {
@@ -266,7 +266,7 @@ pub async fn inbound(router: &Router, stanza: Stanza, to: &Jid) {
             match to.try_as_full() {
                 Ok(full) => targets.extend(router.sessions().get(full)),
                 Err(_) => {
-                    for session in router.sessions().resources(&user) {
+                    for session in router.sessions().resources(user.as_str()) {
                         let privacy = router.privacy();
                         if session.is_available()
                             && privacy.session_accepts(router, &stanza, &session).await
@@ -304,7 +304,7 @@ async fn answer_probe(router: &Router, user: &BareJid, prober: &Jid) {
         return;
     }
     let mut any = false;
-    for session in router.sessions().resources(user) {
+    for session in router.sessions().resources(user.as_str()) {
         if let Some(mut last) = session.last_presence() {
             last.set_attr("to", prober.as_str());
             route(router, last).await;
@@ -341,7 +341,7 @@ async fn client_probe_known(
     contact: &BareJid,
 ) {
     if router.is_local_domain(contact.domain().as_str()) {
-        for other in router.sessions().resources(contact) {
+        for other in router.sessions().resources(contact.as_str()) {
             if let Some(mut last) = other.last_presence() {
                 last.set_attr("to", session.jid.as_str());
                 router.deliver_element(session, &last);
@@ -411,7 +411,7 @@ async fn inbound_subscription(
         el.set_attr("from", contact.as_str());
         el.set_attr("to", user.as_str());
         let data = crate::router::encode(&el);
-        for session in router.sessions().resources(user) {
+        for session in router.sessions().resources(user.as_str()) {
             if session.is_available() && session.priority() >= 0 {
                 router.deliver_bytes(&session, data.clone());
             }

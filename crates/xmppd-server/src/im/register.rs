@@ -160,7 +160,7 @@ pub async fn delete_account(router: &Router, user: &BareJid) -> Result<(), Stanz
         .map_err(storage_error)?;
     router.privacy().forget(user);
     router.avatars().forget(user);
-    for session in router.sessions().resources(user) {
+    for session in router.sessions().resources(user.as_str()) {
         session.kick(Kick::AccountRemoved);
     }
     Ok(())

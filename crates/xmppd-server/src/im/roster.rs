@@ -116,7 +116,7 @@ pub fn push(router: &Router, user: &BareJid, item: Element, version: i64) {
     let query = Element::new("query", NS)
         .with_attr("ver", version.to_string())
         .with_child(item);
-    for session in router.sessions().resources(user) {
+    for session in router.sessions().resources(user.as_str()) {
         if !session.is_interested() {
             continue;
         }

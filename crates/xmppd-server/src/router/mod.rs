@@ -224,7 +224,6 @@ impl Router {
 
     /// Stanzas to a local account (RFC 6121 §8.5).
     async fn to_account(&self, stanza: Stanza, to: &Jid) {
-        let bare = to.to_bare();
         match self.privacy.inbound(self, &stanza, to).await {
             Verdict::Allow => {}
             Verdict::Drop => return,
@@ -251,7 +250,7 @@ impl Router {
                 StanzaKind::Message => {}
             }
         }
-        self.to_bare(stanza, &bare).await
+        self.to_bare(stanza, &to.to_bare()).await
     }
 
     async fn to_bare(&self, stanza: Stanza, bare: &BareJid) {
@@ -265,7 +264,7 @@ impl Router {
             }
             return;
         }
-        let resources = self.sessions.resources(bare);
+        let resources = self.sessions.resources(bare.as_str());
         let available: Vec<_> = resources.iter().filter(|s| s.is_available()).collect();
         match stanza.kind {
             StanzaKind::Message => {

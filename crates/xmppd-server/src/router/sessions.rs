@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use xmppd_core::{BareJid, Element, FullJid};
+use xmppd_core::{bare_str, Element, FullJid};
 
 use super::outbox::{Outbox, Push};
 
@@ -201,14 +201,15 @@ impl SessionHandle {
 
 #[derive(Default)]
 pub struct SessionTable {
-    by_bare: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    /// Keyed by the bare JID's string, so lookups need not build a `BareJid`.
+    by_bare: RwLock<HashMap<String, Vec<Arc<SessionHandle>>>>,
 }
 
 impl SessionTable {
     /// Adds a session; returns the session it replaces (same full JID), which the caller kicks.
     pub fn bind(&self, handle: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
         let mut map = self.by_bare.write().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(handle.jid.to_bare()).or_default();
+        let list = map.entry(bare_str(&handle.jid).to_string()).or_default();
         let old = list
             .iter()
             .position(|h| h.jid == handle.jid)
@@ -220,25 +221,25 @@ impl SessionTable {
     /// Removes exactly this session (not a newer one that took over its resource).
     pub fn unbind(&self, handle: &Arc<SessionHandle>) {
         let mut map = self.by_bare.write().unwrap_or_else(|e| e.into_inner());
-        let bare = handle.jid.to_bare();
-        if let Some(list) = map.get_mut(&bare) {
+        let bare = bare_str(&handle.jid);
+        if let Some(list) = map.get_mut(bare) {
             list.retain(|h| !Arc::ptr_eq(h, handle));
             if list.is_empty() {
-                map.remove(&bare);
+                map.remove(bare);
             }
         }
     }
 
     pub fn get(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
         let map = self.by_bare.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&jid.to_bare())?
+        map.get(bare_str(jid))?
             .iter()
             .find(|h| h.jid == *jid)
             .cloned()
     }
 
-    /// Every session of an account.
-    pub fn resources(&self, bare: &BareJid) -> Vec<Arc<SessionHandle>> {
+    /// Every session of an account (`bare` is its bare JID).
+    pub fn resources(&self, bare: &str) -> Vec<Arc<SessionHandle>> {
         let map = self.by_bare.read().unwrap_or_else(|e| e.into_inner());
         map.get(bare).cloned().unwrap_or_default()
     }
@@ -270,7 +271,7 @@ mod tests {
         assert!(Arc::ptr_eq(&replaced, &a));
         table.unbind(&a);
         assert!(Arc::ptr_eq(&table.get(&b.jid).unwrap(), &b));
-        assert_eq!(table.resources(&BareJid::new("u@x").unwrap()).len(), 2);
+        assert_eq!(table.resources("u@x").len(), 2);
         table.unbind(&b);
         table.unbind(&c);
         assert!(table.all().is_empty());

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use xmppd_core::{
-    ns, BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
+    bare_str, ns, BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
 };
 use xmppd_storage::CacheMap;
 
@@ -46,7 +46,8 @@ struct AccountLists {
 /// The privacy lists of every account seen, loaded on first use and kept in step with
 /// every change made through this server.
 pub struct Privacy {
-    cache: CacheMap<BareJid, Arc<AccountLists>>,
+    /// Keyed by the bare JID's string, so lookups need not build a `BareJid`.
+    cache: CacheMap<String, Arc<AccountLists>>,
 }
 
 /// Accounts whose lists are remembered before the cache starts over.
@@ -73,12 +74,16 @@ fn kind_of(stanza: &Stanza, outbound: bool) -> Kind {
 }
 
 impl Privacy {
-    async fn load(&self, router: &Router, user: &BareJid) -> Arc<AccountLists> {
+    /// The lists of the account whose bare JID is `user`.
+    async fn load(&self, router: &Router, user: &str) -> Arc<AccountLists> {
         let miss = match self.cache.lookup(user) {
             Ok(found) => return found,
             Err(miss) => miss,
         };
-        let (username, domain) = account_parts(user);
+        let Ok(bare) = BareJid::new(user) else {
+            return Arc::default();
+        };
+        let (username, domain) = account_parts(&bare);
         let data = &router.storage().data;
         let mut loaded = AccountLists::default();
         // Lists are few and small; the keys of the area are the list names.
@@ -100,7 +105,7 @@ impl Privacy {
             .flatten()
             .filter(|d| loaded.lists.contains_key(d));
         let loaded = Arc::new(loaded);
-        self.cache.fill(user.clone(), loaded.clone(), miss);
+        self.cache.fill(user.to_string(), loaded.clone(), miss);
         loaded
     }
 
@@ -114,7 +119,7 @@ impl Privacy {
     ) -> Result<(), StanzaError> {
         let (username, domain) = account_parts(user);
         let data = &router.storage().data;
-        let old = self.load(router, user).await;
+        let old = self.load(router, user.as_str()).await;
         for name in old.lists.keys().filter(|n| !lists.lists.contains_key(*n)) {
             data.delete(username, domain, AREA, name)
                 .await
@@ -140,20 +145,20 @@ impl Privacy {
                 .map(|_| ()),
         }
         .map_err(storage_error)?;
-        self.cache.store(user.clone(), Arc::new(lists));
+        self.cache.store(user.to_string(), Arc::new(lists));
         Ok(())
     }
 
     /// Forgets an account (deleted).
     pub fn forget(&self, user: &BareJid) {
-        self.cache.forget(user);
+        self.cache.forget(user.as_str());
     }
 
     /// The list that applies to `session` (its active list), else the account's default.
     async fn applicable(
         &self,
         router: &Router,
-        user: &BareJid,
+        user: &str,
         session: Option<&SessionHandle>,
     ) -> Option<Arc<PrivacyList>> {
         let lists = self.load(router, user).await;
@@ -167,27 +172,28 @@ impl Privacy {
     async fn decide(
         router: &Router,
         list: &PrivacyList,
-        user: &BareJid,
+        user: &str,
         kind: Kind,
         other: &Jid,
     ) -> Option<rules::Rule> {
-        let contact = if list.needs_roster() {
-            // The cached roster item; pending requests play no part in privacy rules.
-            let (username, domain) = account_parts(user);
-            let item = router
-                .storage()
-                .roster
-                .item(username, domain, other.to_bare().as_str())
-                .await;
-            match item {
-                Ok(Some(item)) => Contact {
-                    sub: Sub::parse(&item.subscription),
-                    groups: item.groups,
-                },
-                _ => Contact::default(),
+        let contact = match BareJid::new(user) {
+            Ok(bare) if list.needs_roster() => {
+                // The cached roster item; pending requests play no part in privacy rules.
+                let (username, domain) = account_parts(&bare);
+                let item = router
+                    .storage()
+                    .roster
+                    .item(username, domain, bare_str(other))
+                    .await;
+                match item {
+                    Ok(Some(item)) => Contact {
+                        sub: Sub::parse(&item.subscription),
+                        groups: item.groups,
+                    },
+                    _ => Contact::default(),
+                }
             }
-        } else {
-            Contact::default()
+            _ => Contact::default(),
         };
         list.first_match(kind, other, &contact).cloned()
     }
@@ -197,11 +203,11 @@ impl Privacy {
         let (Some(from), Some(to)) = (&stanza.from, &stanza.to) else {
             return Verdict::Allow;
         };
-        let user = from.to_bare();
+        let user = bare_str(from);
         // A user's resources may always talk to each other (XEP-0016 §2.1).
-        if user.node().is_none()
-            || to.to_bare() == user
-            || !router.is_local_domain(user.domain().as_str())
+        if from.node().is_none()
+            || bare_str(to) == user
+            || !router.is_local_domain(from.domain().as_str())
         {
             return Verdict::Allow;
         }
@@ -209,11 +215,11 @@ impl Privacy {
             .try_as_full()
             .ok()
             .and_then(|f| router.sessions().get(f));
-        let Some(list) = self.applicable(router, &user, session.as_deref()).await else {
+        let Some(list) = self.applicable(router, user, session.as_deref()).await else {
             return Verdict::Allow;
         };
         let kind = kind_of(stanza, true);
-        match Self::decide(router, &list, &user, kind, to).await {
+        match Self::decide(router, &list, user, kind, to).await {
             Some(rule) if !rule.allow => {
                 if stanza.kind == StanzaKind::Presence {
                     return Verdict::Drop;
@@ -232,8 +238,8 @@ impl Privacy {
     }
 
     /// Whether `user` itself or the server sent it: never filtered (XEP-0016 §2.1).
-    fn exempt(router: &Router, from: &Jid, user: &BareJid) -> bool {
-        from.to_bare() == *user
+    fn exempt(router: &Router, from: &Jid, user: &str) -> bool {
+        bare_str(from) == user
             || from.node().is_none() && router.is_local_domain(from.domain().as_str())
     }
 
@@ -249,15 +255,15 @@ impl Privacy {
         let Some(from) = &stanza.from else {
             return true;
         };
-        let user = session.jid.to_bare();
-        if Self::exempt(router, from, &user) {
+        let user = bare_str(&session.jid);
+        if Self::exempt(router, from, user) {
             return true;
         }
-        let Some(list) = self.applicable(router, &user, Some(session)).await else {
+        let Some(list) = self.applicable(router, user, Some(session)).await else {
             return true;
         };
         let kind = kind_of(stanza, false);
-        Self::decide(router, &list, &user, kind, from)
+        Self::decide(router, &list, user, kind, from)
             .await
             .is_none_or(|rule| rule.allow)
     }
@@ -271,7 +277,7 @@ impl Privacy {
             && matches!(kind_of(stanza, false), Kind::Message | Kind::PresenceIn)
             && router
                 .sessions()
-                .resources(&to.to_bare())
+                .resources(bare_str(to))
                 .iter()
                 .any(|s| s.is_available() && s.active_list().is_some())
     }
@@ -284,7 +290,7 @@ impl Privacy {
             // meets the default in [`Self::inbound_for_account`].
             return Verdict::Allow;
         }
-        self.check_inbound(router, stanza, &to.to_bare(), session.as_deref())
+        self.check_inbound(router, stanza, bare_str(to), session.as_deref())
             .await
     }
 
@@ -296,14 +302,15 @@ impl Privacy {
         stanza: &Stanza,
         user: &BareJid,
     ) -> Verdict {
-        self.check_inbound(router, stanza, user, None).await
+        self.check_inbound(router, stanza, user.as_str(), None)
+            .await
     }
 
     async fn check_inbound(
         &self,
         router: &Router,
         stanza: &Stanza,
-        user: &BareJid,
+        user: &str,
         session: Option<&SessionHandle>,
     ) -> Verdict {
         let Some(from) = &stanza.from else {
@@ -336,7 +343,7 @@ impl Privacy {
 
 /// Sends an iq push to the sessions of `user` that `wants` it.
 fn push(router: &Router, user: &BareJid, payload: Element, wants: impl Fn(&SessionHandle) -> bool) {
-    for session in router.sessions().resources(user) {
+    for session in router.sessions().resources(user.as_str()) {
         if !wants(&session) {
             continue;
         }
@@ -404,7 +411,7 @@ impl Module for PrivacyLists {
             "set" => Some(router.account_locks().lock(&user).await),
             _ => None,
         };
-        let lists = privacy.load(router, &user).await;
+        let lists = privacy.load(router, user.as_str()).await;
         let mut children = query.children();
         let (first, second) = (children.next(), children.next());
         if iq.stanza_type() == "get" {
@@ -431,7 +438,7 @@ impl Module for PrivacyLists {
         let others = || {
             router
                 .sessions()
-                .resources(&user)
+                .resources(user.as_str())
                 .into_iter()
                 .filter(|s| !session.as_ref().is_some_and(|me| Arc::ptr_eq(s, me)))
                 .collect::<Vec<_>>()
@@ -603,7 +610,7 @@ impl Module for Blocking {
         }
         // Held from the load to the save; released before anything is routed.
         let locked = router.account_locks().lock(&user).await;
-        let lists = privacy.load(router, &user).await;
+        let lists = privacy.load(router, user.as_str()).await;
         let default = lists
             .default
             .as_ref()
