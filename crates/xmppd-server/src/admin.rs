@@ -92,7 +92,10 @@ async fn execute(state: &ServerState, command: &str) -> String {
             if !router.account_exists(&user).await {
                 return format!("error {user} does not exist");
             }
-            match crate::im::register::delete_account(router, &user).await {
+            let mut cx = router.context();
+            let deleted = crate::modules::register::delete_account(&mut cx, &user).await;
+            router.apply(cx).await;
+            match deleted {
                 Ok(()) => "ok".to_string(),
                 Err(e) => format!("error {}", e.condition.as_str()),
             }

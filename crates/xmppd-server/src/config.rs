@@ -17,6 +17,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub im: ImConfig,
     pub log: LogConfig,
+    /// `[modules.NAME]` sections, each read by its module (see `crate::modules`).
+    pub modules: std::collections::BTreeMap<String, toml::Table>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

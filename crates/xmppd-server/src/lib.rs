@@ -9,10 +9,10 @@
 pub mod admin;
 pub mod c2s;
 pub mod config;
-pub mod im;
 pub mod limits;
 pub mod metrics;
 pub mod modules;
+pub mod registry;
 pub mod router;
 pub mod sasl;
 pub mod time;
@@ -48,8 +48,6 @@ pub struct ServerState {
     pub tls: TlsContext,
     pub metrics: Arc<Metrics>,
     pub throttle: AuthThrottle,
-    /// Counts in-band registrations per address (XEP-0077).
-    pub registrations: AuthThrottle,
     pub connections: Arc<ConnectionLimiter>,
     /// Server secret (persisted in the data directory) for values that must be stable but
     /// unguessable, such as the fake SCRAM salts of unknown users.
@@ -65,6 +63,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("storage: {0}")]
     Storage(#[from] xmppd_storage::StorageError),
+    #[error(transparent)]
+    Modules(#[from] registry::RegistryError),
     #[error("{what} {addr}: {source}")]
     Io {
         what: &'static str,
@@ -115,7 +115,16 @@ fn load_secret(data_dir: &Path) -> Result<Vec<u8>, StartError> {
 
 /// Opens storage, loads certificates and binds every listener.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    start_with(config, |_| {}).await
+}
+
+/// [`start`] with extra modules registered by `extra` (tests use it to add their own).
+pub async fn start_with(
+    config: Config,
+    extra: impl FnOnce(&mut registry::Registry),
+) -> Result<RunningServer, StartError> {
     config.validate()?;
+    let hooks = modules::with(&config, extra)?;
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).map_err(io_error("creating", data_dir.display()))?;
     let secret = load_secret(data_dir)?;
@@ -136,12 +145,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let storage = Storage::open(&config.storage_url()).await?;
     let tls = TlsContext::new(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let router = Router::new(
-        &config,
-        storage,
-        modules::Modules::standard(&config),
-        metrics.clone(),
-    );
+    let router = Router::new(&config, storage, hooks, metrics.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut c2s = Vec::new();
     for addr in &config.listen.c2s {
@@ -175,10 +179,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         throttle: AuthThrottle::new(
             config.sasl.max_failures_per_ip,
             Duration::from_secs(config.sasl.failure_window_secs),
-        ),
-        registrations: AuthThrottle::new(
-            config.im.registrations_per_ip_per_hour,
-            Duration::from_secs(3600),
         ),
         connections: ConnectionLimiter::new(config.limits.max_connections_per_ip),
         config,

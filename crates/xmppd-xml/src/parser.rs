@@ -86,6 +86,8 @@ pub struct StreamParser {
     root_open: bool,
     stanza_bytes: usize,
     failed: Option<ParseError>,
+    /// Nothing but whitespace was fed yet.
+    at_start: bool,
 }
 
 impl StreamParser {
@@ -101,6 +103,7 @@ impl StreamParser {
             root_open: false,
             stanza_bytes: 0,
             failed: None,
+            at_start: true,
         }
     }
 
@@ -117,6 +120,18 @@ impl StreamParser {
     pub fn feed(&mut self, buf: &mut &[u8]) -> Result<Option<StreamEvent>, ParseError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
+        }
+        if self.at_start {
+            // Whitespace before the XML declaration of a restarted stream is what clients
+            // send after `</auth>` or `<proceed/>` (go-sendxmpp does): RFC 6120 §11.5 lets
+            // whitespace sit between top-level elements, and it carries nothing, so it is
+            // skipped rather than handed to the XML parser, which would refuse it.
+            let skip = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            *buf = &buf[skip..];
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            self.at_start = false;
         }
         loop {
             let event = match self.parser.parse(buf, false) {
@@ -308,6 +323,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(events[3], Ok(StreamEvent::Close)));
+    }
+
+    #[test]
+    fn whitespace_before_the_declaration_is_skipped() {
+        for lead in ["\n", " \r\n\t ", ""] {
+            let doc = format!("{lead}{HEADER}<presence/>");
+            // Whitespace alone, then the rest: as a client that sends "\n" after </auth>.
+            let mut parser = StreamParser::new(Limits::default());
+            let mut first = lead.as_bytes();
+            assert!(parser.feed(&mut first).unwrap().is_none());
+            let events = parse_all(doc.as_bytes(), Limits::default());
+            assert!(matches!(events[0], Ok(StreamEvent::Header(_))), "{lead:?}");
+            assert!(matches!(events[1], Ok(StreamEvent::Stanza(_))), "{lead:?}");
+        }
     }
 
     #[test]

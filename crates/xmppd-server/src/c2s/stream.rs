@@ -24,6 +24,7 @@ use xmppd_xml::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
 use super::transport::{Transport, READ_BUFFER};
 use crate::limits::{ByteRate, ConnectionSlot};
 use crate::metrics::Metrics;
+use crate::registry::{Stage, StreamInfo};
 use crate::router::{Kick, SessionHandle};
 use crate::sasl::{self, Exchange, SaslEnv, Step};
 use crate::tls::ChannelBindings;
@@ -459,9 +460,14 @@ impl Connection {
             }
             features.push_child(starttls);
         }
+        let hooks = self.server.router.hooks();
+        let info = StreamInfo {
+            domain: &self.domain,
+            secure: self.secure,
+        };
         if self.user.is_none() && !self.tls_required_now() {
-            if self.may_register() {
-                features.push_child(Element::new("register", crate::im::register::FEATURE));
+            for feature in hooks.stream_features(Stage::PreAuth, &info) {
+                features.push_child(feature);
             }
             let env = self.sasl_env();
             let mut mechanisms = Element::new("mechanisms", ns::SASL);
@@ -487,6 +493,9 @@ impl Connection {
                 Element::new("session", ns::SESSION)
                     .with_child(Element::new("optional", ns::SESSION)),
             );
+            for feature in hooks.stream_features(Stage::PostAuth, &info) {
+                features.push_child(feature);
+            }
         }
         // `features` is in the stream namespace, written with the stream: prefix by hand.
         self.out.extend_from_slice(b"<stream:features>");
@@ -508,8 +517,8 @@ impl Connection {
                 }
             }
             (ns::SASL, _) if self.user.is_none() => self.on_sasl(el).await,
-            (ns::CLIENT, "iq") if self.user.is_none() && self.may_register() => {
-                self.on_registration(el).await
+            (ns::CLIENT, "iq") if self.user.is_none() && !self.tls_required_now() => {
+                self.on_pre_auth_iq(el).await
             }
             (ns::CLIENT, "message" | "presence" | "iq") => {
                 if self.user.is_none() {
@@ -526,40 +535,47 @@ impl Connection {
                 )
                 .await
             }
-            _ => {
-                self.stream_error(StreamError::UnsupportedStanzaType, None)
-                    .await
+            (element_ns, name) => {
+                let nonza = self.session.clone().and_then(|session| {
+                    let handler = self.server.router.hooks().nonza(element_ns, name)?;
+                    Some((session, handler))
+                });
+                match nonza {
+                    Some((session, handler)) => {
+                        handler.handle(&self.server.router.context(), &session, &el);
+                        Flow::Continue
+                    }
+                    None => {
+                        self.stream_error(StreamError::UnsupportedStanzaType, None)
+                            .await
+                    }
+                }
             }
         }
     }
 
-    /// In-band registration is possible on this stream (XEP-0077), behind TLS if required.
-    fn may_register(&self) -> bool {
-        self.server.config.im.allow_registration && !self.tls_required_now()
-    }
-
-    async fn on_registration(&mut self, el: Element) -> Flow {
-        let is_register = el
+    /// An iq before authentication: only what a module answers there (XEP-0077
+    /// registration) is allowed.
+    async fn on_pre_auth_iq(&mut self, el: Element) -> Flow {
+        let server = self.server.clone();
+        let hooks = server.router.hooks();
+        let handler = el
             .children()
             .next()
-            .is_some_and(|p| p.is("query", crate::im::register::NS));
-        let stanza = match Stanza::parse(el) {
-            Ok(s) if is_register && s.is_iq_request() => s,
-            _ => {
-                return self
-                    .stream_error(StreamError::NotAuthorized, Some("authenticate first"))
-                    .await
-            }
+            .and_then(|p| hooks.pre_auth_iq(p.ns(), p.name()));
+        let (Some(handler), Ok(stanza)) = (handler, Stanza::parse(el)) else {
+            return self
+                .stream_error(StreamError::NotAuthorized, Some("authenticate first"))
+                .await;
         };
-        let server = self.server.clone();
-        let result = Box::pin(crate::im::register::register_new(
-            &server.router,
-            &self.domain,
-            &stanza,
-            self.peer.ip(),
-            &server.registrations,
-        ))
-        .await;
+        if !stanza.is_iq_request() {
+            return self
+                .stream_error(StreamError::NotAuthorized, Some("authenticate first"))
+                .await;
+        }
+        let mut cx = server.router.context();
+        let result = Box::pin(handler.handle(&mut cx, &self.domain, self.peer.ip(), &stanza)).await;
+        server.router.apply(cx).await;
         let reply = match result {
             Ok(payload) => stanza.iq_result(payload),
             Err(e) => match stanza.error_reply(&e) {
@@ -713,19 +729,6 @@ impl Connection {
                 return self.flush_flow().await;
             }
         };
-        if stanza.kind == StanzaKind::Presence {
-            if let Some(session) = self.session.clone() {
-                // Boxed here and below: the routing futures are large, and inline they would
-                // sit in every idle connection's task (see the README's memory notes).
-                Box::pin(crate::im::presence::from_client(
-                    &self.server.router,
-                    &session,
-                    stanza,
-                ))
-                .await;
-            }
-            return Flow::Continue;
-        }
         if stanza.kind == StanzaKind::Iq && stanza.to.is_none() && stanza.is_iq_request() {
             if let Some(payload) = stanza.iq_payload() {
                 if payload.is("session", ns::SESSION) {
@@ -737,7 +740,11 @@ impl Connection {
             // No 'to': the account itself answers (RFC 6120 §10.3.3).
             stanza.set_to(Jid::from(full.to_bare()));
         }
-        Box::pin(self.server.router.route(stanza)).await;
+        if let Some(session) = self.session.clone() {
+            // Boxed: the routing future is large, and inline it would sit in every idle
+            // connection's task (see the README's memory notes).
+            Box::pin(self.server.router.from_session(&session, stanza)).await;
+        }
         Flow::Continue
     }
 
@@ -756,9 +763,22 @@ impl Connection {
                 .stream_error(StreamError::BadFormat, Some("invalid bind request"))
                 .await;
         };
-        let requested = stanza
+        let mut resources = stanza
             .iq_payload()
-            .and_then(|b| b.get_child("resource", ns::BIND))
+            .into_iter()
+            .flat_map(|b| b.children())
+            .filter(|c| c.is("resource", ns::BIND));
+        let (first, second) = (resources.next(), resources.next());
+        if second.is_some() {
+            // RFC 6120 §7.7.2.1: one resource per request.
+            let error = xmppd_core::StanzaError::new(StanzaErrorCondition::BadRequest)
+                .with_text("more than one resource requested");
+            if let Some(reply) = stanza.error_reply(&error) {
+                self.send_element(&reply);
+            }
+            return self.flush_flow().await;
+        }
+        let requested = first
             .map(|r| r.text().trim().to_string())
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| format!("xmppd-{}", random_id(12)));
@@ -782,6 +802,7 @@ impl Connection {
             old.kick(Kick::Conflict);
         }
         Metrics::inc(&self.server.metrics.sessions_bound);
+        Box::pin(self.server.router.session_bound(&handle)).await;
         self.session = Some(handle);
         self.login_deadline = None;
         tracing::debug!(peer = %self.peer, jid = %full, "resource bound");
@@ -796,13 +817,7 @@ impl Connection {
     async fn end_session(&mut self) {
         if let Some(session) = self.session.take() {
             // Contacts learn the session is gone before it leaves the table (RFC 6121 §4.5).
-            Box::pin(crate::im::presence::session_ended(
-                &self.server.router,
-                &session,
-            ))
-            .await;
-            self.server.router.sessions().unbind(&session);
-            session.outbox().close();
+            Box::pin(self.server.router.session_closing(&session)).await;
             Metrics::dec(&self.server.metrics.sessions_bound);
         }
     }

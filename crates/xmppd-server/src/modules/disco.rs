@@ -1,10 +1,12 @@
-//! XEP-0030 Service Discovery: identities and the features the loaded modules implement.
+//! XEP-0030 Service Discovery: the identities and features the loaded modules registered.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use xmppd_core::{ns, Element, Stanza, StanzaErrorCondition};
 
-use super::{IqResult, IqTarget, Module};
-use crate::router::Router;
+use super::NoConfig;
+use crate::registry::{Ctx, Identity, IqHandler, IqResult, IqTarget, Module, On, Registry};
 
 pub struct Disco;
 
@@ -45,25 +47,40 @@ fn contact_form(addresses: &std::collections::BTreeMap<String, Vec<String>>) -> 
     form
 }
 
-#[async_trait]
 impl Module for Disco {
-    fn server_namespaces(&self) -> &'static [&'static str] {
-        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
-    }
+    const NAME: &'static str = "disco";
+    type Config = NoConfig;
 
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        for on in [On::Server, On::Account] {
+            for (ns, name) in [(ns::DISCO_INFO, "query"), (ns::DISCO_ITEMS, "query")] {
+                r.iq(on, ns, name, Arc::new(Disco));
+                r.disco_feature(on, ns);
+            }
+        }
+        r.disco_identity(
+            On::Server,
+            Identity {
+                category: "server",
+                kind: "im",
+                name: Some("xmppd"),
+            },
+        );
+        r.disco_identity(
+            On::Account,
+            Identity {
+                category: "account",
+                kind: "registered",
+                name: None,
+            },
+        );
+        Ok(())
     }
+}
 
-    fn server_features(&self) -> &'static [&'static str] {
-        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
-    }
-
-    fn account_features(&self) -> &'static [&'static str] {
-        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
-    }
-
-    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+#[async_trait]
+impl IqHandler for Disco {
+    async fn handle(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
         let payload = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
         if iq.stanza_type() != "get" {
             return Err(StanzaErrorCondition::BadRequest.into());
@@ -74,18 +91,17 @@ impl Module for Disco {
         if payload.ns() == ns::DISCO_ITEMS {
             return Ok(Some(Element::new("query", ns::DISCO_ITEMS)));
         }
-        let server = matches!(target, IqTarget::Server(_));
+        let on = target.on();
+        let hooks = cx.hooks();
         let mut query = Element::new("query", ns::DISCO_INFO);
-        query.push_child(if server {
-            identity("server", "im", Some("xmppd"))
-        } else {
-            identity("account", "registered", None)
-        });
-        for feature in router.modules().features(server) {
-            query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
+        for i in hooks.identities(on) {
+            query.push_child(identity(i.category, i.kind, i.name));
         }
-        let addresses = &router.config().server.contact_addresses;
-        if server && !addresses.is_empty() {
+        for feature in hooks.features(on) {
+            query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *feature));
+        }
+        let addresses = &cx.config().server.contact_addresses;
+        if on == On::Server && !addresses.is_empty() {
             query.push_child(contact_form(addresses));
         }
         Ok(Some(query))

@@ -1,131 +1,78 @@
-//! Protocol modules. Each one says which iq payload namespaces it answers (for the server
-//! domain and for accounts' bare JIDs) and which disco features it brings; the router
-//! dispatches to it and the disco module lists its features. Adding a XEP is adding a module.
+//! Feature modules, one file (or folder) per protocol feature, named by what it implements.
+//! Each registers what it handles through the [`Registry`]; nothing else in the server
+//! knows them. Adding a XEP is adding a module here and one line in [`standard`].
 
-mod disco;
-mod ping;
-mod time;
-mod version;
+pub mod carbons;
+pub mod csi;
+pub mod disco;
+pub mod last;
+pub mod offline;
+pub mod ping;
+pub mod presence;
+pub mod privacy;
+pub mod private;
+pub mod register;
+pub mod roster;
+pub mod subscription;
+pub mod time;
+pub mod vcard;
+pub mod version;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use serde::Deserialize;
+use xmppd_core::{BareJid, StanzaError, StanzaErrorCondition};
 
-use async_trait::async_trait;
-use xmppd_core::{BareJid, Element, Stanza, StanzaError};
+use crate::registry::{Hooks, Registry, RegistryError};
 
-use crate::router::Router;
-
-/// The answer to an iq request: a result payload (or none), or an error.
-pub type IqResult = Result<Option<Element>, StanzaError>;
-
-/// Who an iq request is addressed to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IqTarget<'a> {
-    /// The server domain itself.
-    Server(&'a str),
-    /// A local account's bare JID, answered by the server on its behalf (RFC 6121 §1).
-    Account(&'a BareJid),
+/// Every module the server ships, each on unless its `[modules.NAME]` section says
+/// `enabled = false`.
+pub fn standard(config: &crate::config::Config) -> Result<Hooks, RegistryError> {
+    with(config, |_| {})
 }
 
-#[async_trait]
-pub trait Module: Send + Sync {
-    /// Payload namespaces answered for the server domain.
-    fn server_namespaces(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    /// Payload namespaces answered on behalf of accounts (their bare JIDs).
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    /// Disco features this module brings to the server domain.
-    fn server_features(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    /// Disco features this module brings to accounts.
-    fn account_features(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    /// Answers an iq request whose payload is in one of the module's namespaces.
-    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult;
+/// [`standard`] plus what `extra` registers (tests add their own modules this way).
+pub fn with(
+    config: &crate::config::Config,
+    extra: impl FnOnce(&mut Registry),
+) -> Result<Hooks, RegistryError> {
+    let mut r = Registry::new(config);
+    r.load::<disco::Disco>()
+        .load::<ping::Ping>()
+        .load::<version::Version>()
+        .load::<time::Time>()
+        .load::<roster::Roster>()
+        .load::<presence::Presence>()
+        .load::<offline::Offline>()
+        .load::<vcard::VCard>()
+        .load::<private::Private>()
+        .load::<last::LastActivity>()
+        .load::<register::Register>()
+        .load::<privacy::Privacy>()
+        .load::<carbons::Carbons>()
+        .load::<csi::Csi>();
+    extra(&mut r);
+    r.freeze()
 }
 
-/// All modules, indexed by the namespaces they answer.
-pub struct Modules {
-    all: Vec<Arc<dyn Module>>,
-    server: HashMap<&'static str, Arc<dyn Module>>,
-    account: HashMap<&'static str, Arc<dyn Module>>,
+/// The settings of a module that has none besides `enabled`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
+/// `(username, domain)` of a local account's bare JID.
+pub fn account_parts(jid: &BareJid) -> (&str, &str) {
+    (
+        jid.node().map(|n| n.as_str()).unwrap_or_default(),
+        jid.domain().as_str(),
+    )
 }
 
-impl Modules {
-    /// The modules every server runs, and those `config` switches on.
-    pub fn standard(config: &crate::config::Config) -> Self {
-        use crate::im;
-        let mut all: Vec<Arc<dyn Module>> = vec![
-            Arc::new(disco::Disco),
-            Arc::new(ping::Ping),
-            Arc::new(version::Version),
-            Arc::new(time::Time),
-            Arc::new(im::roster::Roster),
-            Arc::new(im::vcard::VCard),
-            Arc::new(im::private::Private),
-            Arc::new(im::last::LastActivity),
-            Arc::new(im::register::Register),
-        ];
-        if config.im.privacy_lists {
-            all.push(Arc::new(im::privacy::PrivacyLists));
-        }
-        if config.im.blocking {
-            all.push(Arc::new(im::privacy::Blocking));
-        }
-        Self::new(all)
-    }
+/// A storage failure as the stanza error a client sees (details go to the log only).
+pub fn storage_error(e: xmppd_storage::StorageError) -> StanzaError {
+    tracing::error!(error = %e, "storage failure");
+    StanzaError::new(StanzaErrorCondition::InternalServerError)
+}
 
-    pub fn new(all: Vec<Arc<dyn Module>>) -> Self {
-        let mut server = HashMap::new();
-        let mut account = HashMap::new();
-        for m in &all {
-            for ns in m.server_namespaces() {
-                server.insert(*ns, m.clone());
-            }
-            for ns in m.account_namespaces() {
-                account.insert(*ns, m.clone());
-            }
-        }
-        Modules {
-            all,
-            server,
-            account,
-        }
-    }
-
-    /// The module answering `ns` for this kind of target.
-    pub fn for_iq(&self, target: IqTarget<'_>, ns: &str) -> Option<&Arc<dyn Module>> {
-        match target {
-            IqTarget::Server(_) => self.server.get(ns),
-            IqTarget::Account(_) => self.account.get(ns),
-        }
-    }
-
-    /// Every feature the modules bring, sorted and without repeats.
-    pub fn features(&self, server: bool) -> Vec<&'static str> {
-        let mut out: Vec<&'static str> = self
-            .all
-            .iter()
-            .flat_map(|m| {
-                if server {
-                    m.server_features()
-                } else {
-                    m.account_features()
-                }
-            })
-            .copied()
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
+/// Whether the iq comes from the account it is addressed to.
+pub fn from_owner(iq: &xmppd_core::Stanza, owner: &BareJid) -> bool {
+    iq.from.as_ref().is_some_and(|f| f.to_bare() == *owner)
 }

@@ -1,35 +1,34 @@
 //! XEP-0199 XMPP Ping, answered for the server and on behalf of accounts.
 
-use async_trait::async_trait;
-use xmppd_core::{ns, Stanza};
+use std::sync::Arc;
 
-use super::{IqResult, IqTarget, Module};
-use crate::router::Router;
+use async_trait::async_trait;
+use xmppd_core::{ns, Stanza, StanzaErrorCondition};
+
+use super::NoConfig;
+use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
 
 pub struct Ping;
 
-#[async_trait]
 impl Module for Ping {
-    fn server_namespaces(&self) -> &'static [&'static str] {
-        &[ns::PING]
-    }
+    const NAME: &'static str = "ping";
+    type Config = NoConfig;
 
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[ns::PING]
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        for on in [On::Server, On::Account] {
+            r.iq(on, ns::PING, "ping", Arc::new(Ping));
+            r.disco_feature(on, ns::PING);
+        }
+        Ok(())
     }
+}
 
-    fn server_features(&self) -> &'static [&'static str] {
-        &[ns::PING]
-    }
-
-    fn account_features(&self) -> &'static [&'static str] {
-        &[ns::PING]
-    }
-
-    async fn handle_iq(&self, _: &Router, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
+#[async_trait]
+impl IqHandler for Ping {
+    async fn handle(&self, _: &mut Ctx<'_>, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
         match iq.stanza_type() {
             "get" => Ok(None),
-            _ => Err(xmppd_core::StanzaErrorCondition::BadRequest.into()),
+            _ => Err(StanzaErrorCondition::BadRequest.into()),
         }
     }
 }

@@ -1,27 +1,32 @@
 //! XEP-0202 Entity Time of the server (always UTC).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use xmppd_core::{Element, Stanza, StanzaErrorCondition};
 
-use super::{IqResult, IqTarget, Module};
-use crate::router::Router;
+use super::NoConfig;
+use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
 use crate::time::{iso8601, unix_now};
 
 const NS: &str = "urn:xmpp:time";
 
 pub struct Time;
 
-#[async_trait]
 impl Module for Time {
-    fn server_namespaces(&self) -> &'static [&'static str] {
-        &[NS]
-    }
+    const NAME: &'static str = "time";
+    type Config = NoConfig;
 
-    fn server_features(&self) -> &'static [&'static str] {
-        &[NS]
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        r.iq(On::Server, NS, "time", Arc::new(Time));
+        r.disco_feature(On::Server, NS);
+        Ok(())
     }
+}
 
-    async fn handle_iq(&self, _: &Router, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
+#[async_trait]
+impl IqHandler for Time {
+    async fn handle(&self, _: &mut Ctx<'_>, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
         if iq.stanza_type() != "get" {
             return Err(StanzaErrorCondition::BadRequest.into());
         }

@@ -1,24 +1,29 @@
 //! XEP-0092 Software Version of the server.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use xmppd_core::{ns, Element, Stanza, StanzaErrorCondition};
 
-use super::{IqResult, IqTarget, Module};
-use crate::router::Router;
+use super::NoConfig;
+use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
 
 pub struct Version;
 
-#[async_trait]
 impl Module for Version {
-    fn server_namespaces(&self) -> &'static [&'static str] {
-        &[ns::VERSION]
-    }
+    const NAME: &'static str = "version";
+    type Config = NoConfig;
 
-    fn server_features(&self) -> &'static [&'static str] {
-        &[ns::VERSION]
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        r.iq(On::Server, ns::VERSION, "query", Arc::new(Version));
+        r.disco_feature(On::Server, ns::VERSION);
+        Ok(())
     }
+}
 
-    async fn handle_iq(&self, _: &Router, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
+#[async_trait]
+impl IqHandler for Version {
+    async fn handle(&self, _: &mut Ctx<'_>, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
         if iq.stanza_type() != "get" {
             return Err(StanzaErrorCondition::BadRequest.into());
         }

@@ -1,29 +1,28 @@
 //! The router: the one place that decides where a stanza goes (RFC 6120 §10, RFC 6121 §8).
 //!
 //! Destinations: a local account (its sessions, or the server answering on its behalf), the
-//! server domain (modules), a local service host (MUC, pubsub, XEP-0114 components: the
-//! [`Service`] seam) or a remote domain (the [`RemoteDomains`] seam, s2s). Privacy lists and
-//! blocking are the filter stage ([`im::privacy::Privacy`]), consulted once on the way out of
-//! a local sender and once on the way into a local recipient.
+//! server domain, a host served by a module (MUC, pubsub, components) or a remote domain
+//! (the [`RemoteDomains`] seam, s2s). Everything a feature does happens in the modules it
+//! calls through the frozen registry ([`Hooks`]): filters on the way out and in, iq
+//! handlers, interceptors (presence), and events (a message nobody took, a session closing).
+//! The router itself knows routing rules only.
 
 mod locks;
 mod outbox;
 pub mod sessions;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use xmppd_core::{
     ns, BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
 };
 use xmppd_storage::Storage;
 
-use crate::config::{Config, ImConfig};
-use crate::im;
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::modules::{IqTarget, Modules};
+use crate::registry::{Ctx, Effect, Event, Hooks, Intercept, IqTarget, Point, Verdict, Via};
 pub use locks::AccountLocks;
 pub use sessions::{Kick, SessionHandle, SessionTable};
 
@@ -43,21 +42,9 @@ impl RemoteDomains for NoFederation {
     }
 }
 
-/// A local service host such as `conference.example.org`.
-#[async_trait]
-pub trait Service: Send + Sync {
-    async fn handle(&self, router: &Router, stanza: Stanza);
-}
-
-/// What a filter decides about one stanza.
-#[derive(Debug)]
-pub enum Verdict {
-    Allow,
-    /// Drop without a word (e.g. a blocked contact's presence).
-    Drop,
-    /// Refuse with an error to the sender.
-    Reject(StanzaError),
-}
+/// How many stanzas one stanza may cause to be routed (presence broadcasts, auto-replies)
+/// before the router suspects a loop between modules and stops.
+const MAX_EFFECTS: usize = 100_000;
 
 pub struct Router {
     domains: HashSet<String>,
@@ -65,11 +52,8 @@ pub struct Router {
     started: std::time::Instant,
     sessions: SessionTable,
     storage: Storage,
-    modules: Modules,
-    services: RwLock<HashMap<String, Arc<dyn Service>>>,
+    hooks: Hooks,
     remote: Arc<dyn RemoteDomains>,
-    privacy: im::privacy::Privacy,
-    avatars: im::vcard::AvatarHashes,
     account_locks: AccountLocks,
     metrics: Arc<Metrics>,
 }
@@ -82,18 +66,15 @@ pub fn encode(el: &Element) -> Bytes {
 }
 
 impl Router {
-    pub fn new(config: &Config, storage: Storage, modules: Modules, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &Config, storage: Storage, hooks: Hooks, metrics: Arc<Metrics>) -> Self {
         Router {
             domains: config.server.domains.iter().cloned().collect(),
             config: config.clone(),
             started: std::time::Instant::now(),
             sessions: SessionTable::default(),
             storage,
-            modules,
-            services: RwLock::new(HashMap::new()),
+            hooks,
             remote: Arc::new(NoFederation),
-            privacy: im::privacy::Privacy::default(),
-            avatars: im::vcard::AvatarHashes::default(),
             account_locks: AccountLocks::default(),
             metrics,
         }
@@ -103,22 +84,12 @@ impl Router {
         &self.sessions
     }
 
-    pub fn modules(&self) -> &Modules {
-        &self.modules
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     pub fn storage(&self) -> &Storage {
         &self.storage
-    }
-
-    /// The privacy filter stage (XEP-0016/XEP-0191).
-    pub fn privacy(&self) -> &im::privacy::Privacy {
-        &self.privacy
-    }
-
-    /// The vCard avatar hash of each account (XEP-0153), cached.
-    pub fn avatars(&self) -> &im::vcard::AvatarHashes {
-        &self.avatars
     }
 
     /// Serialises changes to each account's stored state (see [`AccountLocks`]).
@@ -130,15 +101,6 @@ impl Router {
         &self.config
     }
 
-    /// Per-account limits of the IM services.
-    pub fn limits(&self) -> &ImConfig {
-        &self.config.im
-    }
-
-    pub fn scram_iterations(&self) -> u32 {
-        self.config.sasl.scram_iterations
-    }
-
     pub fn uptime_secs(&self) -> i64 {
         self.started.elapsed().as_secs() as i64
     }
@@ -147,178 +109,254 @@ impl Router {
         self.domains.contains(domain)
     }
 
-    /// Registers a service host (MUC, pubsub, a component) for `domain`.
-    pub fn add_service(&self, domain: &str, service: Arc<dyn Service>) {
-        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
-        services.insert(domain.to_string(), service);
+    /// A handler context for work outside a stanza's routing (the admin socket, streams).
+    /// Hand it back to [`Router::apply`] when done.
+    pub fn context(&self) -> Ctx<'_> {
+        Ctx::new(self)
     }
 
-    fn service(&self, domain: &str) -> Option<Arc<dyn Service>> {
-        let services = self.services.read().unwrap_or_else(|e| e.into_inner());
-        services.get(domain).cloned()
-    }
-
-    /// [`Router::route`] for callers inside the routing path (presence handling that routes
-    /// again), where the future must be boxed to be recursive.
-    pub async fn route_boxed(&self, stanza: Stanza) {
-        Box::pin(self.route(stanza)).await
+    /// Applies the effects a context collected, and those they cause, in order.
+    pub async fn apply(&self, mut cx: Ctx<'_>) {
+        let mut queue: VecDeque<Effect> = cx.take_effects().into();
+        let mut applied = 0;
+        while let Some(effect) = queue.pop_front() {
+            applied += 1;
+            if applied > MAX_EFFECTS {
+                tracing::error!("a stanza caused too many others; dropping the rest");
+                return;
+            }
+            match effect {
+                Effect::Route(stanza) => {
+                    let mut cx = Ctx::new(self);
+                    Box::pin(self.route_one(&mut cx, stanza, true)).await;
+                    queue.extend(cx.take_effects());
+                }
+                Effect::RoutePastSenderLists(stanza) => {
+                    let mut cx = Ctx::new(self);
+                    Box::pin(self.route_one(&mut cx, stanza, false)).await;
+                    queue.extend(cx.take_effects());
+                }
+                Effect::Reply(reply) => self.deliver_reply(reply),
+            }
+        }
     }
 
     /// Routes a stanza whose `from` has already been checked and stamped by its stream.
     pub async fn route(&self, stanza: Stanza) {
-        match self.privacy.outbound(self, &stanza).await {
-            Verdict::Allow => {}
-            Verdict::Drop => return,
-            Verdict::Reject(e) => return self.bounce(&stanza, e),
+        let mut cx = Ctx::new(self);
+        self.route_one(&mut cx, stanza, true).await;
+        self.apply(cx).await;
+    }
+
+    /// A stanza a bound session sent: an interceptor's (presence), else routed.
+    pub async fn from_session(&self, session: &Arc<SessionHandle>, stanza: Stanza) {
+        match self.hooks.intercept(Intercept::FromSession, stanza.kind) {
+            Some(handler) => {
+                let mut cx = Ctx::new(self);
+                handler.handle(&mut cx, stanza, Via::Session(session)).await;
+                self.apply(cx).await;
+            }
+            None => self.route(stanza).await,
         }
+    }
+
+    /// Tells the modules a session was bound.
+    pub async fn session_bound(&self, session: &Arc<SessionHandle>) {
+        let mut cx = Ctx::new(self);
+        cx.fire(Event::SessionBound(session)).await;
+        self.apply(cx).await;
+    }
+
+    /// Tells the modules a session is closing (presence goes unavailable, RFC 6121 §4.5),
+    /// then removes it from the table.
+    pub async fn session_closing(&self, session: &Arc<SessionHandle>) {
+        let mut cx = Ctx::new(self);
+        cx.fire(Event::SessionClosing(session)).await;
+        self.apply(cx).await;
+        self.sessions.unbind(session);
+        session.outbox().close();
+    }
+
+    /// Routes one stanza; `outbound` runs the sender-side filters first.
+    async fn route_one(&self, cx: &mut Ctx<'_>, stanza: Stanza, outbound: bool) {
         // RFC 6120 §10.3: no 'to' means the sender's own account.
         let to = match (&stanza.to, &stanza.from) {
             (Some(to), _) => to.clone(),
             (None, Some(from)) => Jid::from(from.to_bare()),
             (None, None) => return,
         };
+        if outbound && !self.passes(cx, Point::Outbound, &stanza, &to).await {
+            return;
+        }
         let domain = to.domain().as_str();
         if self.is_local_domain(domain) {
             match to.node() {
-                None => self.to_server(stanza, domain).await,
-                Some(_) => self.to_account(stanza, &to).await,
+                None => self.to_server(cx, stanza, domain).await,
+                Some(_) => self.to_account(cx, stanza, &to).await,
             }
-        } else if let Some(service) = self.service(domain) {
-            service.handle(self, stanza).await;
-        } else {
-            if let Err(failed) = self.remote.route(stanza) {
-                let (original, error) = *failed;
-                self.bounce(&original, error);
-            }
+        } else if let Some(host) = self.hooks.host(domain) {
+            host.handle(cx, stanza).await;
+        } else if let Err(failed) = self.remote.route(stanza) {
+            let (original, error) = *failed;
+            cx.bounce(&original, error);
         }
     }
 
+    /// Runs the filters of `point`; false (after bouncing where a filter says so) if one
+    /// of them stopped the stanza.
+    async fn passes(&self, cx: &mut Ctx<'_>, point: Point, stanza: &Stanza, to: &Jid) -> bool {
+        for filter in self.hooks.filters(point) {
+            match filter.check(cx, stanza, to, point, None).await {
+                Verdict::Allow => {}
+                Verdict::Drop | Verdict::Held => return false,
+                Verdict::Reject(e) => {
+                    cx.bounce(stanza, e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Stanzas to the server domain itself (RFC 6120 §10.4).
-    async fn to_server(&self, stanza: Stanza, domain: &str) {
+    async fn to_server(&self, cx: &mut Ctx<'_>, stanza: Stanza, domain: &str) {
         match stanza.kind {
             StanzaKind::Iq if stanza.is_iq_request() => {
-                self.answer_iq(&stanza, IqTarget::Server(domain)).await
+                self.answer_iq(cx, &stanza, IqTarget::Server(domain)).await
             }
             // Results and errors to the server, and presence, end here.
             StanzaKind::Iq | StanzaKind::Presence => {}
             // The server has no chat of its own: RFC 6120 §10.4.1 lets it answer an error.
             StanzaKind::Message => {
-                self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into())
+                cx.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into())
             }
         }
     }
 
-    /// Calls the module that answers the iq's payload namespace, and replies.
-    async fn answer_iq(&self, iq: &Stanza, target: IqTarget<'_>) {
-        let payload_ns = iq.iq_payload().map(|p| p.ns()).unwrap_or_default();
-        let result = match self.modules.for_iq(target, payload_ns) {
-            Some(module) => module.handle_iq(self, target, iq).await,
+    /// Calls the handler registered for the iq's payload, and replies.
+    async fn answer_iq(&self, cx: &mut Ctx<'_>, iq: &Stanza, target: IqTarget<'_>) {
+        let handler = iq
+            .iq_payload()
+            .and_then(|p| self.hooks.iq(target.on(), p.ns(), p.name()));
+        let result = match handler {
+            Some(handler) => handler.handle(cx, target, iq).await,
             // RFC 6120 §8.4: an unknown payload namespace gets service-unavailable.
             None => Err(StanzaErrorCondition::ServiceUnavailable.into()),
         };
         match result {
-            Ok(payload) => self.deliver_reply(iq.iq_result(payload)),
-            Err(e) => self.bounce(iq, e),
+            Ok(payload) => cx.reply(iq.iq_result(payload)),
+            Err(e) => cx.bounce(iq, e),
         }
     }
 
     /// Stanzas to a local account (RFC 6121 §8.5).
-    async fn to_account(&self, stanza: Stanza, to: &Jid) {
-        match self.privacy.inbound(self, &stanza, to).await {
-            Verdict::Allow => {}
-            Verdict::Drop => return,
-            Verdict::Reject(e) => return self.bounce(&stanza, e),
+    async fn to_account(&self, cx: &mut Ctx<'_>, stanza: Stanza, to: &Jid) {
+        if !self.passes(cx, Point::Inbound, &stanza, to).await {
+            return;
         }
-        if stanza.kind == StanzaKind::Presence {
-            return im::presence::inbound(self, stanza, to).await;
+        if let Some(handler) = self.hooks.intercept(Intercept::ToAccount, stanza.kind) {
+            return handler.handle(cx, stanza, Via::Account(to)).await;
         }
         if let Ok(full) = to.try_as_full() {
             if let Some(session) = self.sessions.get(full) {
-                self.deliver_element(&session, stanza.element());
+                if cx.deliver(&session, &stanza, to).await && stanza.kind == StanzaKind::Message
+                {
+                    let user = full.to_bare();
+                    let sessions = [session];
+                    cx.fire(Event::Delivered {
+                        stanza: &stanza,
+                        user: &user,
+                        sessions: &sessions,
+                    })
+                    .await;
+                }
                 return;
             }
-            match stanza.kind {
+            match (stanza.kind, stanza.stanza_type()) {
                 // §8.5.3.2.3: an iq to a resource that is not there gets an error.
-                StanzaKind::Iq => {
-                    return self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into())
+                (StanzaKind::Iq, _) if stanza.is_iq_request() => {
+                    return cx.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into())
                 }
-                StanzaKind::Presence => return,
-                // §8.5.3.2.1: a message falls back to the bare JID, except groupchat.
-                StanzaKind::Message if stanza.stanza_type() == "groupchat" => {
-                    return self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into())
+                // §8.5.3.2.1: a chat message falls back to the bare JID…
+                (StanzaKind::Message, "chat") => {}
+                // …normal and groupchat are refused rather than shown to another resource…
+                (StanzaKind::Message, "" | "normal" | "groupchat") => {
+                    return cx.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into())
                 }
-                StanzaKind::Message => {}
+                // …and headlines, errors, iq responses and presence vanish.
+                _ => return,
             }
         }
-        self.to_bare(stanza, &to.to_bare()).await
+        self.to_bare(cx, stanza, &to.to_bare()).await
     }
 
-    async fn to_bare(&self, stanza: Stanza, bare: &BareJid) {
-        if stanza.kind == StanzaKind::Iq {
-            if stanza.is_iq_request() {
+    async fn to_bare(&self, cx: &mut Ctx<'_>, stanza: Stanza, bare: &BareJid) {
+        match stanza.kind {
+            StanzaKind::Iq if stanza.is_iq_request() => {
                 // §8.5.1: an account that does not exist answers service-unavailable.
                 if !self.account_exists(bare).await {
-                    return self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into());
+                    return cx.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into());
                 }
-                self.answer_iq(&stanza, IqTarget::Account(bare)).await;
+                self.answer_iq(cx, &stanza, IqTarget::Account(bare)).await;
+            }
+            StanzaKind::Message => self.message_to_bare(cx, stanza, bare).await,
+            StanzaKind::Iq | StanzaKind::Presence => {}
+        }
+    }
+
+    /// RFC 6121 §8.5.2: a message to an account's bare JID.
+    async fn message_to_bare(&self, cx: &mut Ctx<'_>, stanza: Stanza, bare: &BareJid) {
+        let kind = stanza.stanza_type();
+        match kind {
+            "error" => return,
+            // §8.5.2.1.1 and §8.5.2.2.1: groupchat to a bare JID is an error.
+            "groupchat" => {
+                return cx.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into())
+            }
+            _ => {}
+        }
+        let resources = self.sessions.resources(bare.as_str());
+        // §8.5.2.1.1: the available resources of highest non-negative priority; for a
+        // headline every non-negative resource. Ties all receive it.
+        let available = resources
+            .iter()
+            .filter(|s| s.is_available() && s.priority() >= 0);
+        let best = available.clone().map(|s| s.priority()).max();
+        let to = Jid::from(bare.clone());
+        let mut delivered = Vec::new();
+        let mut data = None;
+        for session in available {
+            if kind != "headline" && Some(session.priority()) != best {
+                continue;
+            }
+            let data = data.get_or_insert_with(|| encode(stanza.element()));
+            if cx.deliver_encoded(session, &stanza, &to, Some(data)).await {
+                delivered.push(session.clone());
+            }
+        }
+        if !delivered.is_empty() {
+            cx.fire(Event::Delivered {
+                stanza: &stanza,
+                user: bare,
+                sessions: &delivered,
+            })
+            .await;
+            return;
+        }
+        // §8.5.1: no such account: an error (headlines vanish silently).
+        if !self.account_exists(bare).await {
+            if kind != "headline" {
+                cx.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into());
             }
             return;
         }
-        let resources = self.sessions.resources(bare.as_str());
-        let available: Vec<_> = resources.iter().filter(|s| s.is_available()).collect();
-        match stanza.kind {
-            StanzaKind::Message => {
-                let kind = stanza.stanza_type();
-                if kind == "error" {
-                    return;
-                }
-                // §8.5.2.1.1: the available resources of highest non-negative priority; for a
-                // headline every non-negative resource. Ties all receive it.
-                let best = available
-                    .iter()
-                    .map(|s| s.priority())
-                    .filter(|p| *p >= 0)
-                    .max();
-                let candidates: Vec<_> = match (kind, best) {
-                    (_, None) => Vec::new(),
-                    ("headline", Some(_)) => {
-                        available.iter().filter(|s| s.priority() >= 0).collect()
-                    }
-                    (_, Some(best)) => available.iter().filter(|s| s.priority() == best).collect(),
-                };
-                // A session's own active privacy list may refuse what the account accepts.
-                let mut targets = Vec::with_capacity(candidates.len());
-                for session in candidates {
-                    if self.privacy.session_accepts(self, &stanza, session).await {
-                        targets.push(session);
-                    }
-                }
-                if !targets.is_empty() && kind != "groupchat" {
-                    let data = encode(stanza.element());
-                    for session in targets {
-                        self.deliver_bytes(session, data.clone());
-                    }
-                    return;
-                }
-                // §8.5.1: no such account: an error (headlines and groupchat vanish silently).
-                if !self.account_exists(bare).await {
-                    if kind != "headline" && kind != "groupchat" {
-                        self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable.into());
-                    }
-                    return;
-                }
-                // What no session took meets the account's default list (the sessions' own
-                // lists may have decided above instead, see `Privacy::inbound`).
-                match self.privacy.inbound_for_account(self, &stanza, bare).await {
-                    Verdict::Allow => {}
-                    Verdict::Drop => return,
-                    Verdict::Reject(e) => return self.bounce(&stanza, e),
-                }
-                // §8.5.2.2.1: no session can take it now: keep it for later (XEP-0160).
-                im::offline::store(self, &stanza, bare).await;
-            }
-            StanzaKind::Presence | StanzaKind::Iq => {}
-        }
+        // §8.5.2.2.1: no session can take it now: the modules decide (privacy's default
+        // list, then offline storage).
+        cx.fire(Event::Undelivered {
+            stanza: &stanza,
+            user: bare,
+        })
+        .await;
     }
 
     pub async fn account_exists(&self, bare: &BareJid) -> bool {
@@ -339,24 +377,12 @@ impl Router {
         }
     }
 
-    /// Queues an element for one session.
-    pub fn deliver_element(&self, session: &SessionHandle, el: &Element) {
-        self.deliver_bytes(session, encode(el));
-    }
-
     /// Queues serialised bytes for one session (never blocking; a full queue kicks it).
     pub fn deliver_bytes(&self, session: &SessionHandle, data: Bytes) {
         if session.send(data) {
             Metrics::inc(&self.metrics.stanzas_out);
         } else {
             Metrics::inc(&self.metrics.queue_overflows);
-        }
-    }
-
-    /// Sends the error reply for `stanza` back to its sender (never for an error stanza).
-    pub fn bounce(&self, stanza: &Stanza, error: StanzaError) {
-        if let Some(reply) = stanza.error_reply(&error) {
-            self.deliver_reply(reply);
         }
     }
 
@@ -368,7 +394,7 @@ impl Router {
         if self.is_local_domain(to.domain().as_str()) {
             if let Ok(full) = FullJid::try_from(to) {
                 if let Some(session) = self.sessions.get(&full) {
-                    self.deliver_element(&session, &reply);
+                    self.deliver_bytes(&session, encode(&reply));
                 }
             }
             return;

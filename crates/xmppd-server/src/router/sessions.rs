@@ -4,7 +4,6 @@
 //! bus) in its place without touching the router's rules.
 
 use std::collections::HashMap;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -13,6 +12,7 @@ use tokio::sync::Notify;
 use xmppd_core::{bare_str, Element, FullJid};
 
 use super::outbox::{Outbox, Push};
+use crate::registry::Extensions;
 
 /// Why a session is told to end by someone else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,17 +36,13 @@ pub struct SessionHandle {
     kicked: Notify,
     available: AtomicBool,
     priority: AtomicI8,
-    /// Requested the roster, so it gets roster pushes (RFC 6121 §2.2).
+    /// Requested the roster, so it is an interested resource that gets roster pushes
+    /// (RFC 6121 §2.1.6).
     interested: AtomicBool,
     /// The last available presence it broadcast (from = its full JID), for probes.
     last_presence: Mutex<Option<Element>>,
-    /// Its XEP-0016 active privacy list, if it chose one.
-    active_list: Mutex<Option<String>>,
-    /// Requested the blocklist, so it gets blocking pushes (XEP-0191 §3.3).
-    blocklist_interested: AtomicBool,
-    /// Entities it sent directed available presence to (RFC 6121 §4.6), to be told when it
-    /// becomes unavailable.
-    directed: Mutex<HashSet<String>>,
+    /// What modules keep per session (roster interest, privacy, carbons, CSI…).
+    pub ext: Extensions,
 }
 
 impl SessionHandle {
@@ -61,9 +57,7 @@ impl SessionHandle {
             priority: AtomicI8::new(0),
             interested: AtomicBool::new(false),
             last_presence: Mutex::new(None),
-            active_list: Mutex::new(None),
-            blocklist_interested: AtomicBool::new(false),
-            directed: Mutex::new(HashSet::new()),
+            ext: Extensions::default(),
         })
     }
 
@@ -153,41 +147,6 @@ impl SessionHandle {
 
     pub fn is_interested(&self) -> bool {
         self.interested.load(Ordering::Relaxed)
-    }
-
-    pub fn active_list(&self) -> Option<String> {
-        self.active_list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_active_list(&self, name: Option<String>) {
-        *self.active_list.lock().unwrap_or_else(|e| e.into_inner()) = name;
-    }
-
-    pub fn set_blocklist_interested(&self) {
-        self.blocklist_interested.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_blocklist_interested(&self) -> bool {
-        self.blocklist_interested.load(Ordering::Relaxed)
-    }
-
-    /// Remembers (or forgets) an entity that got directed presence.
-    pub fn note_directed(&self, to: &str, available: bool) {
-        let mut set = self.directed.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: a client cannot grow this without limit.
-        if available && set.len() < 1000 {
-            set.insert(to.to_string());
-        } else if !available {
-            set.remove(to);
-        }
-    }
-
-    /// Takes the set of directed-presence recipients.
-    pub fn take_directed(&self) -> HashSet<String> {
-        std::mem::take(&mut *self.directed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn is_available(&self) -> bool {

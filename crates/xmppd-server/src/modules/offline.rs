@@ -1,14 +1,48 @@
-//! Offline messages (XEP-0160) with their delay stamp (XEP-0203).
+//! Offline messages (XEP-0160) with their delay stamp (XEP-0203): stores what no session
+//! took, delivers it on the next initial presence of non-negative priority.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use xmppd_core::{ns, BareJid, Element, Stanza, StanzaErrorCondition};
 use xmppd_storage::OfflineMessage;
 
-use super::account_parts;
-use crate::router::{Router, SessionHandle};
+use super::{account_parts, NoConfig};
+use crate::registry::{Ctx, Event, EventHandler, EventKind, Handled, Module, Registry};
+use crate::router::SessionHandle;
 use crate::time::{iso8601, unix_now};
+
+pub struct Offline;
+
+impl Module for Offline {
+    const NAME: &'static str = "offline";
+    type Config = NoConfig;
+
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        // Last in the chain of what happens to an undelivered message.
+        r.on(EventKind::Undelivered, 0, Arc::new(Offline));
+        r.on(EventKind::InitialPresence, 0, Arc::new(Offline));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventHandler for Offline {
+    async fn on(&self, cx: &mut Ctx<'_>, event: &Event<'_>) -> Handled {
+        match event {
+            Event::Undelivered { stanza, user } => {
+                store(cx, stanza, user).await;
+                Handled::Stop
+            }
+            Event::InitialPresence(session) => {
+                deliver(cx, session).await;
+                Handled::Continue
+            }
+            _ => Handled::Continue,
+        }
+    }
+}
 
 const DELAY: &str = "urn:xmpp:delay";
 const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
@@ -22,7 +56,7 @@ fn worth_storing(stanza: &Stanza) -> bool {
 
 /// Stores a message for an account with no session to take it. Returns false if it was not
 /// stored (and the sender got an error where one is due).
-pub async fn store(router: &Router, stanza: &Stanza, user: &BareJid) -> bool {
+async fn store(cx: &mut Ctx<'_>, stanza: &Stanza, user: &BareJid) -> bool {
     if !worth_storing(stanza) {
         return false;
     }
@@ -39,8 +73,8 @@ pub async fn store(router: &Router, stanza: &Stanza, user: &BareJid) -> bool {
         stanza: el.to_xml_in(ns::CLIENT),
     };
     let (username, domain) = account_parts(user);
-    let limit = router.limits().max_offline_messages;
-    match router
+    let limit = cx.limits().max_offline_messages;
+    match cx
         .storage()
         .offline
         .push(username, domain, &message, limit)
@@ -49,7 +83,7 @@ pub async fn store(router: &Router, stanza: &Stanza, user: &BareJid) -> bool {
         Ok(true) => true,
         Ok(false) => {
             // XEP-0160 §3: a full store refuses the message rather than dropping silently.
-            router.bounce(
+            cx.bounce(
                 stanza,
                 xmppd_core::StanzaError::new(StanzaErrorCondition::ServiceUnavailable)
                     .with_text("the recipient's offline storage is full"),
@@ -58,16 +92,17 @@ pub async fn store(router: &Router, stanza: &Stanza, user: &BareJid) -> bool {
         }
         Err(e) => {
             tracing::error!(error = %e, "offline storage failed");
-            router.bounce(stanza, StanzaErrorCondition::InternalServerError.into());
+            cx.bounce(stanza, StanzaErrorCondition::InternalServerError.into());
             false
         }
     }
 }
 
 /// Delivers and deletes stored messages, oldest first, on initial presence.
-pub async fn deliver(router: &Router, session: &Arc<SessionHandle>, user: &BareJid) {
-    let (username, domain) = account_parts(user);
-    match router.storage().offline.take_all(username, domain).await {
+async fn deliver(cx: &Ctx<'_>, session: &Arc<SessionHandle>) {
+    let user = session.jid.to_bare();
+    let (username, domain) = account_parts(&user);
+    match cx.storage().offline.take_all(username, domain).await {
         Ok(messages) => {
             for m in messages {
                 if !session

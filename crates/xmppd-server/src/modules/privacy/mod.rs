@@ -7,14 +7,19 @@
 //! the blocklist, and vice versa; rules the blocklist cannot express (groups, subscription
 //! states, single stanza kinds) stay invisible to it.
 //!
-//! Enforcement happens in one place, the router: [`Privacy::outbound`] on the way out of a
-//! local sender (its session's active list, else its default list) and [`Privacy::inbound`]
-//! on the way into a local recipient (the addressed session's active list, else the default).
+//! Enforcement is this module's filters: [`Lists::outbound`] on the way out of a local
+//! sender (its session's active list, else its default list), [`Lists::inbound`] on the way
+//! into a local recipient (the addressed session's active list, else the default),
+//! [`Lists::session_accepts`] for each session a bare-JID stanza goes to, and the account's
+//! default list for a message no session took, before offline storage.
 
 mod rules;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use xmppd_core::{
@@ -23,9 +28,12 @@ use xmppd_core::{
 use xmppd_storage::CacheMap;
 
 use super::subscription::Sub;
-use super::{account_parts, roster, storage_error};
-use crate::modules::{IqResult, IqTarget, Module};
-use crate::router::{Router, SessionHandle, Verdict};
+use super::{account_parts, roster, storage_error, NoConfig};
+use crate::registry::{
+    Ctx, Event, EventHandler, EventKind, ExtKey, Filter, Handled, IqHandler, IqResult,
+    IqTarget, Module, On, Point, Registry, Verdict,
+};
+use crate::router::SessionHandle;
 pub use rules::{Contact, Kind, PrivacyList, NS};
 
 pub const BLOCKING_NS: &str = "urn:xmpp:blocking";
@@ -45,18 +53,109 @@ struct AccountLists {
 
 /// The privacy lists of every account seen, loaded on first use and kept in step with
 /// every change made through this server.
-pub struct Privacy {
+pub struct Lists {
     /// Keyed by the bare JID's string, so lookups need not build a `BareJid`.
     cache: CacheMap<String, Arc<AccountLists>>,
+    session: ExtKey<SessionPrivacy>,
+}
+
+/// What one session chose.
+#[derive(Default)]
+struct SessionPrivacy {
+    /// Its XEP-0016 active list, if it chose one.
+    active: Mutex<Option<String>>,
+    /// Requested the blocklist, so it gets blocking pushes (XEP-0191 §3.3).
+    blocklist_interested: AtomicBool,
 }
 
 /// Accounts whose lists are remembered before the cache starts over.
 const MAX_CACHED: usize = 50_000;
 
-impl Default for Privacy {
-    fn default() -> Self {
-        Privacy {
+/// The module: privacy lists and the blocking command share [`Lists`].
+pub struct Privacy;
+
+impl Module for Privacy {
+    const NAME: &'static str = "privacy";
+    type Config = NoConfig;
+
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        let im = &r.server_config().im;
+        let (privacy_lists, blocking) = (im.privacy_lists, im.blocking);
+        if !privacy_lists && !blocking {
+            return Ok(());
+        }
+        let lists = Arc::new(Lists {
             cache: CacheMap::new(MAX_CACHED),
+            session: r.session_ext(),
+        });
+        if privacy_lists {
+            r.iq(On::Account, NS, "query", Arc::new(PrivacyLists(lists.clone())));
+            r.disco_feature(On::Server, NS);
+        }
+        if blocking {
+            let handler = Arc::new(Blocking(lists.clone()));
+            for name in ["blocklist", "block", "unblock"] {
+                r.iq(On::Account, BLOCKING_NS, name, handler.clone());
+            }
+            r.disco_feature(On::Server, BLOCKING_NS);
+        }
+        // Early on every point: a refused stanza should cost the other modules nothing.
+        for point in [Point::Outbound, Point::Inbound, Point::Deliver] {
+            r.filter(point, 100, lists.clone());
+        }
+        // Before offline storage: the default list may refuse what no session took.
+        r.on(EventKind::Undelivered, 100, lists.clone());
+        r.on(EventKind::AccountRemoved, 0, lists);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Filter for Lists {
+    async fn check(
+        &self,
+        cx: &Ctx<'_>,
+        stanza: &Stanza,
+        to: &Jid,
+        point: Point,
+        session: Option<&Arc<SessionHandle>>,
+    ) -> Verdict {
+        match (point, session) {
+            (Point::Outbound, _) => self.outbound(cx, stanza).await,
+            (Point::Inbound, _) => self.inbound(cx, stanza, to).await,
+            // Only bare-JID deliveries are decided per session; a full JID's session was
+            // judged at the inbound point already.
+            (Point::Deliver, Some(session)) if to.try_as_full().is_err() => {
+                if self.session_accepts(cx, stanza, session).await {
+                    Verdict::Allow
+                } else {
+                    Verdict::Drop
+                }
+            }
+            (Point::Deliver, _) => Verdict::Allow,
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for Lists {
+    async fn on(&self, cx: &mut Ctx<'_>, event: &Event<'_>) -> Handled {
+        match event {
+            Event::Undelivered { stanza, user } => {
+                match self.inbound_for_account(cx, stanza, user).await {
+                    Verdict::Allow => Handled::Continue,
+                    Verdict::Drop | Verdict::Held => Handled::Stop,
+                    Verdict::Reject(e) => {
+                        cx.bounce(stanza, e);
+                        Handled::Stop
+                    }
+                }
+            }
+            Event::AccountRemoved(user) => {
+                self.cache.forget(user.as_str());
+                Handled::Continue
+            }
+            _ => Handled::Continue,
         }
     }
 }
@@ -73,9 +172,27 @@ fn kind_of(stanza: &Stanza, outbound: bool) -> Kind {
     }
 }
 
-impl Privacy {
+impl Lists {
+    fn session_state(&self, session: &SessionHandle) -> Arc<SessionPrivacy> {
+        session.ext.get_or_default(self.session)
+    }
+
+    fn blocklist_interested(&self, session: &SessionHandle) -> bool {
+        session
+            .ext
+            .get(self.session)
+            .is_some_and(|s| s.blocklist_interested.load(Ordering::Relaxed))
+    }
+
+    /// The active list a session chose, if any.
+    fn active_list(&self, session: &SessionHandle) -> Option<String> {
+        let state = session.ext.get(self.session)?;
+        let active = state.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.clone()
+    }
+
     /// The lists of the account whose bare JID is `user`.
-    async fn load(&self, router: &Router, user: &str) -> Arc<AccountLists> {
+    async fn load(&self, cx: &Ctx<'_>, user: &str) -> Arc<AccountLists> {
         let miss = match self.cache.lookup(user) {
             Ok(found) => return found,
             Err(miss) => miss,
@@ -84,7 +201,7 @@ impl Privacy {
             return Arc::default();
         };
         let (username, domain) = account_parts(&bare);
-        let data = &router.storage().data;
+        let data = &cx.storage().data;
         let mut loaded = AccountLists::default();
         // Lists are few and small; the keys of the area are the list names.
         if let Ok(Some(index)) = data.get(username, domain, DEFAULT_AREA, "index").await {
@@ -113,13 +230,13 @@ impl Privacy {
     /// account's lock from the load its change is based on.
     async fn save(
         &self,
-        router: &Router,
+        cx: &Ctx<'_>,
         user: &BareJid,
         lists: AccountLists,
     ) -> Result<(), StanzaError> {
         let (username, domain) = account_parts(user);
-        let data = &router.storage().data;
-        let old = self.load(router, user.as_str()).await;
+        let data = &cx.storage().data;
+        let old = self.load(cx, user.as_str()).await;
         for name in old.lists.keys().filter(|n| !lists.lists.contains_key(*n)) {
             data.delete(username, domain, AREA, name)
                 .await
@@ -149,28 +266,23 @@ impl Privacy {
         Ok(())
     }
 
-    /// Forgets an account (deleted).
-    pub fn forget(&self, user: &BareJid) {
-        self.cache.forget(user.as_str());
-    }
-
     /// The list that applies to `session` (its active list), else the account's default.
     async fn applicable(
         &self,
-        router: &Router,
+        cx: &Ctx<'_>,
         user: &str,
         session: Option<&SessionHandle>,
     ) -> Option<Arc<PrivacyList>> {
-        let lists = self.load(router, user).await;
+        let lists = self.load(cx, user).await;
         let name = session
-            .and_then(|s| s.active_list())
+            .and_then(|s| self.active_list(s))
             .or_else(|| lists.default.clone())?;
         lists.lists.get(&name).cloned()
     }
 
     /// Evaluates `list` for a stanza exchanged with `other`; returns the matching rule.
     async fn decide(
-        router: &Router,
+        cx: &Ctx<'_>,
         list: &PrivacyList,
         user: &str,
         kind: Kind,
@@ -180,7 +292,7 @@ impl Privacy {
             Ok(bare) if list.needs_roster() => {
                 // The cached roster item; pending requests play no part in privacy rules.
                 let (username, domain) = account_parts(&bare);
-                let item = router
+                let item = cx
                     .storage()
                     .roster
                     .item(username, domain, bare_str(other))
@@ -199,7 +311,7 @@ impl Privacy {
     }
 
     /// The sender's own lists, for a stanza leaving a local account.
-    pub async fn outbound(&self, router: &Router, stanza: &Stanza) -> Verdict {
+    pub async fn outbound(&self, cx: &Ctx<'_>, stanza: &Stanza) -> Verdict {
         let (Some(from), Some(to)) = (&stanza.from, &stanza.to) else {
             return Verdict::Allow;
         };
@@ -207,19 +319,19 @@ impl Privacy {
         // A user's resources may always talk to each other (XEP-0016 §2.1).
         if from.node().is_none()
             || bare_str(to) == user
-            || !router.is_local_domain(from.domain().as_str())
+            || !cx.is_local_domain(from.domain().as_str())
         {
             return Verdict::Allow;
         }
         let session = from
             .try_as_full()
             .ok()
-            .and_then(|f| router.sessions().get(f));
-        let Some(list) = self.applicable(router, user, session.as_deref()).await else {
+            .and_then(|f| cx.sessions().get(f));
+        let Some(list) = self.applicable(cx, user, session.as_deref()).await else {
             return Verdict::Allow;
         };
         let kind = kind_of(stanza, true);
-        match Self::decide(router, &list, user, kind, to).await {
+        match Self::decide(cx, &list, user, kind, to).await {
             Some(rule) if !rule.allow => {
                 if stanza.kind == StanzaKind::Presence {
                     return Verdict::Drop;
@@ -238,9 +350,9 @@ impl Privacy {
     }
 
     /// Whether `user` itself or the server sent it: never filtered (XEP-0016 §2.1).
-    fn exempt(router: &Router, from: &Jid, user: &str) -> bool {
+    fn exempt(cx: &Ctx<'_>, from: &Jid, user: &str) -> bool {
         bare_str(from) == user
-            || from.node().is_none() && router.is_local_domain(from.domain().as_str())
+            || from.node().is_none() && cx.is_local_domain(from.domain().as_str())
     }
 
     /// For a stanza to an account's bare JID on its way to `session`: whether the list that
@@ -248,7 +360,7 @@ impl Privacy {
     /// router asks this for each session it would deliver to.
     pub async fn session_accepts(
         &self,
-        router: &Router,
+        cx: &Ctx<'_>,
         stanza: &Stanza,
         session: &SessionHandle,
     ) -> bool {
@@ -256,14 +368,14 @@ impl Privacy {
             return true;
         };
         let user = bare_str(&session.jid);
-        if Self::exempt(router, from, user) {
+        if Self::exempt(cx, from, user) {
             return true;
         }
-        let Some(list) = self.applicable(router, user, Some(session)).await else {
+        let Some(list) = self.applicable(cx, user, Some(session)).await else {
             return true;
         };
         let kind = kind_of(stanza, false);
-        Self::decide(router, &list, user, kind, from)
+        Self::decide(cx, &list, user, kind, from)
             .await
             .is_none_or(|rule| rule.allow)
     }
@@ -272,25 +384,25 @@ impl Privacy {
     /// presence that go on to the account's sessions, when one of them has an active list.
     /// XEP-0016 §2.2 (business rules) allows no layering: such a session's active list
     /// replaces the default list, so the default must not refuse the stanza for everyone first.
-    fn decided_per_session(router: &Router, stanza: &Stanza, to: &Jid) -> bool {
+    fn decided_per_session(&self, cx: &Ctx<'_>, stanza: &Stanza, to: &Jid) -> bool {
         to.try_as_full().is_err()
             && matches!(kind_of(stanza, false), Kind::Message | Kind::PresenceIn)
-            && router
+            && cx
                 .sessions()
                 .resources(bare_str(to))
                 .iter()
-                .any(|s| s.is_available() && s.active_list().is_some())
+                .any(|s| s.is_available() && self.active_list(s).is_some())
     }
 
     /// The recipient's lists, for a stanza arriving for a local account.
-    pub async fn inbound(&self, router: &Router, stanza: &Stanza, to: &Jid) -> Verdict {
-        let session = to.try_as_full().ok().and_then(|f| router.sessions().get(f));
-        if session.is_none() && Self::decided_per_session(router, stanza, to) {
+    pub async fn inbound(&self, cx: &Ctx<'_>, stanza: &Stanza, to: &Jid) -> Verdict {
+        let session = to.try_as_full().ok().and_then(|f| cx.sessions().get(f));
+        if session.is_none() && self.decided_per_session(cx, stanza, to) {
             // Each session's own list decides ([`Self::session_accepts`]); what none takes
             // meets the default in [`Self::inbound_for_account`].
             return Verdict::Allow;
         }
-        self.check_inbound(router, stanza, bare_str(to), session.as_deref())
+        self.check_inbound(cx, stanza, bare_str(to), session.as_deref())
             .await
     }
 
@@ -298,17 +410,17 @@ impl Privacy {
     /// about to be stored offline).
     pub async fn inbound_for_account(
         &self,
-        router: &Router,
+        cx: &Ctx<'_>,
         stanza: &Stanza,
         user: &BareJid,
     ) -> Verdict {
-        self.check_inbound(router, stanza, user.as_str(), None)
+        self.check_inbound(cx, stanza, user.as_str(), None)
             .await
     }
 
     async fn check_inbound(
         &self,
-        router: &Router,
+        cx: &Ctx<'_>,
         stanza: &Stanza,
         user: &str,
         session: Option<&SessionHandle>,
@@ -316,14 +428,14 @@ impl Privacy {
         let Some(from) = &stanza.from else {
             return Verdict::Allow;
         };
-        if Self::exempt(router, from, user) {
+        if Self::exempt(cx, from, user) {
             return Verdict::Allow;
         }
-        let Some(list) = self.applicable(router, user, session).await else {
+        let Some(list) = self.applicable(cx, user, session).await else {
             return Verdict::Allow;
         };
         let kind = kind_of(stanza, false);
-        match Self::decide(router, &list, user, kind, from).await {
+        match Self::decide(cx, &list, user, kind, from).await {
             Some(rule) if !rule.allow => match stanza.kind {
                 // XEP-0016 §2.13: presence (of any type) vanishes without a word…
                 StanzaKind::Presence => Verdict::Drop,
@@ -342,8 +454,8 @@ impl Privacy {
 }
 
 /// Sends an iq push to the sessions of `user` that `wants` it.
-fn push(router: &Router, user: &BareJid, payload: Element, wants: impl Fn(&SessionHandle) -> bool) {
-    for session in router.sessions().resources(user.as_str()) {
+fn push(cx: &Ctx<'_>, user: &BareJid, payload: Element, wants: impl Fn(&SessionHandle) -> bool) {
+    for session in cx.sessions().resources(user.as_str()) {
         if !wants(&session) {
             continue;
         }
@@ -352,21 +464,21 @@ fn push(router: &Router, user: &BareJid, payload: Element, wants: impl Fn(&Sessi
             .with_attr("id", format!("push-{}", rand::random::<u32>()))
             .with_attr("to", session.jid.as_str())
             .with_child(payload.clone());
-        router.deliver_element(&session, &iq);
+        cx.push(&session, &iq);
     }
 }
 
 /// XEP-0016 §2.2: every connected resource hears that a list changed (by name only).
-fn push_list_name(router: &Router, user: &BareJid, name: &str) {
+fn push_list_name(cx: &Ctx<'_>, user: &BareJid, name: &str) {
     let query =
         Element::new("query", NS).with_child(Element::new("list", NS).with_attr("name", name));
-    push(router, user, query, |_| true);
+    push(cx, user, query, |_| true);
 }
 
 /// The requesting account and session, if the iq is addressed to the requester's own
 /// account (lists are private: anything else is forbidden).
 fn owner_session(
-    router: &Router,
+    cx: &Ctx<'_>,
     target: IqTarget<'_>,
     iq: &Stanza,
 ) -> Result<(BareJid, Option<Arc<SessionHandle>>), StanzaError> {
@@ -378,45 +490,40 @@ fn owner_session(
     let session = from
         .try_as_full()
         .ok()
-        .and_then(|f| router.sessions().get(f));
+        .and_then(|f| cx.sessions().get(f));
     Ok((user, session))
 }
 
 /// Whether `jid` may receive `user`'s presence (a 'from' or 'both' subscription).
-async fn may_see_presence(router: &Router, user: &BareJid, jid: &Jid) -> bool {
-    roster::load_state(router, user, &jid.to_bare())
+async fn may_see_presence(cx: &Ctx<'_>, user: &BareJid, jid: &Jid) -> bool {
+    roster::load_state(cx, user, &jid.to_bare())
         .await
         .is_ok_and(|(_, s)| s.sub.has_from())
 }
 
 /// XEP-0016: the jabber:iq:privacy protocol.
-pub struct PrivacyLists;
+struct PrivacyLists(Arc<Lists>);
 
 #[async_trait]
-impl Module for PrivacyLists {
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[NS]
-    }
-
-    fn server_features(&self) -> &'static [&'static str] {
-        &[NS]
-    }
-
-    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
-        let (user, session) = owner_session(router, target, iq)?;
-        let privacy = router.privacy();
+impl IqHandler for PrivacyLists {
+    async fn handle(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+        let (user, session) = owner_session(cx, target, iq)?;
+        let privacy = &*self.0;
         let query = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
         // A set changes what it loads; nothing below routes, so the lock spans it all.
         let _locked = match iq.stanza_type() {
-            "set" => Some(router.account_locks().lock(&user).await),
+            "set" => Some(cx.account_locks().lock(&user).await),
             _ => None,
         };
-        let lists = privacy.load(router, user.as_str()).await;
+        let lists = privacy.load(cx, user.as_str()).await;
         let mut children = query.children();
         let (first, second) = (children.next(), children.next());
         if iq.stanza_type() == "get" {
             return match (first, second) {
-                (None, _) => Ok(Some(names(&lists, session.as_deref()))),
+                (None, _) => {
+                    let active = session.as_ref().and_then(|s| privacy.active_list(s));
+                    Ok(Some(names(&lists, active)))
+                }
                 (Some(list), None) if list.is("list", NS) => {
                     let name = list.attr("name").unwrap_or_default();
                     let found = lists
@@ -436,8 +543,7 @@ impl Module for PrivacyLists {
         };
         let name = child.attr("name").map(str::to_string);
         let others = || {
-            router
-                .sessions()
+            cx.sessions()
                 .resources(user.as_str())
                 .into_iter()
                 .filter(|s| !session.as_ref().is_some_and(|me| Arc::ptr_eq(s, me)))
@@ -451,7 +557,8 @@ impl Module for PrivacyLists {
                     }
                 }
                 if let Some(s) = &session {
-                    s.set_active_list(name);
+                    let state = privacy.session_state(s);
+                    *state.active.lock().unwrap_or_else(|e| e.into_inner()) = name;
                 }
                 Ok(None)
             }
@@ -460,12 +567,14 @@ impl Module for PrivacyLists {
                     return Err(StanzaErrorCondition::ItemNotFound.into());
                 }
                 // §2.4: not while the default applies to another connected resource.
-                if lists.default.is_some() && others().iter().any(|s| s.active_list().is_none()) {
+                if lists.default.is_some() && others()
+                        .iter()
+                        .any(|s| privacy.active_list(s).is_none()) {
                     return Err(StanzaErrorCondition::Conflict.into());
                 }
                 let mut updated = (*lists).clone();
                 updated.default = name;
-                privacy.save(router, &user, updated).await?;
+                privacy.save(cx, &user, updated).await?;
                 Ok(None)
             }
             "list" if child.children().next().is_none() => {
@@ -474,7 +583,7 @@ impl Module for PrivacyLists {
                     return Err(StanzaErrorCondition::ItemNotFound.into());
                 }
                 // §2.2: a list in use by another resource cannot be removed.
-                let in_use = others().iter().any(|s| match s.active_list() {
+                let in_use = others().iter().any(|s| match privacy.active_list(s) {
                     Some(active) => active == name,
                     None => lists.default.as_deref() == Some(name.as_str()),
                 });
@@ -486,18 +595,18 @@ impl Module for PrivacyLists {
                 if updated.default.as_deref() == Some(name.as_str()) {
                     updated.default = None;
                 }
-                privacy.save(router, &user, updated).await?;
-                push_list_name(router, &user, &name);
+                privacy.save(cx, &user, updated).await?;
+                push_list_name(cx, &user, &name);
                 Ok(None)
             }
             "list" => {
                 let list = PrivacyList::parse(child)?;
-                check_groups(router, &user, &list).await?;
+                check_groups(cx, &user, &list).await?;
                 let name = list.name.clone();
                 let mut updated = (*lists).clone();
                 updated.lists.insert(name.clone(), Arc::new(list));
-                privacy.save(router, &user, updated).await?;
-                push_list_name(router, &user, &name);
+                privacy.save(cx, &user, updated).await?;
+                push_list_name(cx, &user, &name);
                 Ok(None)
             }
             _ => Err(StanzaErrorCondition::BadRequest.into()),
@@ -507,7 +616,7 @@ impl Module for PrivacyLists {
 
 /// §2.1: a group rule must name a group of the user's roster.
 async fn check_groups(
-    router: &Router,
+    cx: &Ctx<'_>,
     user: &BareJid,
     list: &PrivacyList,
 ) -> Result<(), StanzaError> {
@@ -523,7 +632,7 @@ async fn check_groups(
         return Ok(());
     }
     let (username, domain) = account_parts(user);
-    let (_, items) = router
+    let (_, items) = cx
         .storage()
         .roster
         .roster(username, domain)
@@ -538,10 +647,10 @@ async fn check_groups(
     Ok(())
 }
 
-fn names(lists: &AccountLists, session: Option<&SessionHandle>) -> Element {
+fn names(lists: &AccountLists, active_name: Option<String>) -> Element {
     let mut query = Element::new("query", NS);
     let mut active = Element::new("active", NS);
-    if let Some(a) = session.and_then(|s| s.active_list()) {
+    if let Some(a) = active_name {
         active.set_attr("name", a);
     }
     query.push_child(active);
@@ -557,7 +666,7 @@ fn names(lists: &AccountLists, session: Option<&SessionHandle>) -> Element {
 }
 
 /// XEP-0191: the blocking command.
-pub struct Blocking;
+struct Blocking(Arc<Lists>);
 
 fn blocking_items(el: &Element) -> Result<Vec<Jid>, StanzaError> {
     el.children()
@@ -579,18 +688,10 @@ fn item_list(name: &str, jids: &[Jid]) -> Element {
 }
 
 #[async_trait]
-impl Module for Blocking {
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[BLOCKING_NS]
-    }
-
-    fn server_features(&self) -> &'static [&'static str] {
-        &[BLOCKING_NS]
-    }
-
-    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
-        let (user, session) = owner_session(router, target, iq)?;
-        let privacy = router.privacy();
+impl IqHandler for Blocking {
+    async fn handle(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+        let (user, session) = owner_session(cx, target, iq)?;
+        let privacy = &*self.0;
         let payload = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
         let kind = (iq.stanza_type(), payload.name());
         let jids = match kind {
@@ -601,16 +702,21 @@ impl Module for Blocking {
             if jids.is_empty() {
                 return Err(StanzaErrorCondition::BadRequest.into());
             }
-            // §3.3: the blocked entity sees us go offline (while it still may).
+            // §3.3: the blocked entity sees us go offline. It is routed after the block is
+            // saved, so it must pass the user's own (new) lists.
             for jid in &jids {
-                if may_see_presence(router, &user, jid).await {
-                    super::presence::send_unavailable_to(router, &user, &jid.to_bare()).await;
+                if may_see_presence(cx, &user, jid).await {
+                    for el in super::presence::unavailable_from(cx, &user, &jid.to_bare()) {
+                        if let Ok(stanza) = Stanza::parse(el) {
+                            cx.route_past_sender_lists(stanza);
+                        }
+                    }
                 }
             }
         }
         // Held from the load to the save; released before anything is routed.
-        let locked = router.account_locks().lock(&user).await;
-        let lists = privacy.load(router, user.as_str()).await;
+        let locked = cx.account_locks().lock(&user).await;
+        let lists = privacy.load(cx, user.as_str()).await;
         let default = lists
             .default
             .as_ref()
@@ -619,7 +725,8 @@ impl Module for Blocking {
         match kind {
             ("get", "blocklist") => {
                 if let Some(s) = &session {
-                    s.set_blocklist_interested();
+                    let state = privacy.session_state(s);
+                    state.blocklist_interested.store(true, Ordering::Relaxed);
                 }
                 let blocked: Vec<Jid> = default.iter().flat_map(|l| l.blocked().cloned()).collect();
                 Ok(Some(item_list("blocklist", &blocked)))
@@ -639,14 +746,14 @@ impl Module for Blocking {
                 list.block(&jids);
                 updated.lists.insert(name.clone(), Arc::new(list));
                 updated.default = Some(name.clone());
-                privacy.save(router, &user, updated).await?;
+                privacy.save(cx, &user, updated).await?;
                 push(
-                    router,
+                    cx,
                     &user,
                     item_list("block", &jids),
-                    SessionHandle::is_blocklist_interested,
+                    |s| privacy.blocklist_interested(s),
                 );
-                push_list_name(router, &user, &name);
+                push_list_name(cx, &user, &name);
                 Ok(None)
             }
             ("set", "unblock") => {
@@ -663,19 +770,19 @@ impl Module for Blocking {
                 let name = list.name.clone();
                 let mut updated = (*lists).clone();
                 updated.lists.insert(name.clone(), Arc::new(list));
-                privacy.save(router, &user, updated).await?;
+                privacy.save(cx, &user, updated).await?;
                 push(
-                    router,
+                    cx,
                     &user,
                     item_list("unblock", &jids),
-                    SessionHandle::is_blocklist_interested,
+                    |s| privacy.blocklist_interested(s),
                 );
-                push_list_name(router, &user, &name);
+                push_list_name(cx, &user, &name);
                 drop(locked);
                 // §3.4: those who may see our presence get it again.
                 for jid in &unblocked {
-                    if may_see_presence(router, &user, jid).await {
-                        super::presence::send_current_to(router, &user, &jid.to_bare()).await;
+                    if may_see_presence(cx, &user, jid).await {
+                        super::presence::send_current_to(cx, &user, &jid.to_bare());
                     }
                 }
                 Ok(None)

@@ -1,13 +1,19 @@
 //! In-band registration (XEP-0077) for logged-in users: change the password, or delete the
 //! account with everything stored for it.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use xmppd_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
 
-use super::{account_parts, storage_error};
-use crate::modules::{IqResult, IqTarget, Module};
-use crate::router::{Kick, Router};
-use crate::sasl::credentials;
+use super::{account_parts, storage_error, NoConfig};
+use crate::registry::{
+    Ctx, Event, IqHandler, IqResult, IqTarget, Module, On, PreAuthIq, Registry, Stage,
+};
+use crate::router::Kick;
+use crate::sasl::{credentials, AuthThrottle};
 
 pub const NS: &str = "jabber:iq:register";
 /// Stream feature advertising in-band registration (XEP-0077 §4).
@@ -15,7 +21,7 @@ pub const FEATURE: &str = "http://jabber.org/features/iq-register";
 
 /// Fresh SCRAM keys for a password, computed off the async workers.
 async fn derive_account(
-    router: &Router,
+    cx: &Ctx<'_>,
     username: &str,
     domain: &str,
     password: String,
@@ -23,7 +29,7 @@ async fn derive_account(
     let (u, d, iterations) = (
         username.to_string(),
         domain.to_string(),
-        router.scram_iterations(),
+        cx.config().sasl.scram_iterations,
     );
     tokio::task::spawn_blocking(move || credentials::new_account(&u, &d, &password, iterations))
         .await
@@ -32,14 +38,51 @@ async fn derive_account(
         .ok_or_else(|| StanzaError::new(StanzaErrorCondition::NotAcceptable))
 }
 
+pub struct Register {
+    /// Counts successful in-band registrations per address.
+    registrations: AuthThrottle,
+}
+
+impl Module for Register {
+    const NAME: &'static str = "register";
+    type Config = NoConfig;
+
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        let im = &r.server_config().im;
+        let open = im.allow_registration;
+        let module = Arc::new(Register {
+            registrations: AuthThrottle::new(
+                im.registrations_per_ip_per_hour,
+                Duration::from_secs(3600),
+            ),
+        });
+        r.iq(On::Server, NS, "query", module.clone());
+        r.disco_feature(On::Server, NS);
+        if open {
+            r.pre_auth_iq(NS, "query", module);
+            r.stream_feature(
+                Stage::PreAuth,
+                Box::new(|_| Some(Element::new("register", FEATURE))),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// XEP-0077 §3.1: registration of a new account by a client that has not logged in.
-/// `throttle` limits successful registrations per address.
-pub async fn register_new(
-    router: &Router,
+#[async_trait]
+impl PreAuthIq for Register {
+    async fn handle(&self, cx: &mut Ctx<'_>, domain: &str, ip: IpAddr, iq: &Stanza) -> IqResult {
+        register_new(cx, domain, iq, ip, &self.registrations).await
+    }
+}
+
+async fn register_new(
+    cx: &Ctx<'_>,
     domain: &str,
     iq: &Stanza,
-    ip: std::net::IpAddr,
-    throttle: &crate::sasl::AuthThrottle,
+    ip: IpAddr,
+    throttle: &AuthThrottle,
 ) -> IqResult {
     let query = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
     if iq.stanza_type() == "get" {
@@ -72,8 +115,8 @@ pub async fn register_new(
             .with_text("too many registrations from your address; try later"));
     }
     let (username, domain) = account_parts(&bare);
-    let account = derive_account(router, username, domain, password).await?;
-    let created = router
+    let account = derive_account(cx, username, domain, password).await?;
+    let created = cx
         .storage()
         .accounts
         .create(&account)
@@ -87,22 +130,12 @@ pub async fn register_new(
     Ok(None)
 }
 
-pub struct Register;
-
 #[async_trait]
-impl Module for Register {
-    fn server_namespaces(&self) -> &'static [&'static str] {
-        &[NS]
-    }
-
-    fn server_features(&self) -> &'static [&'static str] {
-        &[NS]
-    }
-
-    async fn handle_iq(&self, router: &Router, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
+impl IqHandler for Register {
+    async fn handle(&self, cx: &mut Ctx<'_>, _: IqTarget<'_>, iq: &Stanza) -> IqResult {
         let from = iq.from.as_ref().ok_or(StanzaErrorCondition::Forbidden)?;
         let user = from.to_bare();
-        if !router.is_local_domain(user.domain().as_str()) || user.node().is_none() {
+        if !cx.is_local_domain(user.domain().as_str()) || user.node().is_none() {
             return Err(StanzaErrorCondition::Forbidden.into());
         }
         let (username, domain) = account_parts(&user);
@@ -117,7 +150,7 @@ impl Module for Register {
             ));
         }
         if query.has_child("remove", NS) {
-            delete_account(router, &user).await?;
+            delete_account(cx, &user).await?;
             tracing::info!(account = %user, "account deleted in-band");
             return Ok(None);
         }
@@ -134,9 +167,8 @@ impl Module for Register {
         if password.is_empty() {
             return Err(StanzaErrorCondition::NotAcceptable.into());
         }
-        let account = derive_account(router, username, domain, password).await?;
-        router
-            .storage()
+        let account = derive_account(cx, username, domain, password).await?;
+        cx.storage()
             .accounts
             .set_credentials(&account)
             .await
@@ -147,20 +179,19 @@ impl Module for Register {
 }
 
 /// Deletes an account and everything it owns (XEP-0077 §3.2, and `xmppd user del` through
-/// the admin socket). Contacts are unsubscribed first, while the roster still says who they
-/// are; then the data goes, the server forgets what it cached, and the sessions end.
-pub async fn delete_account(router: &Router, user: &BareJid) -> Result<(), StanzaError> {
+/// the admin socket). The modules clean up first, while the data is still there (the roster
+/// module unsubscribes the contacts); then the data goes, the modules forget what they
+/// cached, and the sessions end.
+pub async fn delete_account(cx: &mut Ctx<'_>, user: &BareJid) -> Result<(), StanzaError> {
     let (username, domain) = account_parts(user);
-    super::roster::remove_all(router, user).await?;
-    router
-        .storage()
+    cx.fire(Event::AccountRemoving(user)).await;
+    cx.storage()
         .accounts
         .delete(username, domain)
         .await
         .map_err(storage_error)?;
-    router.privacy().forget(user);
-    router.avatars().forget(user);
-    for session in router.sessions().resources(user.as_str()) {
+    cx.fire(Event::AccountRemoved(user)).await;
+    for session in cx.sessions().resources(user.as_str()) {
         session.kick(Kick::AccountRemoved);
     }
     Ok(())

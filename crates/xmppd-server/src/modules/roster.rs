@@ -1,5 +1,7 @@
 //! Roster management (RFC 6121 §2): get with versioning, set, remove, and pushes.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -7,9 +9,11 @@ use xmppd_core::{ns, BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCond
 use xmppd_storage::RosterItem;
 
 use super::subscription::{Kind, State, Sub};
-use super::{account_parts, storage_error};
-use crate::modules::{IqResult, IqTarget, Module};
-use crate::router::Router;
+use super::{account_parts, storage_error, NoConfig};
+use crate::registry::{
+    Ctx, Event, EventHandler, EventKind, Handled, IqHandler, IqResult, IqTarget, Module, On,
+    Registry, Stage,
+};
 
 pub const NS: &str = "jabber:iq:roster";
 /// RFC 6121 §2.6.1 stream feature for roster versioning.
@@ -24,12 +28,12 @@ const MAX_GROUPS: usize = 64;
 
 /// The subscription state of `contact` in `user`'s roster, with the item if there is one.
 pub async fn load_state(
-    router: &Router,
+    cx: &Ctx<'_>,
     user: &BareJid,
     contact: &BareJid,
 ) -> Result<(Option<RosterItem>, State), StanzaError> {
     let (username, domain) = account_parts(user);
-    let store = &router.storage().roster;
+    let store = &cx.storage().roster;
     let item = store
         .item(username, domain, contact.as_str())
         .await
@@ -56,7 +60,7 @@ pub async fn load_state(
 /// Persists a subscription change of an item (creating it when the state calls for one) and
 /// pushes it to the interested resources.
 pub async fn save_state(
-    router: &Router,
+    cx: &Ctx<'_>,
     user: &BareJid,
     contact: &BareJid,
     item: Option<RosterItem>,
@@ -64,7 +68,7 @@ pub async fn save_state(
     after: State,
 ) -> Result<(), StanzaError> {
     let (username, domain) = account_parts(user);
-    let store = &router.storage().roster;
+    let store = &cx.storage().roster;
     if before.pending_in && !after.pending_in {
         store
             .remove_request(username, domain, contact.as_str())
@@ -87,7 +91,7 @@ pub async fn save_state(
         .put(username, domain, &item)
         .await
         .map_err(storage_error)?;
-    push(router, user, item_element(&item), version);
+    push(cx, user, item_element(&item), version);
     Ok(())
 }
 
@@ -112,11 +116,11 @@ pub fn item_element(item: &RosterItem) -> Element {
 }
 
 /// Sends a roster push (RFC 6121 §2.1.6) to every interested resource of `user`.
-pub fn push(router: &Router, user: &BareJid, item: Element, version: i64) {
+pub fn push(cx: &Ctx<'_>, user: &BareJid, item: Element, version: i64) {
     let query = Element::new("query", NS)
         .with_attr("ver", version.to_string())
         .with_child(item);
-    for session in router.sessions().resources(user.as_str()) {
+    for session in cx.sessions().resources(user.as_str()) {
         if !session.is_interested() {
             continue;
         }
@@ -130,19 +134,35 @@ pub fn push(router: &Router, user: &BareJid, item: Element, version: i64) {
             .with_attr("id", format!("push-{id}"))
             .with_attr("to", session.jid.as_str())
             .with_child(query.clone());
-        router.deliver_element(&session, &iq);
+        cx.push(&session, &iq);
     }
 }
 
 pub struct Roster;
 
-#[async_trait]
 impl Module for Roster {
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[NS]
-    }
+    const NAME: &'static str = "roster";
+    type Config = NoConfig;
 
-    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        r.iq(On::Account, NS, "query", Arc::new(Roster));
+        // RFC 6121 §2.6.1 and §3.4: versioning and pre-approval are stream features.
+        r.stream_feature(
+            Stage::PostAuth,
+            Box::new(|_| Some(Element::new("ver", VERSIONING_FEATURE))),
+        );
+        r.stream_feature(
+            Stage::PostAuth,
+            Box::new(|_| Some(Element::new("sub", PRE_APPROVAL_FEATURE))),
+        );
+        r.on(EventKind::AccountRemoving, 0, Arc::new(Roster));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl IqHandler for Roster {
+    async fn handle(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
         let IqTarget::Account(user) = target else {
             return Err(StanzaErrorCondition::ServiceUnavailable.into());
         };
@@ -153,20 +173,34 @@ impl Module for Roster {
         }
         let query = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
         match iq.stanza_type() {
-            "get" => get(router, user, from, query).await,
-            _ => set(router, user, query).await,
+            "get" => get(cx, user, from, query).await,
+            _ => set(cx, user, query).await,
         }
     }
 }
 
-async fn get(router: &Router, user: &BareJid, from: &Jid, query: &Element) -> IqResult {
+/// An account being deleted: every contact is removed, so they are told (unavailable,
+/// unsubscribe, unsubscribed) and their own rosters follow.
+#[async_trait]
+impl EventHandler for Roster {
+    async fn on(&self, cx: &mut Ctx<'_>, event: &Event<'_>) -> Handled {
+        if let Event::AccountRemoving(user) = event {
+            if let Err(e) = remove_all(cx, user).await {
+                tracing::warn!(account = %user, error = ?e, "contacts not unsubscribed");
+            }
+        }
+        Handled::Continue
+    }
+}
+
+async fn get(cx: &Ctx<'_>, user: &BareJid, from: &Jid, query: &Element) -> IqResult {
     if let Ok(full) = from.try_as_full() {
-        if let Some(session) = router.sessions().get(full) {
+        if let Some(session) = cx.sessions().get(full) {
             session.set_interested();
         }
     }
     let (username, domain) = account_parts(user);
-    let (version, items) = router
+    let (version, items) = cx
         .storage()
         .roster
         .roster(username, domain)
@@ -201,10 +235,10 @@ fn parse_set_item(query: &Element) -> Result<(BareJid, &Element), StanzaError> {
     Ok((jid.to_bare(), item))
 }
 
-async fn set(router: &Router, user: &BareJid, query: &Element) -> IqResult {
+async fn set(cx: &mut Ctx<'_>, user: &BareJid, query: &Element) -> IqResult {
     let (contact, item_el) = parse_set_item(query)?;
     if item_el.attr("subscription") == Some("remove") {
-        remove(router, user, &contact).await?;
+        remove(cx, user, &contact).await?;
         return Ok(None);
     }
     let name = item_el.attr("name").map(str::to_string);
@@ -230,8 +264,8 @@ async fn set(router: &Router, user: &BareJid, query: &Element) -> IqResult {
         return Err(not_acceptable("too many groups"));
     }
     let (username, domain) = account_parts(user);
-    let store = &router.storage().roster;
-    let _locked = router.account_locks().lock(user).await;
+    let store = &cx.storage().roster;
+    let _locked = cx.account_locks().lock(user).await;
     // The subscription attribute of a set is ignored: only presence changes subscriptions.
     let mut item = match store
         .item(username, domain, contact.as_str())
@@ -241,7 +275,7 @@ async fn set(router: &Router, user: &BareJid, query: &Element) -> IqResult {
         Some(existing) => existing,
         None => {
             let count = store.count(username, domain).await.map_err(storage_error)?;
-            if count >= router.limits().max_roster_items {
+            if count >= cx.limits().max_roster_items {
                 return Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint)
                     .with_text("roster is full"));
             }
@@ -258,15 +292,14 @@ async fn set(router: &Router, user: &BareJid, query: &Element) -> IqResult {
         .put(username, domain, &item)
         .await
         .map_err(storage_error)?;
-    push(router, user, item_element(&item), version);
+    push(cx, user, item_element(&item), version);
     Ok(None)
 }
 
-/// Removes every contact of an account being deleted, so they are told (unavailable,
-/// unsubscribe, unsubscribed) and their own rosters follow.
-pub async fn remove_all(router: &Router, user: &BareJid) -> Result<(), StanzaError> {
+/// Removes every contact of an account.
+async fn remove_all(cx: &mut Ctx<'_>, user: &BareJid) -> Result<(), StanzaError> {
     let (username, domain) = account_parts(user);
-    let (_, items) = router
+    let (_, items) = cx
         .storage()
         .roster
         .roster(username, domain)
@@ -274,21 +307,21 @@ pub async fn remove_all(router: &Router, user: &BareJid) -> Result<(), StanzaErr
         .map_err(storage_error)?;
     for item in items.iter() {
         if let Ok(contact) = BareJid::new(&item.contact) {
-            remove(router, user, &contact).await?;
+            remove(cx, user, &contact).await?;
         }
     }
     Ok(())
 }
 
 /// §2.5: removing an item also cancels both directions of the subscription.
-async fn remove(router: &Router, user: &BareJid, contact: &BareJid) -> Result<(), StanzaError> {
-    let locked = router.account_locks().lock(user).await;
-    let (item, state) = load_state(router, user, contact).await?;
+async fn remove(cx: &mut Ctx<'_>, user: &BareJid, contact: &BareJid) -> Result<(), StanzaError> {
+    let locked = cx.account_locks().lock(user).await;
+    let (item, state) = load_state(cx, user, contact).await?;
     if item.is_none() {
         return Err(StanzaErrorCondition::ItemNotFound.into());
     }
     let (username, domain) = account_parts(user);
-    let store = &router.storage().roster;
+    let store = &cx.storage().roster;
     if state.pending_in {
         store
             .remove_request(username, domain, contact.as_str())
@@ -302,14 +335,14 @@ async fn remove(router: &Router, user: &BareJid, contact: &BareJid) -> Result<()
     let removed = Element::new("item", NS)
         .with_attr("jid", contact.as_str())
         .with_attr("subscription", "remove");
-    push(router, user, removed, version);
+    push(cx, user, removed, version);
     drop(locked);
     if state.sub.has_to() || state.ask {
-        super::presence::send_subscription(router, user, contact, Kind::Unsubscribe).await;
+        super::presence::send_subscription(cx, user, contact, Kind::Unsubscribe);
     }
     if state.sub.has_from() || state.pending_in {
-        super::presence::send_subscription(router, user, contact, Kind::Unsubscribed).await;
-        super::presence::send_unavailable_to(router, user, contact).await;
+        super::presence::send_subscription(cx, user, contact, Kind::Unsubscribed);
+        super::presence::send_unavailable_to(cx, user, contact);
     }
     Ok(())
 }

@@ -1,21 +1,22 @@
 //! Last Activity (XEP-0012): the server's uptime and when an account was last online.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use xmppd_core::{BareJid, Element, Stanza, StanzaErrorCondition};
 
-use super::{account_parts, roster, storage_error};
-use crate::modules::{IqResult, IqTarget, Module};
-use crate::router::Router;
+use super::{account_parts, roster, storage_error, NoConfig};
+use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
 use crate::time::unix_now;
 
 pub const NS: &str = "jabber:iq:last";
 const AREA: &str = "last";
 
 /// Remembers when the last resource of `user` went offline, and its status.
-pub async fn record_logout(router: &Router, user: &BareJid, status: &str) {
+pub async fn record_logout(cx: &Ctx<'_>, user: &BareJid, status: &str) {
     let (username, domain) = account_parts(user);
     let value = format!("{}\n{status}", unix_now());
-    if let Err(e) = router
+    if let Err(e) = cx
         .storage()
         .data
         .put(username, domain, AREA, "", &value)
@@ -35,38 +36,35 @@ fn query(seconds: i64, status: &str) -> Element {
 
 pub struct LastActivity;
 
-#[async_trait]
 impl Module for LastActivity {
-    fn server_namespaces(&self) -> &'static [&'static str] {
-        &[NS]
-    }
+    const NAME: &'static str = "last";
+    type Config = NoConfig;
 
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[NS]
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        for on in [On::Server, On::Account] {
+            r.iq(on, NS, "query", Arc::new(LastActivity));
+            r.disco_feature(on, NS);
+        }
+        Ok(())
     }
+}
 
-    fn server_features(&self) -> &'static [&'static str] {
-        &[NS]
-    }
-
-    fn account_features(&self) -> &'static [&'static str] {
-        &[NS]
-    }
-
-    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+#[async_trait]
+impl IqHandler for LastActivity {
+    async fn handle(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
         if iq.stanza_type() != "get" {
             return Err(StanzaErrorCondition::BadRequest.into());
         }
         let user = match target {
             // §6: for a server, the time since it started.
-            IqTarget::Server(_) => return Ok(Some(query(router.uptime_secs(), ""))),
+            IqTarget::Server(_) => return Ok(Some(query(cx.uptime_secs(), ""))),
             IqTarget::Account(user) => user,
         };
         let requester = iq.from.as_ref().map(|f| f.to_bare());
         let allowed = match &requester {
             Some(r) if r == user => true,
             // §4: only contacts subscribed to the user's presence may ask.
-            Some(r) => roster::load_state(router, user, r)
+            Some(r) => roster::load_state(cx, user, r)
                 .await
                 .map(|(_, s)| s.sub.has_from())
                 .unwrap_or(false),
@@ -75,7 +73,7 @@ impl Module for LastActivity {
         if !allowed {
             return Err(StanzaErrorCondition::Forbidden.into());
         }
-        if router
+        if cx
             .sessions()
             .resources(user.as_str())
             .iter()
@@ -84,7 +82,7 @@ impl Module for LastActivity {
             return Ok(Some(query(0, "")));
         }
         let (username, domain) = account_parts(user);
-        let stored = router
+        let stored = cx
             .storage()
             .data
             .get(username, domain, AREA, "")

@@ -1,24 +1,31 @@
 //! Private XML storage (XEP-0049).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use xmppd_core::{Element, Stanza, StanzaError, StanzaErrorCondition};
 
-use super::{account_parts, from_owner, storage_error};
-use crate::modules::{IqResult, IqTarget, Module};
-use crate::router::Router;
+use super::{account_parts, from_owner, storage_error, NoConfig};
+use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
 
 pub const NS: &str = "jabber:iq:private";
 const AREA: &str = "private";
 
 pub struct Private;
 
-#[async_trait]
 impl Module for Private {
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[NS]
-    }
+    const NAME: &'static str = "private";
+    type Config = NoConfig;
 
-    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        r.iq(On::Account, NS, "query", Arc::new(Private));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl IqHandler for Private {
+    async fn handle(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
         let IqTarget::Account(user) = target else {
             return Err(StanzaErrorCondition::ServiceUnavailable.into());
         };
@@ -38,7 +45,7 @@ impl Module for Private {
         }
         let key = format!("{{{}}}{}", item.ns(), item.name());
         let (username, domain) = account_parts(user);
-        let data = &router.storage().data;
+        let data = &cx.storage().data;
         if iq.stanza_type() == "get" {
             let stored = data
                 .get(username, domain, AREA, &key)
@@ -50,7 +57,7 @@ impl Module for Private {
             return Ok(Some(Element::new("query", NS).with_child(found)));
         }
         let text = item.to_xml_in(item.ns());
-        if text.len() > router.limits().max_document_size {
+        if text.len() > cx.limits().max_document_size {
             return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
                 .with_text("private XML too large"));
         }

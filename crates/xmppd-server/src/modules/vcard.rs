@@ -1,14 +1,18 @@
 //! vcard-temp (XEP-0054) and the vCard avatar hash in presence (XEP-0153).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use base64::Engine;
 use sha1::Digest;
 use xmppd_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
 use xmppd_storage::CacheMap;
 
-use super::{account_parts, from_owner, storage_error};
-use crate::modules::{IqResult, IqTarget, Module};
-use crate::router::Router;
+use super::{account_parts, from_owner, storage_error, NoConfig};
+use crate::registry::{
+    Ctx, Event, EventHandler, EventKind, Handled, IqHandler, IqResult, IqTarget, Module, On,
+    PresenceAmender, Registry,
+};
 
 pub const NS: &str = "vcard-temp";
 const UPDATE_NS: &str = "vcard-temp:x:update";
@@ -36,7 +40,7 @@ fn avatar_hash(vcard: &Element) -> String {
 }
 
 /// The avatar hash of each account seen, so that presence does not read storage.
-pub struct AvatarHashes {
+struct AvatarHashes {
     known: CacheMap<BareJid, Option<String>>,
 }
 
@@ -52,13 +56,13 @@ impl Default for AvatarHashes {
 }
 
 impl AvatarHashes {
-    async fn get(&self, router: &Router, user: &BareJid) -> Option<String> {
+    async fn get(&self, cx: &Ctx<'_>, user: &BareJid) -> Option<String> {
         let miss = match self.known.lookup(user) {
             Ok(found) => return found,
             Err(miss) => miss,
         };
         let (username, domain) = account_parts(user);
-        let stored = router
+        let stored = cx
             .storage()
             .data
             .get(username, domain, AREA, HASH_KEY)
@@ -67,62 +71,84 @@ impl AvatarHashes {
         self.known.fill(user.clone(), hash.clone(), miss);
         hash
     }
-
-    /// Forgets an account (deleted).
-    pub fn forget(&self, user: &BareJid) {
-        self.known.forget(user);
-    }
 }
 
 /// XEP-0398 §5: the server puts the hash of the stored vCard photo into the user's presence
 /// when the client left it out (no `<x/>`, or one without `<photo/>`), and corrects a stale
 /// one, so contacts never see an outdated avatar. An explicit empty `<photo/>` is the
 /// client's own statement and is left alone.
-pub async fn stamp_avatar_hash(router: &Router, user: &BareJid, presence: &mut Element) {
-    let photo = presence
-        .get_child("x", UPDATE_NS)
-        .and_then(|x| x.get_child("photo", UPDATE_NS));
-    if photo.is_some_and(|p| p.text().trim().is_empty()) {
-        return;
+#[async_trait]
+impl PresenceAmender for VCard {
+    async fn amend(&self, cx: &Ctx<'_>, user: &BareJid, presence: &mut Element) {
+        let photo = presence
+            .get_child("x", UPDATE_NS)
+            .and_then(|x| x.get_child("photo", UPDATE_NS));
+        if photo.is_some_and(|p| p.text().trim().is_empty()) {
+            return;
+        }
+        let Some(hash) = self.avatars.get(cx, user).await else {
+            return;
+        };
+        presence.remove_children("x", UPDATE_NS);
+        let mut photo = Element::new("photo", UPDATE_NS);
+        if !hash.is_empty() {
+            photo.push_text(hash);
+        }
+        presence.push_child(Element::new("x", UPDATE_NS).with_child(photo));
     }
-    let Some(hash) = router.avatars().get(router, user).await else {
-        return;
-    };
-    presence.remove_children("x", UPDATE_NS);
-    let mut photo = Element::new("photo", UPDATE_NS);
-    if !hash.is_empty() {
-        photo.push_text(hash);
-    }
-    presence.push_child(Element::new("x", UPDATE_NS).with_child(photo));
 }
 
-pub struct VCard;
+pub struct VCard {
+    avatars: AvatarHashes,
+}
+
+impl Module for VCard {
+    const NAME: &'static str = "vcard";
+    type Config = NoConfig;
+
+    fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        let module = Arc::new(VCard {
+            avatars: AvatarHashes::default(),
+        });
+        r.iq(On::Account, NS, "vCard", module.clone());
+        r.disco_feature(On::Server, NS);
+        r.amend_presence(module.clone());
+        r.on(EventKind::AccountRemoved, 0, module);
+        Ok(())
+    }
+}
 
 #[async_trait]
-impl Module for VCard {
-    fn account_namespaces(&self) -> &'static [&'static str] {
-        &[NS]
+impl EventHandler for VCard {
+    async fn on(&self, _: &mut Ctx<'_>, event: &Event<'_>) -> Handled {
+        if let Event::AccountRemoved(user) = event {
+            self.avatars.known.forget(*user);
+        }
+        Handled::Continue
     }
+}
 
-    fn server_features(&self) -> &'static [&'static str] {
-        &[NS]
-    }
-
-    async fn handle_iq(&self, router: &Router, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+#[async_trait]
+impl IqHandler for VCard {
+    async fn handle(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
         let IqTarget::Account(user) = target else {
             return Err(StanzaErrorCondition::ServiceUnavailable.into());
         };
         let (username, domain) = account_parts(user);
-        let data = &router.storage().data;
+        let data = &cx.storage().data;
         if iq.stanza_type() == "get" {
-            // Anyone may read a vCard; an account without one has an empty one (§3.1).
             let stored = data
                 .get(username, domain, AREA, "")
                 .await
                 .map_err(storage_error)?;
-            let vcard = stored
-                .and_then(|text| xmppd_xml::parse_fragment(&text, NS))
-                .unwrap_or_else(|| Element::new("vCard", NS));
+            let vcard = match stored.and_then(|text| xmppd_xml::parse_fragment(&text, NS)) {
+                Some(vcard) => vcard,
+                // One's own missing vCard is an empty one (§3.1)…
+                None if from_owner(iq, user) => Element::new("vCard", NS),
+                // …another's is service-unavailable, the same answer as for an account that
+                // does not exist, so nobody learns which accounts exist (§3.3).
+                None => return Err(StanzaErrorCondition::ServiceUnavailable.into()),
+            };
             return Ok(Some(vcard));
         }
         if !from_owner(iq, user) {
@@ -130,7 +156,7 @@ impl Module for VCard {
         }
         let vcard = iq.iq_payload().ok_or(StanzaErrorCondition::BadRequest)?;
         let text = vcard.to_xml_in(NS);
-        if text.len() > router.limits().max_document_size {
+        if text.len() > cx.limits().max_document_size {
             return Err(
                 StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("vCard too large")
             );
@@ -142,7 +168,7 @@ impl Module for VCard {
         data.put(username, domain, AREA, HASH_KEY, &hash)
             .await
             .map_err(storage_error)?;
-        router.avatars().known.store(user.clone(), Some(hash));
+        self.avatars.known.store(user.clone(), Some(hash));
         Ok(None)
     }
 }

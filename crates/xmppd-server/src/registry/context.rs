@@ -1,0 +1,163 @@
+//! What a module's handler sees of the server: storage, the session table, configuration,
+//! queues of local sessions, and a list of effects (stanzas to route, replies) that the
+//! router applies once the handler has returned.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use xmppd_core::{BareJid, Element, Jid, Stanza, StanzaError};
+use xmppd_storage::Storage;
+
+use super::{Event, Handled, Hooks, Point, Verdict};
+use crate::config::{Config, ImConfig};
+use crate::router::{AccountLocks, Router, SessionHandle, SessionTable};
+
+/// A deferred action, applied by the router after the handler that asked for it.
+pub enum Effect {
+    /// Route a stanza as if a sender had sent it (filters included).
+    Route(Stanza),
+    /// Route a stanza without the [`Point::Outbound`] filters.
+    RoutePastSenderLists(Stanza),
+    /// Deliver a reply the server generated (errors, results), bypassing filters.
+    Reply(Element),
+}
+
+/// A handler's view of the server (see the module docs).
+pub struct Ctx<'a> {
+    router: &'a Router,
+    effects: Vec<Effect>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(router: &'a Router) -> Self {
+        Ctx {
+            router,
+            effects: Vec::new(),
+        }
+    }
+
+    pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn storage(&self) -> &'a Storage {
+        self.router.storage()
+    }
+
+    pub fn sessions(&self) -> &'a SessionTable {
+        self.router.sessions()
+    }
+
+    pub fn config(&self) -> &'a Config {
+        self.router.config()
+    }
+
+    /// Per-account limits of the IM services.
+    pub fn limits(&self) -> &'a ImConfig {
+        &self.router.config().im
+    }
+
+    pub fn hooks(&self) -> &'a Hooks {
+        self.router.hooks()
+    }
+
+    /// Serialises changes to each account's stored state: hold it from load to save.
+    pub fn account_locks(&self) -> &'a AccountLocks {
+        self.router.account_locks()
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.router.is_local_domain(domain)
+    }
+
+    pub fn uptime_secs(&self) -> i64 {
+        self.router.uptime_secs()
+    }
+
+    pub async fn account_exists(&self, bare: &BareJid) -> bool {
+        self.router.account_exists(bare).await
+    }
+
+    /// Routes `stanza` once the handler has returned.
+    pub fn route(&mut self, stanza: Stanza) {
+        self.effects.push(Effect::Route(stanza));
+    }
+
+    /// Routes a stanza the server sends on a user's behalf that the user's own lists must
+    /// not stop: the unavailable presence a newly blocked contact receives (XEP-0191 §3.3),
+    /// routed after the block was saved. The recipient's filters still apply.
+    pub fn route_past_sender_lists(&mut self, stanza: Stanza) {
+        self.effects.push(Effect::RoutePastSenderLists(stanza));
+    }
+
+    /// Routes a server-built element (dropped if it is not a valid stanza).
+    pub fn route_element(&mut self, el: Element) {
+        if let Ok(stanza) = Stanza::parse(el) {
+            self.route(stanza);
+        }
+    }
+
+    /// Sends the error reply for `stanza` back to its sender (never for an error stanza).
+    pub fn bounce(&mut self, stanza: &Stanza, error: StanzaError) {
+        if let Some(reply) = stanza.error_reply(&error) {
+            self.effects.push(Effect::Reply(reply));
+        }
+    }
+
+    /// Sends a server-generated reply to its `to`.
+    pub fn reply(&mut self, reply: Element) {
+        self.effects.push(Effect::Reply(reply));
+    }
+
+    /// Queues an element the server generated for one session, without filters: pushes
+    /// (roster, privacy) and answers to the session itself.
+    pub fn push(&self, session: &SessionHandle, el: &Element) {
+        self.router.deliver_bytes(session, crate::router::encode(el));
+    }
+
+    /// Queues bytes for one session, without filters.
+    pub fn push_bytes(&self, session: &SessionHandle, data: Bytes) {
+        self.router.deliver_bytes(session, data);
+    }
+
+    /// Queues a stanza addressed to `to` (the session's full JID or its account's bare JID)
+    /// for one session, after the [`Point::Deliver`] filters (privacy, CSI). Returns
+    /// whether it was queued (or held back by a filter for later).
+    pub async fn deliver(&self, session: &Arc<SessionHandle>, stanza: &Stanza, to: &Jid) -> bool {
+        self.deliver_encoded(session, stanza, to, None).await
+    }
+
+    /// [`Ctx::deliver`] with the bytes already serialised, for fan-out to several sessions.
+    pub async fn deliver_encoded(
+        &self,
+        session: &Arc<SessionHandle>,
+        stanza: &Stanza,
+        to: &Jid,
+        data: Option<&Bytes>,
+    ) -> bool {
+        for filter in self.hooks().filters(Point::Deliver) {
+            match filter.check(self, stanza, to, Point::Deliver, Some(session)).await {
+                Verdict::Allow => {}
+                Verdict::Held => return true,
+                Verdict::Drop | Verdict::Reject(_) => return false,
+            }
+        }
+        let data = match data {
+            Some(d) => d.clone(),
+            None => crate::router::encode(stanza.element()),
+        };
+        self.router.deliver_bytes(session, data);
+        true
+    }
+
+    /// Runs the handlers of `event` in priority order; `Stop` if one of them stopped it.
+    pub async fn fire(&mut self, event: Event<'_>) -> Handled {
+        let hooks = self.hooks();
+        for handler in hooks.handlers(event.kind()) {
+            if handler.on(self, &event).await == Handled::Stop {
+                return Handled::Stop;
+            }
+        }
+        Handled::Continue
+    }
+}
