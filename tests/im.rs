@@ -650,6 +650,7 @@ async fn disco_lists_exactly_the_implemented_features() {
             "jabber:iq:register",
             "jabber:iq:version",
             "urn:xmpp:blocking",
+            "urn:xmpp:carbons:2",
             "urn:xmpp:ping",
             "urn:xmpp:time",
             "vcard-temp",
