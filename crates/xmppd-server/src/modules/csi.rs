@@ -14,9 +14,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use xmppd_core::{ns, Element, Jid, Stanza, StanzaKind};
 
-use crate::registry::{
-    Ctx, ExtKey, Filter, Module, Nonza, Point, Registry, Stage, Verdict,
-};
+use crate::registry::{Ctx, ExtKey, Filter, Module, Nonza, Point, Registry, Stage, Verdict};
 use crate::router::SessionHandle;
 
 pub const NS: &str = "urn:xmpp:csi:0";
@@ -183,9 +181,8 @@ mod tests {
         assert!(!only_chat_state(&with_body));
         let carbon = |inner: &Element| {
             Element::new("message", ns::CLIENT).with_child(
-                Element::new("received", CARBONS).with_child(
-                    Element::new("forwarded", FORWARD).with_child(inner.clone()),
-                ),
+                Element::new("received", CARBONS)
+                    .with_child(Element::new("forwarded", FORWARD).with_child(inner.clone())),
             )
         };
         assert!(only_chat_state(&carbon(&chat_state)));

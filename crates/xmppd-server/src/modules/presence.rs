@@ -64,7 +64,7 @@ impl Module for Presence {
 impl StanzaHandler for Presence {
     async fn handle(&self, cx: &mut Ctx<'_>, stanza: Stanza, via: Via<'_>) {
         match via {
-            Via::Session(session) => self.from_client(cx, session, stanza).await,
+            Via::Session(session) => self.sent_by_session(cx, session, stanza).await,
             Via::Account(to) => inbound(cx, stanza, to).await,
         }
     }
@@ -142,7 +142,12 @@ fn known_type(kind: &str) -> bool {
 
 impl Presence {
     /// Every presence stanza a client sends, after its stream stamped `from`.
-    async fn from_client(&self, cx: &mut Ctx<'_>, session: &Arc<SessionHandle>, stanza: Stanza) {
+    async fn sent_by_session(
+        &self,
+        cx: &mut Ctx<'_>,
+        session: &Arc<SessionHandle>,
+        stanza: Stanza,
+    ) {
         let kind = stanza.stanza_type().to_string();
         if !known_type(&kind) {
             // RFC 6120 §8.3.3.1 / RFC 6121 §4.7.1: a type we do not know is a bad request.

@@ -112,7 +112,8 @@ impl<'a> Ctx<'a> {
     /// Queues an element the server generated for one session, without filters: pushes
     /// (roster, privacy) and answers to the session itself.
     pub fn push(&self, session: &SessionHandle, el: &Element) {
-        self.router.deliver_bytes(session, crate::router::encode(el));
+        self.router
+            .deliver_bytes(session, crate::router::encode(el));
     }
 
     /// Queues bytes for one session, without filters.
@@ -136,7 +137,10 @@ impl<'a> Ctx<'a> {
         data: Option<&Bytes>,
     ) -> bool {
         for filter in self.hooks().filters(Point::Deliver) {
-            match filter.check(self, stanza, to, Point::Deliver, Some(session)).await {
+            match filter
+                .check(self, stanza, to, Point::Deliver, Some(session))
+                .await
+            {
                 Verdict::Allow => {}
                 Verdict::Held => return true,
                 Verdict::Drop | Verdict::Reject(_) => return false,

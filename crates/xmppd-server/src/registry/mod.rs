@@ -62,8 +62,7 @@ pub trait IqHandler: Send + Sync {
 /// Answers iq requests on a stream that has not authenticated yet (in-band registration).
 #[async_trait]
 pub trait PreAuthIq: Send + Sync {
-    async fn handle(&self, cx: &mut Ctx<'_>, domain: &str, peer: IpAddr, iq: &Stanza)
-        -> IqResult;
+    async fn handle(&self, cx: &mut Ctx<'_>, domain: &str, peer: IpAddr, iq: &Stanza) -> IqResult;
 }
 
 /// When a stream feature is offered.
@@ -489,7 +488,10 @@ impl Hooks {
 
     /// Disco features of `on`, sorted and without repeats.
     pub fn features(&self, on: On) -> &[&'static str] {
-        self.features.get(&on).map(Vec::as_slice).unwrap_or_default()
+        self.features
+            .get(&on)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     pub fn identities(&self, on: On) -> &[Identity] {
@@ -523,7 +525,10 @@ impl Hooks {
     }
 
     pub fn handlers(&self, kind: EventKind) -> &[Arc<dyn EventHandler>] {
-        self.events.get(&kind).map(Vec::as_slice).unwrap_or_default()
+        self.events
+            .get(&kind)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     pub fn intercept(&self, point: Intercept, kind: StanzaKind) -> Option<&Arc<dyn StanzaHandler>> {

@@ -259,8 +259,7 @@ impl Router {
         }
         if let Ok(full) = to.try_as_full() {
             if let Some(session) = self.sessions.get(full) {
-                if cx.deliver(&session, &stanza, to).await && stanza.kind == StanzaKind::Message
-                {
+                if cx.deliver(&session, &stanza, to).await && stanza.kind == StanzaKind::Message {
                     let user = full.to_bare();
                     let sessions = [session];
                     cx.fire(Event::Delivered {

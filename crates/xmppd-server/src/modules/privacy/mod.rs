@@ -30,8 +30,8 @@ use xmppd_storage::CacheMap;
 use super::subscription::Sub;
 use super::{account_parts, roster, storage_error, NoConfig};
 use crate::registry::{
-    Ctx, Event, EventHandler, EventKind, ExtKey, Filter, Handled, IqHandler, IqResult,
-    IqTarget, Module, On, Point, Registry, Verdict,
+    Ctx, Event, EventHandler, EventKind, ExtKey, Filter, Handled, IqHandler, IqResult, IqTarget,
+    Module, On, Point, Registry, Verdict,
 };
 use crate::router::SessionHandle;
 pub use rules::{Contact, Kind, PrivacyList, NS};
@@ -89,7 +89,12 @@ impl Module for Privacy {
             session: r.session_ext(),
         });
         if privacy_lists {
-            r.iq(On::Account, NS, "query", Arc::new(PrivacyLists(lists.clone())));
+            r.iq(
+                On::Account,
+                NS,
+                "query",
+                Arc::new(PrivacyLists(lists.clone())),
+            );
             r.disco_feature(On::Server, NS);
         }
         if blocking {
@@ -323,10 +328,7 @@ impl Lists {
         {
             return Verdict::Allow;
         }
-        let session = from
-            .try_as_full()
-            .ok()
-            .and_then(|f| cx.sessions().get(f));
+        let session = from.try_as_full().ok().and_then(|f| cx.sessions().get(f));
         let Some(list) = self.applicable(cx, user, session.as_deref()).await else {
             return Verdict::Allow;
         };
@@ -414,8 +416,7 @@ impl Lists {
         stanza: &Stanza,
         user: &BareJid,
     ) -> Verdict {
-        self.check_inbound(cx, stanza, user.as_str(), None)
-            .await
+        self.check_inbound(cx, stanza, user.as_str(), None).await
     }
 
     async fn check_inbound(
@@ -487,10 +488,7 @@ fn owner_session(
     if target != IqTarget::Account(&user) {
         return Err(StanzaErrorCondition::Forbidden.into());
     }
-    let session = from
-        .try_as_full()
-        .ok()
-        .and_then(|f| cx.sessions().get(f));
+    let session = from.try_as_full().ok().and_then(|f| cx.sessions().get(f));
     Ok((user, session))
 }
 
@@ -567,9 +565,9 @@ impl IqHandler for PrivacyLists {
                     return Err(StanzaErrorCondition::ItemNotFound.into());
                 }
                 // §2.4: not while the default applies to another connected resource.
-                if lists.default.is_some() && others()
-                        .iter()
-                        .any(|s| privacy.active_list(s).is_none()) {
+                if lists.default.is_some()
+                    && others().iter().any(|s| privacy.active_list(s).is_none())
+                {
                     return Err(StanzaErrorCondition::Conflict.into());
                 }
                 let mut updated = (*lists).clone();
@@ -615,11 +613,7 @@ impl IqHandler for PrivacyLists {
 }
 
 /// §2.1: a group rule must name a group of the user's roster.
-async fn check_groups(
-    cx: &Ctx<'_>,
-    user: &BareJid,
-    list: &PrivacyList,
-) -> Result<(), StanzaError> {
+async fn check_groups(cx: &Ctx<'_>, user: &BareJid, list: &PrivacyList) -> Result<(), StanzaError> {
     let groups: Vec<&String> = list
         .rules
         .iter()
@@ -747,12 +741,9 @@ impl IqHandler for Blocking {
                 updated.lists.insert(name.clone(), Arc::new(list));
                 updated.default = Some(name.clone());
                 privacy.save(cx, &user, updated).await?;
-                push(
-                    cx,
-                    &user,
-                    item_list("block", &jids),
-                    |s| privacy.blocklist_interested(s),
-                );
+                push(cx, &user, item_list("block", &jids), |s| {
+                    privacy.blocklist_interested(s)
+                });
                 push_list_name(cx, &user, &name);
                 Ok(None)
             }
@@ -771,12 +762,9 @@ impl IqHandler for Blocking {
                 let mut updated = (*lists).clone();
                 updated.lists.insert(name.clone(), Arc::new(list));
                 privacy.save(cx, &user, updated).await?;
-                push(
-                    cx,
-                    &user,
-                    item_list("unblock", &jids),
-                    |s| privacy.blocklist_interested(s),
-                );
+                push(cx, &user, item_list("unblock", &jids), |s| {
+                    privacy.blocklist_interested(s)
+                });
                 push_list_name(cx, &user, &name);
                 drop(locked);
                 // §3.4: those who may see our presence get it again.
