@@ -102,6 +102,14 @@ impl TestServer {
 
     /// Starts a server; `tweak` adjusts the test configuration first.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_modules(tweak, |_| {}).await
+    }
+
+    /// Starts a server with the modules `extra` registers besides the standard ones.
+    pub async fn start_with_modules(
+        tweak: impl FnOnce(&mut Config),
+        extra: impl FnOnce(&mut xmppd_server::registry::Registry),
+    ) -> Self {
         let pki = pki();
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
@@ -116,7 +124,7 @@ impl TestServer {
         }];
         config.sasl.scram_iterations = 4096;
         tweak(&mut config);
-        let server = xmppd_server::start(config.clone())
+        let server = xmppd_server::start_with(config.clone(), extra)
             .await
             .expect("server starts");
         let ts = TestServer {
@@ -489,6 +497,12 @@ impl Raw {
         )
         .await;
     }
+}
+
+/// Parses one element the server sent (default namespace jabber:client).
+pub fn parse(xml: &str) -> xmppd_xml::Element {
+    xmppd_xml::parse_fragment(xml, "jabber:client")
+        .unwrap_or_else(|| panic!("not one well-formed element: {xml:?}"))
 }
 
 pub fn roster_get(id: &str) -> String {
