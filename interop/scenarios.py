@@ -49,7 +49,7 @@ class Client:
     """One slixmpp connection plus the state the scenarios check."""
 
     def __init__(self, args, local, resource=None, password=None, mech=None,
-                 direct_tls=False, priority=None):
+                 direct_tls=False, priority=None, plugins=()):
         self.args = args
         self.direct_tls = direct_tls
         self.priority = priority
@@ -60,7 +60,7 @@ class Client:
         x = self.xmpp = ClientXMPP(
             jid, args.password if password is None else password,
             plugin_config=config)
-        for plugin in ("xep_0030", "xep_0054", "xep_0199", "xep_0203"):
+        for plugin in ("xep_0030", "xep_0054", "xep_0199", "xep_0203", *plugins):
             x.register_plugin(plugin)
         # slixmpp accepts and reciprocates every subscription request by
         # default; scenarios opt in to that (see befriend()).
@@ -78,6 +78,7 @@ class Client:
         self.closed = loop.create_future()    # disconnect reason
         self.auth_failed = False
         self.inbox = asyncio.Queue()
+        self.carbons = asyncio.Queue()  # (direction, forwarded message)
         self.presences = asyncio.Queue()
         x.add_event_handler("session_start", self._on_session_start)
         x.add_event_handler("failed_auth", self._on_failed_auth)
@@ -90,6 +91,10 @@ class Client:
                             lambda e: self._fail(f"stream error: {e['condition']}"))
         x.add_event_handler("disconnected", self._on_disconnected)
         x.add_event_handler("message", self.inbox.put_nowait)
+        x.add_event_handler("carbon_received", lambda m: self.carbons.put_nowait(
+            ("received", m["carbon_received"])))
+        x.add_event_handler("carbon_sent", lambda m: self.carbons.put_nowait(
+            ("sent", m["carbon_sent"])))
         x.add_event_handler("presence_available", self.presences.put_nowait)
         x.add_event_handler("presence_unavailable", self.presences.put_nowait)
 
@@ -429,6 +434,26 @@ async def message_priority(h):
         await c.close()
 
 
+async def message_carbons(h):
+    """XEP-0280 with slixmpp's plugin: the enabled resource sees what the
+    other resource of the account receives and sends."""
+    watcher = await h.client(h.args.user, "carbons-1", plugins=("xep_0280",)).login()
+    other = await h.client(h.args.user, "carbons-2").login()
+    bob = await h.client(h.args.user2, "carbons-b").login()
+    await watcher.xmpp.plugin["xep_0280"].enable(timeout=WAIT)
+    for direction, sender, to in (("received", bob, other.jid),
+                                  ("sent", other, bob.jid)):
+        body = f"{direction} {uuid.uuid4()}"
+        sender.xmpp.send_message(mto=to, mbody=body, mtype="chat")
+        got = await watcher._next(
+            watcher.carbons, lambda c: c[0] == direction and c[1]["body"] == body,
+            f"{direction} carbon of {body!r}", WAIT)
+        if got[1]["to"] != to:
+            raise Failed(f"{direction} carbon to={got[1]['to']}, want {to}")
+    for c in (watcher, other, bob):
+        await c.close()
+
+
 SCENARIOS = [
     ("starttls_scram_sha_256", login_with("SCRAM-SHA-256")),
     ("starttls_scram_sha_1", login_with("SCRAM-SHA-1")),
@@ -444,6 +469,7 @@ SCENARIOS = [
     ("vcard_round_trip", vcard_round_trip),
     ("disco_info_server", disco_info_server),
     ("message_priority", message_priority),
+    ("message_carbons", message_carbons),
 ]
 
 
