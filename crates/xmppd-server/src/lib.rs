@@ -15,6 +15,7 @@ pub mod modules;
 pub mod registry;
 pub mod router;
 pub mod sasl;
+pub mod stream;
 pub mod time;
 pub mod tls;
 

@@ -1,15 +1,39 @@
-//! Client-to-server listeners: STARTTLS (RFC 6120 §5) and direct TLS (XEP-0368).
+//! Client-to-server listeners: STARTTLS (RFC 6120 §5) and direct TLS (XEP-0368). Each
+//! connection is the stream driver over a TCP framing with the c2s profile.
 
-mod stream;
-mod transport;
+mod profile;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use xmppd_core::ns;
 
+use crate::limits::ConnectionSlot;
+use crate::stream::{Driver, Framing, Stream, TcpFraming};
 use crate::ServerState;
-pub use stream::Connection;
+pub use profile::C2s;
+
+/// A client connection over `framing`, ready to run.
+pub fn connection<F: Framing>(
+    server: Arc<ServerState>,
+    framing: F,
+    peer: SocketAddr,
+    slot: Option<ConnectionSlot>,
+) -> Driver<F, C2s> {
+    let stream = Stream::new(framing, peer, &server, ns::CLIENT);
+    Driver::new(server.clone(), stream, C2s::new(server, slot))
+}
+
+fn tcp_connection(
+    server: Arc<ServerState>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: Option<ConnectionSlot>,
+) -> Driver<TcpFraming, C2s> {
+    connection(server, TcpFraming::new(tcp, peer), peer, slot)
+}
 
 /// Accepts connections until shutdown; each connection runs in its own task.
 pub async fn listen(listener: TcpListener, direct_tls: bool, server: Arc<ServerState>) {
@@ -25,7 +49,7 @@ pub async fn listen(listener: TcpListener, direct_tls: bool, server: Arc<ServerS
                         crate::metrics::Metrics::inc(&server.metrics.connections_refused);
                         tracing::info!(%peer, "connection over the per-address limit");
                     }
-                    let conn = Connection::new(server.clone(), tcp, peer, slot);
+                    let conn = tcp_connection(server.clone(), tcp, peer, slot);
                     tokio::spawn(conn.run(direct_tls));
                 }
                 Err(e) => {
@@ -55,7 +79,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let task = super::Connection::new(server.state.clone(), tcp, addr, None).run(false);
+        let task = super::tcp_connection(server.state.clone(), tcp, addr, None).run(false);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2 * 1024, "connection future is {size} bytes");
         drop(task);

@@ -1,0 +1,488 @@
+//! The one stream driver: an XML stream over any [`Framing`] (TCP/TLS now; WebSocket and
+//! BOSH next), negotiated and served by a [`Profile`] (client-to-server now; server-to-server
+//! and components next).
+//!
+//! The driver owns what every stream has: the parser and its limits, the output buffer,
+//! reading with a byte-rate limit, timers (login deadline, keepalive ping), the session's
+//! outbound queue and kick signal, shutdown, and stream errors (RFC 6120 §4.9), which are
+//! always written before the connection closes. The profile decides what the header and
+//! each top-level element mean.
+
+pub mod framing;
+
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+use xmppd_core::{Element, StreamError};
+use xmppd_xml::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
+
+use crate::limits::ByteRate;
+use crate::metrics::Metrics;
+use crate::router::{Kick, SessionHandle};
+use crate::ServerState;
+pub use framing::{Framing, MemoryFraming, TcpFraming};
+
+/// What the driver does after the profile handled an event.
+pub enum Flow {
+    Continue,
+    /// A new stream on the same framing (after SASL success, RFC 6120 §6.4.6).
+    Restart,
+    /// `<proceed/>` was sent: hand the connection to TLS (RFC 6120 §5.4.3.3).
+    StartTls,
+    /// The stream is closed; end the connection.
+    Close,
+}
+
+/// How long final writes (errors, closing tags) may take before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outbound stanzas coalesced into one write.
+const WRITE_BATCH: usize = 64;
+
+pub fn random_id(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+fn parse_error_condition(e: &ParseError) -> (StreamError, &'static str) {
+    match e {
+        ParseError::NotWellFormed(_) => (StreamError::NotWellFormed, "XML is not well-formed"),
+        ParseError::Restricted(_) => (
+            StreamError::RestrictedXml,
+            "DTDs, comments, processing instructions and entities are not allowed",
+        ),
+        ParseError::TooLarge => (StreamError::PolicyViolation, "stanza too large"),
+        ParseError::TooLong => (
+            StreamError::PolicyViolation,
+            "name or attribute value too long",
+        ),
+        ParseError::TooDeep => (StreamError::PolicyViolation, "XML nested too deeply"),
+        ParseError::TooManyAttributes => (StreamError::PolicyViolation, "too many attributes"),
+        ParseError::TextAtStreamLevel => (StreamError::BadFormat, "text outside of any stanza"),
+    }
+}
+
+/// The state every stream has, whatever its profile: the framing, the parser, the output
+/// buffer and what the response header says.
+pub struct Stream<F> {
+    pub io: F,
+    pub peer: SocketAddr,
+    parser: StreamParser,
+    limits: Limits,
+    /// Read buffer, empty while idle (see [`Framing::poll_read_lazy`]).
+    input: Vec<u8>,
+    out: Vec<u8>,
+    header_sent: bool,
+    /// The default namespace of the stream's content (`jabber:client`, `jabber:server`…).
+    pub content_ns: &'static str,
+    /// The `from` of our stream header: the local domain the peer asked for.
+    pub domain: String,
+    /// The stream's default language (RFC 6120 §4.7.4).
+    pub lang: String,
+    rate: ByteRate,
+    /// Until when reading is paused by the byte-rate limit.
+    paused_until: Option<Instant>,
+    write_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl<F: Framing> Stream<F> {
+    pub fn new(io: F, peer: SocketAddr, server: &ServerState, content_ns: &'static str) -> Self {
+        let l = &server.config.limits;
+        let limits = Limits {
+            max_stanza_size: l.max_stanza_size,
+            max_depth: l.max_depth,
+            max_attributes: l.max_attributes,
+        };
+        Stream {
+            io,
+            peer,
+            parser: StreamParser::new(limits),
+            limits,
+            // Not empty: the first read goes straight to the socket.
+            input: vec![0; framing::READ_BUFFER],
+            out: Vec::new(),
+            header_sent: false,
+            content_ns,
+            domain: server.config.server.domains[0].clone(),
+            lang: "en".to_string(),
+            rate: ByteRate::new(l.max_bytes_per_second, l.burst_bytes),
+            paused_until: None,
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
+            metrics: server.metrics.clone(),
+        }
+    }
+
+    /// Starts a new stream on the same framing: a new parser, a new response header.
+    fn restart(&mut self) {
+        self.parser = StreamParser::new(self.limits);
+        self.header_sent = false;
+    }
+
+    /// Appends our stream header to the output.
+    pub fn send_header(&mut self) {
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{}' \
+             xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}' \
+             version='1.0' xml:lang='{}'>",
+            self.content_ns,
+            random_id(16),
+            self.domain,
+            self.lang
+        );
+        self.out.extend_from_slice(header.as_bytes());
+        self.header_sent = true;
+    }
+
+    /// Appends `<stream:features>` with these children.
+    pub fn send_features(&mut self, features: impl IntoIterator<Item = Element>) {
+        // `features` is in the stream namespace, written with the stream: prefix by hand.
+        self.out.extend_from_slice(b"<stream:features>");
+        for child in features {
+            child.write_to(&mut self.out, self.content_ns);
+        }
+        self.out.extend_from_slice(b"</stream:features>");
+    }
+
+    /// Appends an element to the output (written by the next flush).
+    pub fn send_element(&mut self, el: &Element) {
+        el.write_to(&mut self.out, self.content_ns);
+    }
+
+    pub fn send_raw(&mut self, data: &[u8]) {
+        self.out.extend_from_slice(data);
+    }
+
+    /// Writes the output buffer; false if the peer is gone or too slow.
+    pub async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let out = std::mem::take(&mut self.out);
+        let ok = self.write(&out).await;
+        self.out = out;
+        self.out.clear();
+        // Do not let one large burst pin memory for the life of an idle connection.
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::new();
+        }
+        ok
+    }
+
+    /// [`Stream::flush`] as the flow that follows it.
+    pub async fn flush_flow(&mut self) -> Flow {
+        if self.flush().await {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> bool {
+        let io = &mut self.io;
+        let result = tokio::time::timeout(self.write_timeout, async {
+            io.write_all(data).await?;
+            io.flush().await
+        })
+        .await;
+        matches!(result, Ok(Ok(())))
+    }
+
+    /// Sends a stream error and closes the stream (RFC 6120 §4.9.1.1): the header first if
+    /// none was sent yet, then the error, then the closing tag.
+    pub async fn stream_error(&mut self, err: StreamError, text: Option<&str>) -> Flow {
+        Metrics::inc(&self.metrics.stream_errors);
+        tracing::debug!(peer = %self.peer, condition = err.as_str(), "stream error");
+        if !self.header_sent {
+            self.send_header();
+        }
+        err.write_to(&mut self.out, text);
+        self.out.extend_from_slice(b"</stream:stream>");
+        let out = std::mem::take(&mut self.out);
+        let io = &mut self.io;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            io.write_all(&out).await?;
+            io.flush().await
+        })
+        .await;
+        Flow::Close
+    }
+
+    /// Moves every stanza queued for `session` into the output buffer.
+    fn drain_queue(&mut self, session: &SessionHandle) {
+        while let Some(data) = session.outbox().pop() {
+            self.out.extend_from_slice(&data);
+        }
+    }
+
+    /// Writes queued stanzas, taking more that are already waiting into the same write.
+    async fn write_queued(&mut self, session: Option<&SessionHandle>, first: Bytes) -> bool {
+        self.out.extend_from_slice(&first);
+        if let Some(session) = session {
+            for _ in 0..WRITE_BATCH {
+                match session.outbox().pop() {
+                    Some(more) => self.out.extend_from_slice(&more),
+                    None => break,
+                }
+            }
+        }
+        self.flush().await
+    }
+}
+
+/// What makes a stream c2s, s2s or a component: what the header and each element mean.
+pub trait Profile<F: Framing>: Send {
+    /// The peer's stream header (the first one, or after a restart).
+    fn on_header(
+        &mut self,
+        s: &mut Stream<F>,
+        header: StreamHeader,
+    ) -> impl Future<Output = Flow> + Send;
+
+    /// A complete top-level element: a stanza or a nonza.
+    fn on_element(&mut self, s: &mut Stream<F>, el: Element) -> impl Future<Output = Flow> + Send;
+
+    /// The session whose outbound queue the driver writes out and whose kick it obeys.
+    fn session(&self) -> Option<&Arc<SessionHandle>>;
+
+    /// Until when the peer may take to authenticate (none once it has).
+    fn login_deadline(&self) -> Option<Instant>;
+
+    /// A keepalive request for a silent peer (an XEP-0199 ping), if the profile has one.
+    fn keepalive(&self, s: &Stream<F>) -> Option<Element>;
+
+    /// The connection is over: end the session (unavailable presence, unbinding).
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// One connection: a stream, its profile and the server they serve.
+pub struct Driver<F, P> {
+    server: Arc<ServerState>,
+    stream: Stream<F>,
+    profile: P,
+    /// When the peer last sent anything; silence leads to a keepalive.
+    last_read: Instant,
+    /// Until when the peer must answer our keepalive.
+    ping_deadline: Option<Instant>,
+}
+
+async fn wait_kick(session: Option<&SessionHandle>) -> Kick {
+    match session {
+        Some(s) => s.kicked().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv(session: Option<&SessionHandle>) -> Option<Bytes> {
+    match session {
+        Some(s) => s.outbox().next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<F: Framing, P: Profile<F>> Driver<F, P> {
+    pub fn new(server: Arc<ServerState>, stream: Stream<F>, profile: P) -> Self {
+        Driver {
+            server,
+            stream,
+            profile,
+            last_read: Instant::now(),
+            ping_deadline: None,
+        }
+    }
+
+    /// Runs the connection to its end. `direct_tls` starts with a TLS handshake (XEP-0368).
+    ///
+    /// Written as an async block rather than an `async fn`: rustc stores an async fn's
+    /// by-value arguments twice in its future, and this future is every connection's task.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn, see above
+    pub fn run(mut self, direct_tls: bool) -> impl Future<Output = ()> + Send {
+        async move {
+            let metrics = self.server.metrics.clone();
+            Metrics::inc(&metrics.connections_total);
+            Metrics::inc(&metrics.connections_open);
+            if !direct_tls || self.start_tls().await {
+                self.serve().await;
+            }
+            self.profile.close().await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.io.shutdown()).await;
+            Metrics::dec(&metrics.connections_open);
+        }
+    }
+
+    async fn start_tls(&mut self) -> bool {
+        let ok = self.stream.io.start_tls(&self.server.tls).await;
+        self.stream.restart();
+        ok
+    }
+
+    async fn serve(&mut self) {
+        let mut shutdown = self.server.shutdown.clone();
+        let limits = &self.server.config.limits;
+        let ping = (
+            Duration::from_secs(limits.ping_interval_secs.max(1)),
+            Duration::from_secs(limits.ping_timeout_secs.max(1)),
+        );
+        loop {
+            let wake = self.next_wake(ping.0);
+            let session = self.profile.session().cloned();
+            let can_read = self.stream.paused_until.is_none();
+            let stream = &mut self.stream;
+            tokio::select! {
+                biased;
+                _ = crate::shutting_down(&mut shutdown) => {
+                    stream.stream_error(StreamError::SystemShutdown, Some("server is shutting down")).await;
+                    return;
+                }
+                kick = wait_kick(session.as_deref()) => {
+                    if kick != Kick::QueueOverflow {
+                        // What was queued before the kick (such as the reply to the request
+                        // that deleted the account) still goes out first.
+                        if let Some(session) = &session {
+                            stream.drain_queue(session);
+                        }
+                    }
+                    let (err, text) = match kick {
+                        Kick::Conflict => (StreamError::Conflict, "replaced by a new session with the same resource"),
+                        Kick::AccountRemoved => (StreamError::NotAuthorized, "the account was deleted"),
+                        _ => (StreamError::PolicyViolation, "too many stanzas waiting: the client does not read"),
+                    };
+                    stream.stream_error(err, Some(text)).await;
+                    return;
+                }
+                Some(first) = recv(session.as_deref()) => {
+                    if !stream.write_queued(session.as_deref(), first).await {
+                        return;
+                    }
+                }
+                read = poll_fn(|cx| {
+                    let read = stream.io.poll_read_lazy(cx, &mut stream.input);
+                    if read.is_pending() {
+                        // Idle: scratch memory goes the way of the input buffer.
+                        stream.parser.release_temporaries();
+                        if stream.out.is_empty() {
+                            stream.out = Vec::new();
+                        }
+                    }
+                    read
+                }), if can_read => {
+                    let n = match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    self.last_read = Instant::now();
+                    self.ping_deadline = None;
+                    if let Some(wait) = self.stream.rate.take(n) {
+                        self.stream.paused_until = Some(Instant::now() + wait);
+                    }
+                    // Boxed: parsing and handling a stanza needs a large future, which
+                    // should exist only while there is input, not in every idle task.
+                    let input = std::mem::take(&mut self.stream.input);
+                    if !Box::pin(self.process(&input[..n])).await {
+                        return;
+                    }
+                    // Kept: there may be more above the socket (the next poll tells).
+                    self.stream.input = input;
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if !self.on_timer(ping).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_wake(&self, ping_interval: Duration) -> Instant {
+        // Before a session exists the login deadline is the only clock that matters.
+        let ping = match (self.profile.session(), self.ping_deadline) {
+            (_, Some(deadline)) => Some(deadline),
+            (Some(_), None) => Some(self.last_read + ping_interval),
+            (None, None) => None,
+        };
+        [
+            ping,
+            self.stream.paused_until,
+            self.profile.login_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + ping_interval)
+    }
+
+    /// Timers: end of a rate pause, the login deadline, the keepalive and its timeout.
+    async fn on_timer(&mut self, (interval, timeout): (Duration, Duration)) -> bool {
+        let now = Instant::now();
+        let stream = &mut self.stream;
+        if stream.paused_until.is_some_and(|t| t <= now) {
+            stream.paused_until = None;
+        }
+        if self.profile.login_deadline().is_some_and(|t| t <= now) {
+            stream
+                .stream_error(
+                    StreamError::ConnectionTimeout,
+                    Some("authenticate and bind sooner"),
+                )
+                .await;
+            return false;
+        }
+        if self.ping_deadline.is_some_and(|t| t <= now) {
+            stream
+                .stream_error(StreamError::ConnectionTimeout, Some("no answer to ping"))
+                .await;
+            return false;
+        }
+        if self.ping_deadline.is_none() && self.last_read + interval <= now {
+            if let Some(ping) = self.profile.keepalive(stream) {
+                stream.send_element(&ping);
+                self.ping_deadline = Some(now + timeout);
+                return stream.flush().await;
+            }
+        }
+        true
+    }
+
+    /// Feeds read bytes to the parser and hands every complete event to the profile.
+    async fn process(&mut self, mut data: &[u8]) -> bool {
+        loop {
+            let stream = &mut self.stream;
+            let event = match stream.parser.feed(&mut data) {
+                Ok(Some(event)) => event,
+                Ok(None) => return true,
+                Err(e) => {
+                    let (err, text) = parse_error_condition(&e);
+                    stream.stream_error(err, Some(text)).await;
+                    return false;
+                }
+            };
+            let flow = match event {
+                StreamEvent::Header(header) => self.profile.on_header(stream, header).await,
+                StreamEvent::Stanza(el) => self.profile.on_element(stream, el).await,
+                StreamEvent::Close => {
+                    stream.write(b"</stream:stream>").await;
+                    Flow::Close
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => return false,
+                Flow::Restart => self.stream.restart(),
+                Flow::StartTls => {
+                    // Anything the client sent after <starttls/> and before the handshake is
+                    // not covered by TLS and is discarded (RFC 6120 §5.4.3.3).
+                    return self.start_tls().await;
+                }
+            }
+        }
+    }
+}
