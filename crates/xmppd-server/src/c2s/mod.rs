@@ -64,6 +64,94 @@ pub async fn listen(listener: TcpListener, direct_tls: bool, server: Arc<ServerS
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::SocketAddr;
+    use crate::stream::MemoryFraming;
+
+    /// Reads from the client's end until `needle` appears; returns everything read.
+    async fn read_until(client: &mut DuplexStream, needle: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut buf));
+            let n = read.await.expect("server answers in time").unwrap();
+            assert!(
+                n > 0,
+                "closed early; got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    /// The stream driver over an in-memory framing: a whole c2s session without sockets.
+    #[tokio::test]
+    async fn an_in_memory_framing_drives_a_client_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        config.listen.c2s = vec![];
+        config.listen.c2s_direct_tls = vec![];
+        config.listen.metrics = None;
+        config.sasl.scram_iterations = 4096;
+        let server = crate::start(config).await.unwrap();
+        let account =
+            crate::sasl::credentials::new_account("alice", "localhost", "pw", 4096).unwrap();
+        server
+            .state
+            .router
+            .storage()
+            .accounts
+            .create(&account)
+            .await
+            .unwrap();
+
+        let (mut client, server_end) = tokio::io::duplex(64 * 1024);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let slot = server.state.connections.acquire(peer.ip());
+        let framing = MemoryFraming::new(server_end, true);
+        let task =
+            tokio::spawn(super::connection(server.state.clone(), framing, peer, slot).run(false));
+
+        let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+            xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+        client.write_all(header.as_bytes()).await.unwrap();
+        let features = read_until(&mut client, "</stream:features>").await;
+        // Encrypted by its carrier: no STARTTLS offered, PLAIN allowed.
+        assert!(!features.contains("starttls"), "{features}");
+        assert!(
+            features.contains("<mechanism>PLAIN</mechanism>"),
+            "{features}"
+        );
+        client
+            .write_all(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>")
+            .await
+            .unwrap();
+        read_until(&mut client, "<success").await;
+        client.write_all(header.as_bytes()).await.unwrap();
+        read_until(&mut client, "</stream:features>").await;
+        client
+            .write_all(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>mem</resource></bind></iq>")
+            .await
+            .unwrap();
+        let bound = read_until(&mut client, "</iq>").await;
+        assert!(bound.contains("<jid>alice@localhost/mem</jid>"), "{bound}");
+        client
+            .write_all(b"<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+            .await
+            .unwrap();
+        let pong = read_until(&mut client, "id='p'").await;
+        assert!(pong.contains("type='result'"), "{pong}");
+        client.write_all(b"</stream:stream>").await.unwrap();
+        read_until(&mut client, "</stream:stream>").await;
+        task.await.unwrap();
+        assert!(server.state.router.sessions().all().is_empty());
+        server.shutdown().await;
+    }
+
     /// Every connection's task holds its future for its whole life, so the future's size is
     /// paid per idle connection: the big per-stanza work is boxed to keep it out. This guards
     /// against that regressing.
