@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks xmppd side by side with Prosody and ejabberd on loopback: the same scenarios,
 # accounts, certificate and SCRAM settings on each, one server at a time, then a table in
-# bench/results/latest.md and latest.json. See bench/README.md.
+# bench/results/latest.md and latest.json. The `relay` target (chat only) is the machine's
+# floor: a TLS relay that does nothing else. See bench/README.md.
 #
-#   bench/run.sh                 # all servers, all scenarios, moderate sizes
+#   bench/run.sh                 # all servers (+ relay for chat), all scenarios
 #   bench/run.sh --smoke         # xmppd only, tiny sizes, a few seconds, no apt (for CI)
 #   bench/run.sh --servers "xmppd prosody" --scenarios "chat"
 #   IDLE_N="1000 10000" bench/run.sh --scenarios idle   # one idle run per size
@@ -16,6 +17,7 @@ source "$BENCH_ROOT/lib/common.sh"
 source "$BENCH_ROOT/lib/xmppd.sh"
 source "$BENCH_ROOT/lib/prosody.sh"
 source "$BENCH_ROOT/lib/ejabberd.sh"
+source "$BENCH_ROOT/lib/relay.sh"
 
 SMOKE=0
 SERVERS=""
@@ -40,7 +42,7 @@ if [ "$SMOKE" = 1 ]; then
     : "${PRESENCE_N:=20}" "${PRESENCE_R:=3}" "${PRESENCE_RATE:=20}" "${PRESENCE_SECS:=2}"
     : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}" "${QUIET_WAIT:=0}"
 else
-    : "${SERVERS:=xmppd prosody ejabberd}" "${PROFILE:=release}"
+    : "${SERVERS:=xmppd prosody ejabberd relay}" "${PROFILE:=release}"
     : "${IDLE_N:=1000}" "${LOGIN_N:=500}" "${CHAT_PAIRS:=200}" "${CHAT_RATE:=3000}" "${CHAT_SECS:=10}"
     : "${PRESENCE_N:=500}" "${PRESENCE_R:=10}" "${PRESENCE_RATE:=500}" "${PRESENCE_SECS:=10}"
     : "${HOLD:=5}" "${TIMEOUT:=30}" "${SETUP_TIMEOUT:=120}"
@@ -67,7 +69,7 @@ fi
 missing=()
 for server in $SERVERS; do
     case $server in
-        xmppd) ;;
+        xmppd | relay) ;;
         prosody) command -v prosody >/dev/null || missing+=(prosody) ;;
         ejabberd) command -v ejabberdctl >/dev/null || missing+=(ejabberd) ;;
         *) echo "unknown server: $server" >&2; exit 2 ;;
@@ -130,6 +132,12 @@ scenario_args() {
     esac
 }
 
+# supports SERVER RUN: whether SERVER takes part in RUN (a server script may define
+# SERVER_supports SCENARIO; the relay's accepts chat only).
+supports() {
+    if declare -F "${1}_supports" >/dev/null; then "${1}_supports" "${2%%-*}"; else true; fi
+}
+
 # A result for a scenario that could not run at all (the server did not start, say).
 failed_result() {
     printf '{"label":"%s","scenario":"%s","status":"failed","metrics":{},"errors":{"%s":{"count":1,"example":"%s"}},"errors_total":1}\n' \
@@ -140,19 +148,26 @@ failures=0
 meta=(--meta "date=$(date -u +%Y-%m-%dT%H:%MZ)")
 meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
 for server in $SERVERS; do
+    server_runs=()
+    for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do
+        if supports "$server" "$run"; then
+            server_runs+=("$run")
+        else
+            log "$server: skipping $run: $server does not run this scenario (the relay runs only chat)"
+        fi
+    done
+    [ ${#server_runs[@]} -gt 0 ] || continue
     log "$server: setting up $accounts accounts"
     started=$SECONDS
     if ! "${server}_setup" "$WORK/$server" "$accounts"; then
         log "$server: setup failed"
-        for scenario in $SCENARIOS; do
-            for run in $(runs_of "$scenario"); do failed_result "$server" "$run" setup "setup failed"; done
-        done
+        for run in "${server_runs[@]}"; do failed_result "$server" "$run" setup "setup failed"; done
         failures=$((failures + 1))
         continue
     fi
     log "$server: setup took $((SECONDS - started)) s"
     meta+=(--meta "$server=$("${server}_version")")
-    for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do
+    for run in "${server_runs[@]}"; do
         # A fresh process per run: memory and CPU start from the same point everywhere.
         CURRENT=$server
         if ! "${server}_start"; then

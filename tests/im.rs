@@ -660,11 +660,54 @@ async fn disco_lists_exactly_the_implemented_features() {
         info.contains("<field var='admin-addresses'><value>xmpp:admin@localhost</value></field>"),
         "XEP-0157: {info}"
     );
-    let account = alice.iq("d2", "<iq type='get' id='d2' to='bob@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    // The account itself sees its identity…
+    let own = alice.iq("d2", "<iq type='get' id='d2' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert!(
-        account.contains("<identity category='account' type='registered'/>"),
-        "{account}"
+        own.contains("<identity category='account' type='registered'/>"),
+        "{own}"
     );
+    server.stop().await;
+}
+
+/// XEP-0030 §8: no directory harvesting through disco of bare JIDs.
+#[tokio::test]
+async fn account_disco_is_for_the_account_and_its_subscribers_only() {
+    use common::parse;
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = friends(&server, "home", "phone").await;
+    let mut carol = Raw::login_quiet(server.c2s, "carol", "x").await;
+    let info = |id: &str, to: &str| {
+        format!("<iq type='get' id='{id}' to='{to}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    };
+    let items = |id: &str, to: &str| {
+        format!("<iq type='get' id='{id}' to='{to}'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+    };
+    // A subscribed contact is answered.
+    let reply = parse(&bob.iq("b1", &info("b1", "alice@localhost")).await);
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    let query = reply
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    assert!(query
+        .children()
+        .any(|c| c.name() == "identity" && c.attr("category") == Some("account")));
+    // A stranger gets the same answer for an existing account as for a missing one.
+    for (id, to) in [("c1", "alice@localhost"), ("c2", "nobody@localhost")] {
+        let reply = parse(&carol.iq(id, &info(id, to)).await);
+        assert_eq!(reply.attr("type"), Some("error"), "{to}: {reply:?}");
+        let error = reply.get_child("error", "jabber:client").unwrap();
+        assert!(
+            error.has_child("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas"),
+            "{to}: {reply:?}"
+        );
+    }
+    let reply = parse(&carol.iq("c3", &items("c3", "alice@localhost")).await);
+    assert_eq!(reply.attr("type"), Some("result"));
+    let query = reply
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .unwrap();
+    assert_eq!(query.children().count(), 0);
+    alice.sync().await;
     server.stop().await;
 }
 

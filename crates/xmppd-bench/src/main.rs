@@ -6,6 +6,7 @@ mod errors;
 mod histogram;
 mod procstat;
 mod reader;
+mod relay;
 mod scenario;
 mod scram;
 mod summary;
@@ -44,6 +45,9 @@ enum Command {
     Summarize(SummarizeArgs),
     /// Print a TCP port that is free on 127.0.0.1 now (for scripts).
     FreePort,
+    /// A minimal TLS relay for the chat scenario: the machine's floor, not a server
+    /// (see src/relay.rs).
+    Relay(relay::RelayArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,7 +142,11 @@ struct SummarizeArgs {
     #[arg(long, default_value = "xmppd")]
     ours: String,
     /// Column order, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "xmppd,prosody,ejabberd")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "xmppd,prosody,ejabberd,relay"
+    )]
     servers: Vec<String>,
     /// Extra facts for the header (versions, date), as KEY=VALUE.
     #[arg(long)]
@@ -158,6 +166,7 @@ fn main() -> ExitCode {
             .and_then(|l| l.local_addr())
             .map(|a| println!("{}", a.port()))
             .map_err(|e| e.to_string()),
+        Command::Relay(args) => relay::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

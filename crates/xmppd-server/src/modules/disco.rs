@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use xmppd_core::{ns, Element, Stanza, StanzaErrorCondition};
 
-use super::NoConfig;
+use super::{roster, NoConfig};
 use crate::registry::{Ctx, Identity, IqHandler, IqResult, IqTarget, Module, On, Registry};
 
 pub struct Disco;
@@ -87,6 +87,25 @@ impl IqHandler for Disco {
         }
         if payload.attr("node").is_some() {
             return Err(StanzaErrorCondition::ItemNotFound.into());
+        }
+        if let IqTarget::Account(user) = target {
+            // XEP-0030 §8 (directory harvesting): the server answers for an account only to
+            // the account itself and to contacts subscribed to its presence; to anyone else
+            // it looks like an account that does not exist.
+            let requester = iq.from.as_ref().map(|f| f.to_bare());
+            let allowed = match &requester {
+                Some(r) if r == user => true,
+                Some(r) => roster::load_state(cx, user, r)
+                    .await
+                    .is_ok_and(|(_, state)| state.sub.has_from()),
+                None => false,
+            };
+            if !allowed {
+                return match payload.ns() {
+                    ns::DISCO_ITEMS => Ok(Some(Element::new("query", ns::DISCO_ITEMS))),
+                    _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+                };
+            }
         }
         if payload.ns() == ns::DISCO_ITEMS {
             return Ok(Some(Element::new("query", ns::DISCO_ITEMS)));
