@@ -102,7 +102,7 @@ async fn main() -> ExitCode {
 async fn serve(path: Option<&Path>) -> Result<(), String> {
     let config = load_config(path)?;
     init_logging(&config);
-    let server = xmppd_server::start(config)
+    let server = xmppd_server::start(config, xmppd_modules::standard)
         .await
         .map_err(|e| e.to_string())?;
     wait_for_signal().await;
@@ -259,6 +259,8 @@ async fn check(path: Option<&Path>) -> Result<(), String> {
     let config = load_config(path)?;
     let source = path.unwrap_or(Path::new("(defaults)"));
     println!("config {}: ok", source.display());
+    xmppd_server::hooks(&config, xmppd_modules::standard).map_err(|e| e.to_string())?;
+    println!("modules: ok");
     let mut all_present = true;
     for domain in &config.server.domains {
         let (cert, key, generated) = xmppd_server::tls::cert_paths(&config, domain);

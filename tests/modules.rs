@@ -249,16 +249,24 @@ async fn a_module_config_with_an_unknown_key_or_module_is_refused() {
     let mut bad = config.clone();
     bad.modules
         .insert("csi".into(), toml::toml! { max_hld = 3 });
-    let error = xmppd_server::start(bad).await.err().expect("refused");
+    let error = xmppd_server::start(bad, xmppd_modules::standard)
+        .await
+        .err()
+        .expect("refused");
     assert!(error.to_string().contains("[modules.csi]"), "{error}");
     assert!(error.to_string().contains("max_hld"), "{error}");
     let mut unknown = config.clone();
     unknown.modules.insert("nosuch".into(), toml::Table::new());
-    let error = xmppd_server::start(unknown).await.err().expect("refused");
+    let error = xmppd_server::start(unknown, xmppd_modules::standard)
+        .await
+        .err()
+        .expect("refused");
     assert!(error.to_string().contains("no such module"), "{error}");
     let mut off = config;
     off.modules
         .insert("carbons".into(), toml::toml! { enabled = false });
-    let server = xmppd_server::start(off).await.expect("starts");
+    let server = xmppd_server::start(off, xmppd_modules::standard)
+        .await
+        .expect("starts");
     server.shutdown().await;
 }

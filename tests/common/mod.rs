@@ -124,9 +124,12 @@ impl TestServer {
         }];
         config.sasl.scram_iterations = 4096;
         tweak(&mut config);
-        let server = xmppd_server::start_with(config.clone(), extra)
-            .await
-            .expect("server starts");
+        let server = xmppd_server::start(config.clone(), |r| {
+            xmppd_modules::standard(r);
+            extra(r);
+        })
+        .await
+        .expect("server starts");
         let ts = TestServer {
             c2s: server.c2s_addrs[0],
             direct_tls: server.direct_tls_addrs[0],
@@ -166,7 +169,7 @@ impl TestServer {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        let server = xmppd_server::start(self.config.clone())
+        let server = xmppd_server::start(self.config.clone(), xmppd_modules::standard)
             .await
             .expect("server restarts");
         self.c2s = server.c2s_addrs[0];

@@ -93,7 +93,7 @@ async fn execute(state: &ServerState, command: &str) -> String {
                 return format!("error {user} does not exist");
             }
             let mut cx = router.context();
-            let deleted = crate::modules::register::delete_account(&mut cx, &user).await;
+            let deleted = crate::accounts::delete(&mut cx, &user).await;
             router.apply(cx).await;
             match deleted {
                 Ok(()) => "ok".to_string(),

@@ -1,17 +1,19 @@
-//! The xmppd server: configuration, TLS, SASL, client streams, the router and the modules.
+//! The xmppd core: configuration, TLS, SASL, the stream driver and its c2s profile, the
+//! router, and the [`registry`] through which feature modules (crate `xmppd-modules`) plug
+//! in. Nothing here knows a feature: the core builds and runs without any module.
 //!
-//! Layers, outside in: listeners ([`c2s`]) accept sockets and run one task per connection;
-//! that task negotiates the stream (TLS, [`sasl`], bind) and hands stanzas to the [`router`],
-//! which delivers to sessions, answers through [`modules`], or passes them to the seams for
-//! services and remote domains. [`xmppd_storage`] holds what must survive a restart.
+//! Layers, outside in: listeners ([`c2s`]) accept sockets and run one [`stream`] driver per
+//! connection; it negotiates the stream (TLS, [`sasl`], bind) and hands stanzas to the
+//! [`router`], which applies routing rules and calls what the modules registered.
+//! [`xmppd_storage`] holds what must survive a restart.
 
+pub mod accounts;
 #[cfg(unix)]
 pub mod admin;
 pub mod c2s;
 pub mod config;
 pub mod limits;
 pub mod metrics;
-pub mod modules;
 pub mod registry;
 pub mod router;
 pub mod sasl;
@@ -114,18 +116,24 @@ fn load_secret(data_dir: &Path) -> Result<Vec<u8>, StartError> {
     Ok(secret)
 }
 
-/// Opens storage, loads certificates and binds every listener.
-pub async fn start(config: Config) -> Result<RunningServer, StartError> {
-    start_with(config, |_| {}).await
+/// Checks the configuration and builds the registry from what `modules` registers (the
+/// binary passes the standard feature modules, tests add their own).
+pub fn hooks(
+    config: &Config,
+    modules: impl FnOnce(&mut registry::Registry),
+) -> Result<registry::Hooks, StartError> {
+    config.validate()?;
+    let mut registry = registry::Registry::new(config);
+    modules(&mut registry);
+    Ok(registry.freeze()?)
 }
 
-/// [`start`] with extra modules registered by `extra` (tests use it to add their own).
-pub async fn start_with(
+/// Registers the modules, opens storage, loads certificates and binds every listener.
+pub async fn start(
     config: Config,
-    extra: impl FnOnce(&mut registry::Registry),
+    modules: impl FnOnce(&mut registry::Registry),
 ) -> Result<RunningServer, StartError> {
-    config.validate()?;
-    let hooks = modules::with(&config, extra)?;
+    let hooks = hooks(&config, modules)?;
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).map_err(io_error("creating", data_dir.display()))?;
     let secret = load_secret(data_dir)?;

@@ -67,7 +67,23 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::SocketAddr;
+    use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, On};
     use crate::stream::MemoryFraming;
+
+    /// Answers with an empty result.
+    struct Answer;
+
+    #[async_trait::async_trait]
+    impl IqHandler for Answer {
+        async fn handle(
+            &self,
+            _: &mut Ctx<'_>,
+            _: IqTarget<'_>,
+            _: &xmppd_core::Stanza,
+        ) -> IqResult {
+            Ok(None)
+        }
+    }
 
     /// Reads from the client's end until `needle` appears; returns everything read.
     async fn read_until(client: &mut DuplexStream, needle: &str) -> String {
@@ -97,7 +113,12 @@ mod tests {
         config.listen.c2s_direct_tls = vec![];
         config.listen.metrics = None;
         config.sasl.scram_iterations = 4096;
-        let server = crate::start(config).await.unwrap();
+        // No feature modules: one test handler shows the session reaches the router.
+        let server = crate::start(config, |r| {
+            r.iq(On::Server, "urn:test", "q", std::sync::Arc::new(Answer));
+        })
+        .await
+        .unwrap();
         let account =
             crate::sasl::credentials::new_account("alice", "localhost", "pw", 4096).unwrap();
         server
@@ -140,7 +161,7 @@ mod tests {
         let bound = read_until(&mut client, "</iq>").await;
         assert!(bound.contains("<jid>alice@localhost/mem</jid>"), "{bound}");
         client
-            .write_all(b"<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+            .write_all(b"<iq type='get' id='p' to='localhost'><q xmlns='urn:test'/></iq>")
             .await
             .unwrap();
         let pong = read_until(&mut client, "id='p'").await;
@@ -163,7 +184,7 @@ mod tests {
         config.listen.c2s = vec![];
         config.listen.c2s_direct_tls = vec![];
         config.listen.metrics = None;
-        let server = crate::start(config).await.unwrap();
+        let server = crate::start(config, |_| {}).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use xmppd_core::{Element, Stanza, StanzaErrorCondition};
 
 use super::NoConfig;
-use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
-use crate::time::{iso8601, unix_now};
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::time::{iso8601, unix_now};
 
 const NS: &str = "urn:xmpp:time";
 

@@ -10,7 +10,7 @@ use xmppd_storage::RosterItem;
 
 use super::subscription::{Kind, State, Sub};
 use super::{account_parts, storage_error, NoConfig};
-use crate::registry::{
+use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, Handled, IqHandler, IqResult, IqTarget, Module, On,
     Registry, Stage,
 };

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use xmppd_core::{BareJid, Element, Stanza, StanzaErrorCondition};
 
 use super::{account_parts, roster, storage_error, NoConfig};
-use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
-use crate::time::unix_now;
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::time::unix_now;
 
 pub const NS: &str = "jabber:iq:last";
 const AREA: &str = "last";

@@ -29,12 +29,12 @@ use xmppd_storage::CacheMap;
 
 use super::subscription::Sub;
 use super::{account_parts, roster, storage_error, NoConfig};
-use crate::registry::{
+pub use rules::{Contact, Kind, PrivacyList, NS};
+use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, ExtKey, Filter, Handled, IqHandler, IqResult, IqTarget,
     Module, On, Point, Registry, Verdict,
 };
-use crate::router::SessionHandle;
-pub use rules::{Contact, Kind, PrivacyList, NS};
+use xmppd_server::router::SessionHandle;
 
 pub const BLOCKING_NS: &str = "urn:xmpp:blocking";
 const BLOCKING_ERRORS_NS: &str = "urn:xmpp:blocking:errors";

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use xmppd_core::{Element, Stanza, StanzaError, StanzaErrorCondition};
 
 use super::{account_parts, from_owner, storage_error, NoConfig};
-use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
 
 pub const NS: &str = "jabber:iq:private";
 const AREA: &str = "private";

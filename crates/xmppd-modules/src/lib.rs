@@ -1,6 +1,7 @@
-//! Feature modules, one file (or folder) per protocol feature, named by what it implements.
-//! Each registers what it handles through the [`Registry`]; nothing else in the server
-//! knows them. Adding a XEP is adding a module here and one line in [`standard`].
+//! Feature modules, one file (or folder) per protocol feature, named by what it implements
+//! (see the table in `docs/architecture.md`). Each registers what it handles through
+//! xmppd-server's [`Registry`]; the core knows none of them. Adding a XEP is adding a
+//! module here and one line in [`standard`].
 
 pub mod carbons;
 pub mod csi;
@@ -20,21 +21,11 @@ pub mod version;
 
 use serde::Deserialize;
 use xmppd_core::{BareJid, StanzaError, StanzaErrorCondition};
+use xmppd_server::registry::Registry;
 
-use crate::registry::{Hooks, Registry, RegistryError};
-
-/// Every module the server ships, each on unless its `[modules.NAME]` section says
-/// `enabled = false`.
-pub fn standard(config: &crate::config::Config) -> Result<Hooks, RegistryError> {
-    with(config, |_| {})
-}
-
-/// [`standard`] plus what `extra` registers (tests add their own modules this way).
-pub fn with(
-    config: &crate::config::Config,
-    extra: impl FnOnce(&mut Registry),
-) -> Result<Hooks, RegistryError> {
-    let mut r = Registry::new(config);
+/// Loads every module the server ships, each on unless its `[modules.NAME]` section says
+/// `enabled = false`: pass it to `xmppd_server::start`.
+pub fn standard(r: &mut Registry) {
     r.load::<disco::Disco>()
         .load::<ping::Ping>()
         .load::<version::Version>()
@@ -49,8 +40,6 @@ pub fn with(
         .load::<privacy::Privacy>()
         .load::<carbons::Carbons>()
         .load::<csi::Csi>();
-    extra(&mut r);
-    r.freeze()
 }
 
 /// The settings of a module that has none besides `enabled`.

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use xmppd_core::{ns, Stanza, StanzaErrorCondition};
 
 use super::NoConfig;
-use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
 
 pub struct Ping;
 

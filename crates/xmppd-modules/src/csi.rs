@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use xmppd_core::{ns, Element, Jid, Stanza, StanzaKind};
 
-use crate::registry::{Ctx, ExtKey, Filter, Module, Nonza, Point, Registry, Stage, Verdict};
-use crate::router::SessionHandle;
+use xmppd_server::registry::{Ctx, ExtKey, Filter, Module, Nonza, Point, Registry, Stage, Verdict};
+use xmppd_server::router::SessionHandle;
 
 pub const NS: &str = "urn:xmpp:csi:0";
 const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
@@ -148,7 +148,7 @@ impl Filter for Csi {
             }
             return Verdict::Allow;
         }
-        let data = crate::router::encode(stanza.element());
+        let data = xmppd_server::router::encode(stanza.element());
         let full = {
             let mut held = state.held.lock().unwrap_or_else(|e| e.into_inner());
             // Only the latest presence and chat state of each sender matter.

@@ -9,9 +9,9 @@ use xmppd_core::{ns, BareJid, Element, Stanza, StanzaErrorCondition};
 use xmppd_storage::OfflineMessage;
 
 use super::{account_parts, NoConfig};
-use crate::registry::{Ctx, Event, EventHandler, EventKind, Handled, Module, Registry};
-use crate::router::SessionHandle;
-use crate::time::{iso8601, unix_now};
+use xmppd_server::registry::{Ctx, Event, EventHandler, EventKind, Handled, Module, Registry};
+use xmppd_server::router::SessionHandle;
+use xmppd_server::time::{iso8601, unix_now};
 
 pub struct Offline;
 

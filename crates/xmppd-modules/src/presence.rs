@@ -12,11 +12,11 @@ use xmppd_storage::PendingRequest;
 
 use super::subscription::{self, Kind};
 use super::{account_parts, roster, NoConfig};
-use crate::registry::{
+use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, ExtKey, Handled, Intercept, Module, Registry,
     StanzaHandler, Via,
 };
-use crate::router::SessionHandle;
+use xmppd_server::router::SessionHandle;
 
 pub struct Presence {
     directed: ExtKey<Directed>,
@@ -277,7 +277,7 @@ async fn broadcast(cx: &mut Ctx<'_>, user: &BareJid, el: &Element) -> Vec<String
     own.set_attr("to", user.as_str());
     if let Ok(own) = Stanza::parse(own) {
         let to = Jid::from(user.clone());
-        let data = crate::router::encode(own.element());
+        let data = xmppd_server::router::encode(own.element());
         for session in cx.sessions().resources(user.as_str()) {
             if session.is_available() {
                 cx.deliver_encoded(&session, &own, &to, Some(&data)).await;
@@ -377,7 +377,7 @@ async fn inbound(cx: &mut Ctx<'_>, stanza: Stanza, to: &Jid) {
                 Ok(full) => cx.sessions().get(full).into_iter().collect(),
                 Err(_) => cx.sessions().resources(user.as_str()),
             };
-            let data = crate::router::encode(stanza.element());
+            let data = xmppd_server::router::encode(stanza.element());
             for session in targets {
                 if session.is_available() || to.try_as_full().is_ok() {
                     cx.deliver_encoded(&session, &stanza, to, Some(&data)).await;
@@ -507,7 +507,7 @@ async fn inbound_subscription(
         let mut el = stanza.into_element();
         el.set_attr("from", contact.as_str());
         el.set_attr("to", user.as_str());
-        let data = crate::router::encode(&el);
+        let data = xmppd_server::router::encode(&el);
         for session in cx.sessions().resources(user.as_str()) {
             if session.is_available() && session.priority() >= 0 {
                 cx.push_bytes(&session, data.clone());

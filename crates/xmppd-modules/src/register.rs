@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use xmppd_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
+use xmppd_core::{Element, Stanza, StanzaError, StanzaErrorCondition};
 
 use super::{account_parts, storage_error, NoConfig};
-use crate::registry::{
-    Ctx, Event, IqHandler, IqResult, IqTarget, Module, On, PreAuthIq, Registry, Stage,
+use xmppd_server::registry::{
+    Ctx, IqHandler, IqResult, IqTarget, Module, On, PreAuthIq, Registry, Stage,
 };
-use crate::router::Kick;
-use crate::sasl::{credentials, AuthThrottle};
+use xmppd_server::sasl::{credentials, AuthThrottle};
 
 pub const NS: &str = "jabber:iq:register";
 /// Stream feature advertising in-band registration (XEP-0077 §4).
@@ -150,7 +149,7 @@ impl IqHandler for Register {
             ));
         }
         if query.has_child("remove", NS) {
-            delete_account(cx, &user).await?;
+            xmppd_server::accounts::delete(cx, &user).await?;
             tracing::info!(account = %user, "account deleted in-band");
             return Ok(None);
         }
@@ -176,23 +175,4 @@ impl IqHandler for Register {
         tracing::info!(account = %user, "password changed in-band");
         Ok(None)
     }
-}
-
-/// Deletes an account and everything it owns (XEP-0077 §3.2, and `xmppd user del` through
-/// the admin socket). The modules clean up first, while the data is still there (the roster
-/// module unsubscribes the contacts); then the data goes, the modules forget what they
-/// cached, and the sessions end.
-pub async fn delete_account(cx: &mut Ctx<'_>, user: &BareJid) -> Result<(), StanzaError> {
-    let (username, domain) = account_parts(user);
-    cx.fire(Event::AccountRemoving(user)).await;
-    cx.storage()
-        .accounts
-        .delete(username, domain)
-        .await
-        .map_err(storage_error)?;
-    cx.fire(Event::AccountRemoved(user)).await;
-    for session in cx.sessions().resources(user.as_str()) {
-        session.kick(Kick::AccountRemoved);
-    }
-    Ok(())
 }

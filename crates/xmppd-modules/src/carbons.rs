@@ -12,11 +12,11 @@ use async_trait::async_trait;
 use xmppd_core::{ns, BareJid, Element, Jid, Stanza, StanzaErrorCondition, StanzaKind};
 
 use super::NoConfig;
-use crate::registry::{
+use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, ExtKey, Filter, Handled, IqHandler, IqResult, IqTarget,
     Module, On, Point, Registry, Verdict,
 };
-use crate::router::SessionHandle;
+use xmppd_server::router::SessionHandle;
 
 pub const NS: &str = "urn:xmpp:carbons:2";
 const FORWARD: &str = "urn:xmpp:forward:0";

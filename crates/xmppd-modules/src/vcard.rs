@@ -9,7 +9,7 @@ use xmppd_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
 use xmppd_storage::CacheMap;
 
 use super::{account_parts, from_owner, storage_error, NoConfig};
-use crate::registry::{
+use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, Handled, IqHandler, IqResult, IqTarget, Module, On,
     PresenceAmender, Registry,
 };

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use xmppd_core::{ns, Element, Stanza, StanzaErrorCondition};
 
 use super::{roster, NoConfig};
-use crate::registry::{Ctx, Identity, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, Identity, IqHandler, IqResult, IqTarget, Module, On, Registry};
 
 pub struct Disco;
 

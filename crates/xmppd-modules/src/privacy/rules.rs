@@ -2,7 +2,7 @@
 
 use xmppd_core::{Element, Jid, StanzaError, StanzaErrorCondition};
 
-use crate::modules::subscription::Sub;
+use crate::subscription::Sub;
 
 pub const NS: &str = "jabber:iq:privacy";
 
