@@ -1,48 +1,50 @@
 //! A bounded in-memory map for read-through caches, safe against stale fills.
 //!
-//! A reader that misses loads from storage without holding the map's lock, and a write may
-//! land meanwhile. [`CacheMap::lookup`] hands the reader a [`Miss`] ticket; [`CacheMap::fill`]
-//! keeps the loaded value only if no write happened since, so a stale value never outlives
-//! the write that replaced it.
+//! Eviction is quick_cache's (S3-FIFO: bounded, keeps what is used). On top of it sits the
+//! one thing it does not give: a reader that misses loads from storage without holding any
+//! lock, and a write may land meanwhile. [`CacheMap::lookup`] hands the reader a [`Miss`]
+//! ticket; [`CacheMap::fill`] keeps the loaded value only if no write touched the key's
+//! stripe since, so a stale value never outlives the write that replaced it. Writes bump
+//! the epoch of one stripe of 64, so a write cancels only the fills of keys that share it.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
-use std::hash::Hash;
-use std::sync::RwLock;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Mutex;
+
+use quick_cache::sync::Cache;
+
+/// Stripes of write epochs.
+const STRIPES: usize = 64;
 
 pub struct CacheMap<K, V> {
-    inner: RwLock<Inner<K, V>>,
-    capacity: usize,
-}
-
-struct Inner<K, V> {
-    entries: HashMap<K, V>,
-    /// Bumped by every write.
-    epoch: u64,
+    entries: Cache<K, V>,
+    /// Per stripe: bumped by every write; held while a fill or write touches `entries`.
+    epochs: Box<[Mutex<u64>]>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 /// Proof of a miss, to be handed back with the value loaded after it.
 #[must_use]
-pub struct Miss(u64);
+pub struct Miss {
+    epoch: u64,
+}
 
-impl<K: Hash + Eq, V: Clone> CacheMap<K, V> {
-    /// A map holding at most `capacity` entries (it starts over when full: crude, bounded).
+impl<K: Hash + Eq + Clone, V: Clone> CacheMap<K, V> {
+    /// A map holding about `capacity` entries at most.
     pub fn new(capacity: usize) -> Self {
         CacheMap {
-            inner: RwLock::new(Inner {
-                entries: HashMap::new(),
-                epoch: 0,
-            }),
-            capacity,
+            entries: Cache::new(capacity.max(1)),
+            epochs: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+            hasher: Default::default(),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner<K, V>> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner<K, V>> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    /// The write epoch of the key's stripe, locked.
+    fn stripe<Q: Hash + ?Sized>(&self, key: &Q) -> std::sync::MutexGuard<'_, u64> {
+        let stripe = (self.hasher.hash_one(key) as usize) % STRIPES;
+        self.epochs[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The cached value, or a ticket for filling it after loading.
@@ -51,29 +53,30 @@ impl<K: Hash + Eq, V: Clone> CacheMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let inner = self.read();
-        inner.entries.get(key).cloned().ok_or(Miss(inner.epoch))
+        if let Some(found) = self.entries.get(key) {
+            return Ok(found);
+        }
+        let epoch = self.stripe(key);
+        // Under the stripe's lock: a write that lands after this bumps the epoch read here.
+        match self.entries.get(key) {
+            Some(found) => Ok(found),
+            None => Err(Miss { epoch: *epoch }),
+        }
     }
 
-    /// Caches a value loaded after `miss`, unless a write happened since.
+    /// Caches a value loaded after `miss`, unless a write to the key's stripe happened since.
     pub fn fill(&self, key: K, value: V, miss: Miss) {
-        let mut inner = self.write();
-        if inner.epoch == miss.0 {
-            if inner.entries.len() >= self.capacity {
-                inner.entries.clear();
-            }
-            inner.entries.insert(key, value);
+        let epoch = self.stripe(key.borrow());
+        if *epoch == miss.epoch {
+            self.entries.insert(key, value);
         }
     }
 
     /// Records a write: the new value replaces whatever was cached.
     pub fn store(&self, key: K, value: V) {
-        let mut inner = self.write();
-        inner.epoch += 1;
-        if inner.entries.len() >= self.capacity {
-            inner.entries.clear();
-        }
-        inner.entries.insert(key, value);
+        let mut epoch = self.stripe(key.borrow());
+        *epoch += 1;
+        self.entries.insert(key, value);
     }
 
     /// Records a write whose result is not at hand: the next read loads it.
@@ -82,9 +85,9 @@ impl<K: Hash + Eq, V: Clone> CacheMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut inner = self.write();
-        inner.epoch += 1;
-        inner.entries.remove(key);
+        let mut epoch = self.stripe(key);
+        *epoch += 1;
+        self.entries.remove(key);
     }
 }
 
@@ -107,12 +110,28 @@ mod tests {
     }
 
     #[test]
-    fn it_stays_bounded() {
-        let cache: CacheMap<u32, u32> = CacheMap::new(3);
-        for i in 0..10 {
+    fn a_write_to_another_stripe_does_not_cancel_a_fill() {
+        let cache: CacheMap<u32, u32> = CacheMap::new(100);
+        let miss = cache.lookup(&1).unwrap_err();
+        // Some key in another stripe than 1.
+        let other = (2..1000)
+            .find(|k| {
+                cache.hasher.hash_one(k) as usize % STRIPES
+                    != cache.hasher.hash_one(1u32) as usize % STRIPES
+            })
+            .unwrap();
+        cache.store(other, 0);
+        cache.fill(1, 10, miss);
+        assert_eq!(cache.lookup(&1).ok(), Some(10));
+    }
+
+    #[test]
+    fn it_stays_bounded_and_keeps_recent_entries() {
+        let cache: CacheMap<u32, u32> = CacheMap::new(100);
+        for i in 0..10_000 {
             cache.store(i, i);
         }
-        assert!(cache.read().entries.len() <= 3);
-        assert_eq!(cache.lookup(&9).ok(), Some(9));
+        assert!(cache.entries.len() <= 200, "{}", cache.entries.len());
+        assert_eq!(cache.lookup(&9_999).ok(), Some(9_999));
     }
 }
