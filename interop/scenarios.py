@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import shutil
 import ssl
 import sys
 import uuid
@@ -454,6 +455,43 @@ async def message_carbons(h):
         await c.close()
 
 
+async def default_mechanism_login(h):
+    """Like a client that lets slixmpp choose (poezio does): whatever it tries
+    first (with Debian's slixmpp 1.8.3: -PLUS with tls-unique, which TLS 1.3
+    lacks), the first connection must end logged in."""
+    c = await h.client(h.args.user, "default-mech").login()
+    if not c.mech:
+        raise Failed("no mechanism recorded")
+    await c.close()
+
+
+async def go_sendxmpp(h):
+    """go-sendxmpp (Debian) sends whitespace after </auth>; it must log in and
+    deliver a message."""
+    exe = shutil.which("go-sendxmpp")
+    if exe is None:
+        raise Failed("go-sendxmpp is not installed (interop/setup.sh installs it as root)")
+    bob = await h.client(h.args.user2, "sendxmpp-b").login()
+    await bob.sync()
+    body = f"from go-sendxmpp {uuid.uuid4()}"
+    a = h.args
+    proc = await asyncio.create_subprocess_exec(
+        exe, "-n", "-j", f"{a.host}:{a.port}", "-u", f"{a.user}@{a.domain}",
+        "-p", a.password, str(bob.jid),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(body.encode() + b"\n"), WAIT)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise Failed("go-sendxmpp did not finish")
+    if proc.returncode != 0:
+        raise Failed(f"go-sendxmpp exited {proc.returncode}: {out.decode(errors='replace').strip()}")
+    await bob.expect(body)
+    await bob.close()
+
+
 SCENARIOS = [
     ("starttls_scram_sha_256", login_with("SCRAM-SHA-256")),
     ("starttls_scram_sha_1", login_with("SCRAM-SHA-1")),
@@ -470,6 +508,8 @@ SCENARIOS = [
     ("disco_info_server", disco_info_server),
     ("message_priority", message_priority),
     ("message_carbons", message_carbons),
+    ("default_mechanism_login", default_mechanism_login),
+    ("go_sendxmpp", go_sendxmpp),
 ]
 
 

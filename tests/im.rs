@@ -758,3 +758,46 @@ async fn in_band_registration_when_enabled() {
     assert!(raw.read_to_close().await.contains("<not-authorized"));
     server.stop().await;
 }
+
+/// RFC 6121 §8.5.3.2.1 and §8.5.2: messages to a resource that is not there, and groupchat
+/// to a bare JID.
+#[tokio::test]
+async fn messages_to_an_absent_resource_follow_their_type() {
+    use common::parse;
+    let server = TestServer::start().await;
+    let mut bob = online(&server, "bob", "phone", 0).await;
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    let send = |id: &str, to: &str, kind: &str| {
+        format!("<message to='{to}' id='{id}' type='{kind}'><body>{id}</body></message>")
+    };
+    let is_service_unavailable = |reply: &str| {
+        let reply = parse(reply);
+        reply.attr("type") == Some("error")
+            && reply.get_child("error", "jabber:client").is_some_and(|e| {
+                e.has_child("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas")
+            })
+    };
+    // normal and groupchat: refused, never shown to another resource.
+    for (id, kind) in [("n1", "normal"), ("g1", "groupchat")] {
+        alice.send(&send(id, "bob@localhost/laptop", kind)).await;
+        let reply = alice.stanza_with(&[&format!("id='{id}'")]).await;
+        assert!(is_service_unavailable(&reply), "{kind}: {reply}");
+    }
+    // groupchat to the bare JID: refused too.
+    alice.send(&send("g2", "bob@localhost", "groupchat")).await;
+    let reply = alice.stanza_with(&["id='g2'"]).await;
+    assert!(is_service_unavailable(&reply), "{reply}");
+    // headline: silently dropped.
+    alice
+        .send(&send("h1", "bob@localhost/laptop", "headline"))
+        .await;
+    // chat: delivered as if to the bare JID.
+    alice
+        .send(&send("c1", "bob@localhost/laptop", "chat"))
+        .await;
+    let first = parse(&bob.next_stanza().await);
+    assert_eq!(first.attr("id"), Some("c1"), "{first:?}");
+    alice.sync().await;
+    assert!(!alice.next_stanza_if_any().await.contains("id='h1'"));
+    server.stop().await;
+}

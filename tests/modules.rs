@@ -270,3 +270,11 @@ async fn a_module_config_with_an_unknown_key_or_module_is_refused() {
         .expect("starts");
     server.shutdown().await;
 }
+
+#[test]
+fn the_example_config_loads_with_every_module_section() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("xmppd.example.toml");
+    let config = xmppd_server::config::Config::load(&path).expect("example config parses");
+    assert!(config.modules.contains_key("csi"));
+    xmppd_server::hooks(&config, xmppd_modules::standard).expect("every module accepts it");
+}

@@ -6,6 +6,8 @@ mod common;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use common::{Raw, TestServer, PASSWORD};
+
+const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 use hmac::{Hmac, Mac};
 
 #[derive(Clone, Copy)]
@@ -228,6 +230,34 @@ async fn scram_downgrade_is_detected() {
     )
     .await;
     assert!(outcome.contains("<success"), "{outcome}");
+    server.stop().await;
+}
+
+/// What poezio with slixmpp 1.8.3 does on TLS 1.3: -PLUS with tls-unique (which TLS 1.3
+/// does not have), then plain SCRAM with "y". Neither is a password guess: the client still
+/// reaches its fallback on the same stream, and nobody behind its address is locked out.
+#[tokio::test]
+async fn channel_binding_failures_do_not_use_up_attempts() {
+    let server = TestServer::start().await;
+    for round in 0..3 {
+        let (mut raw, _) = Raw::secure(server.c2s).await;
+        for (mechanism, hash, gs2) in [
+            ("SCRAM-SHA-256-PLUS", Hash::Sha256, "p=tls-unique,,"),
+            ("SCRAM-SHA-1-PLUS", Hash::Sha1, "p=tls-unique,,"),
+            ("SCRAM-SHA-256", Hash::Sha256, "y,,"),
+            ("SCRAM-SHA-1", Hash::Sha1, "y,,"),
+        ] {
+            let outcome = scram(&mut raw, mechanism, hash, gs2, &[], PASSWORD).await;
+            let failure = common::parse(&outcome);
+            assert_eq!(failure.name(), "failure", "{round} {mechanism}: {outcome}");
+            assert!(failure.has_child("not-authorized", SASL), "{outcome}");
+            let text = failure.get_child("text", SASL).expect("says why").text();
+            assert!(text.contains("channel"), "{text}");
+        }
+        let outcome = raw.auth_plain("alice", PASSWORD).await;
+        assert!(outcome.contains("<success"), "round {round}: {outcome}");
+        bind_works(&mut raw).await;
+    }
     server.stop().await;
 }
 

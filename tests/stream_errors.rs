@@ -523,3 +523,79 @@ async fn fast_senders_are_slowed_not_dropped() {
     assert_eq!(server.metric("xmppd_stream_errors_total").await, 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_huge_stanza_gets_its_policy_violation_before_the_close() {
+    // The default limit (256 KiB) and a client that keeps sending 4 MiB: the reason must
+    // arrive, not a connection reset that destroys it.
+    let server = TestServer::start().await;
+    let (mut raw, _) = Raw::login(server.c2s, "alice", "huge").await;
+    raw.sync().await;
+    let chunk = "x".repeat(64 * 1024);
+    raw.send("<message to='bob@localhost'><body>").await;
+    for _ in 0..64 {
+        if !raw.try_send(chunk.as_bytes()).await {
+            break;
+        }
+    }
+    let all = raw.read_to_close().await;
+    assert!(all.contains(&stream_error("policy-violation")), "{all}");
+    assert!(all.contains("stanza too large"), "{all}");
+    assert_login_works(server.c2s).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_stream_error_is_answered_by_closing_only() {
+    let server = TestServer::start().await;
+    let (mut raw, _) = Raw::login(server.c2s, "alice", "err").await;
+    raw.sync().await;
+    raw.send(&format!(
+        "{}</stream:error>",
+        stream_error("undefined-condition")
+    ))
+    .await;
+    let rest = raw.read_to_close().await;
+    assert!(!rest.contains("<stream:error"), "{rest}");
+    assert!(rest.ends_with("</stream:stream>"), "{rest}");
+    assert_login_works(server.c2s).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_http_request_gets_a_400_and_the_close() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::connect(server.c2s).await;
+    raw.send("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let all = raw.read_to_close().await;
+    assert!(all.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{all}");
+    assert!(!all.contains("<stream"), "{all}");
+    assert_login_works(server.c2s).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bind_with_two_resources_and_presence_of_unknown_type_are_bad_requests() {
+    let server = TestServer::start().await;
+    let (mut raw, _) = Raw::secure(server.c2s).await;
+    assert!(raw.auth_plain("alice", PASSWORD).await.contains("<success"));
+    raw.open().await;
+    let reply = common::parse(
+        &raw.iq(
+            "b2",
+            "<iq type='set' id='b2'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>a</resource><resource>b</resource></bind></iq>",
+        )
+        .await,
+    );
+    assert_eq!(reply.attr("type"), Some("error"), "{reply:?}");
+    let error = reply.get_child("error", "jabber:client").unwrap();
+    assert!(error.has_child("bad-request", "urn:ietf:params:xml:ns:xmpp-stanzas"));
+    raw.bind(Some("one")).await;
+    raw.send("<presence id='p1' type='wobbly' to='bob@localhost'/>")
+        .await;
+    let reply = common::parse(&raw.stanza_with(&["id='p1'"]).await);
+    assert_eq!(reply.attr("type"), Some("error"), "{reply:?}");
+    let error = reply.get_child("error", "jabber:client").unwrap();
+    assert!(error.has_child("bad-request", "urn:ietf:params:xml:ns:xmpp-stanzas"));
+    server.stop().await;
+}

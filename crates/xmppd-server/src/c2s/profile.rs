@@ -241,14 +241,25 @@ impl C2s {
         counts: bool,
     ) -> Flow {
         self.sasl = None;
-        s.send_element(
-            &Element::new("failure", ns::SASL).with_child(Element::new(failure.as_str(), ns::SASL)),
-        );
+        let mut el =
+            Element::new("failure", ns::SASL).with_child(Element::new(failure.as_str(), ns::SASL));
+        if let Some(text) = failure.text() {
+            el.push_child(
+                Element::new("text", ns::SASL)
+                    .with_attr("xml:lang", "en")
+                    .with_text(text),
+            );
+        }
+        s.send_element(&el);
         if counts && failure != sasl::Failure::Aborted {
             Metrics::inc(&self.server.metrics.auth_failures);
-            tracing::info!(peer = %s.peer, reason = failure.as_str(), "authentication failed");
+            let detail = failure.text().unwrap_or_default();
+            tracing::info!(peer = %s.peer, reason = failure.as_str(), detail, "authentication failed");
             if failure.is_credential_failure() {
                 self.server.throttle.record_failure(s.peer.ip());
+            }
+            if !failure.is_attempt() {
+                return s.flush_flow().await;
             }
             self.sasl_failures += 1;
             // RFC 6120 §6.4.5: after too many retries, close with policy-violation.
@@ -447,6 +458,13 @@ impl<F: Framing> Profile<F> for C2s {
                 } else {
                     Flow::Close
                 }
+            }
+            // RFC 6120 §4.9.1.1: a stream error is answered by closing, never by another.
+            (ns::STREAM, "error") => {
+                tracing::debug!(peer = %s.peer, "the client sent a stream error");
+                s.send_raw(b"</stream:stream>");
+                s.flush().await;
+                Flow::Close
             }
             (ns::SASL, _) if self.user.is_none() => self.on_sasl(s, el).await,
             (ns::CLIENT, "iq") if self.user.is_none() && !self.tls_required_now(s) => {

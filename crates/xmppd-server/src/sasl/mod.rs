@@ -41,6 +41,12 @@ pub enum Failure {
     MechanismTooWeak,
     NotAuthorized,
     TemporaryAuthFailure,
+    /// A -PLUS mechanism with a channel-binding type this connection cannot give (for
+    /// example `tls-unique`, which TLS 1.3 does not have).
+    ChannelBindingUnavailable,
+    /// The client said it supports channel binding but thinks we do not ("y"), while we
+    /// offered -PLUS: a downgrade, or a client that could not use our types (RFC 5802 §6).
+    ChannelBindingDowngrade,
 }
 
 impl Failure {
@@ -57,12 +63,41 @@ impl Failure {
             Failure::MechanismTooWeak => "mechanism-too-weak",
             Failure::NotAuthorized => "not-authorized",
             Failure::TemporaryAuthFailure => "temporary-auth-failure",
+            Failure::ChannelBindingUnavailable | Failure::ChannelBindingDowngrade => {
+                "not-authorized"
+            }
+        }
+    }
+
+    /// What went wrong, for the client's `<text/>` and the log, where the condition alone
+    /// would mislead (a channel-binding mismatch is not a wrong password).
+    pub fn text(self) -> Option<&'static str> {
+        match self {
+            Failure::ChannelBindingUnavailable => Some(
+                "this channel-binding type is not available on this connection; \
+                 use one from <sasl-channel-binding/> (tls-exporter, tls-server-end-point)",
+            ),
+            Failure::ChannelBindingDowngrade => Some(
+                "channel binding was offered but not used (possible downgrade); \
+                 use a -PLUS mechanism with an offered channel-binding type",
+            ),
+            _ => None,
         }
     }
 
     /// Whether this failure counts against the peer's address in the throttle.
     pub fn is_credential_failure(self) -> bool {
         matches!(self, Failure::NotAuthorized | Failure::InvalidAuthzid)
+    }
+
+    /// Whether it counts toward the failed attempts a stream may make (RFC 6120 §6.4.5).
+    /// Channel-binding negotiation is not guessing: a client that tries -PLUS types in turn
+    /// must still reach its fallback (poezio with slixmpp 1.8 tries tls-unique first).
+    pub fn is_attempt(self) -> bool {
+        !matches!(
+            self,
+            Failure::ChannelBindingUnavailable | Failure::ChannelBindingDowngrade
+        )
     }
 }
 

@@ -198,11 +198,12 @@ fn check_channel_binding(flag: &str, plus: bool, env: &SaslEnv<'_>) -> Result<Ve
         ("n", false) => Ok(Vec::new()),
         // RFC 5802 §6: "y" means the client thinks we do not support channel binding. If we
         // offered -PLUS on this stream, someone removed it on the way: fail.
-        ("y", false) if env.plus_offered() => Err(Failure::NotAuthorized),
+        ("y", false) if env.plus_offered() => Err(Failure::ChannelBindingDowngrade),
         ("y", false) => Ok(Vec::new()),
         (flag, true) => {
             let cb_type = flag.strip_prefix("p=").ok_or(Failure::MalformedRequest)?;
-            env.channel_binding(cb_type).ok_or(Failure::NotAuthorized)
+            env.channel_binding(cb_type)
+                .ok_or(Failure::ChannelBindingUnavailable)
         }
         _ => Err(Failure::MalformedRequest),
     }
@@ -319,7 +320,7 @@ mod tests {
         // Downgrade detected: the client says "y" but we offer -PLUS on this stream.
         assert!(matches!(
             start("y", false).await,
-            Err(Failure::NotAuthorized)
+            Err(Failure::ChannelBindingDowngrade)
         ));
         assert!(start("n", false).await.is_ok());
         let s = start("p=tls-exporter", true).await.ok().unwrap();
@@ -328,7 +329,7 @@ mod tests {
         assert_eq!(s.cb_data, vec![8; 32]);
         assert!(matches!(
             start("p=tls-unique", true).await,
-            Err(Failure::NotAuthorized)
+            Err(Failure::ChannelBindingUnavailable)
         ));
         assert!(matches!(
             start("n", true).await,

@@ -44,6 +44,12 @@ pub enum Flow {
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outbound stanzas coalesced into one write.
 const WRITE_BATCH: usize = 64;
+/// How long, and how much, a closed connection's input is drained (see [`Driver::drain`]).
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: usize = 1 << 20;
+/// What an HTTP request on an XMPP port gets before the connection closes.
+const HTTP_REFUSAL: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 pub fn random_id(len: usize) -> String {
     rand::thread_rng()
@@ -71,6 +77,20 @@ fn parse_error_condition(e: &ParseError) -> (StreamError, &'static str) {
     }
 }
 
+/// Whether a connection's first bytes are an HTTP request line.
+fn looks_like_http(data: &[u8]) -> bool {
+    const METHODS: [&[u8]; 7] = [
+        b"GET ",
+        b"POST ",
+        b"HEAD ",
+        b"PUT ",
+        b"OPTIONS ",
+        b"CONNECT ",
+        b"DELETE ",
+    ];
+    METHODS.iter().any(|m| data.starts_with(m))
+}
+
 /// The state every stream has, whatever its profile: the framing, the parser, the output
 /// buffer and what the response header says.
 pub struct Stream<F> {
@@ -88,6 +108,10 @@ pub struct Stream<F> {
     pub domain: String,
     /// The stream's default language (RFC 6120 §4.7.4).
     pub lang: String,
+    /// Nothing was read from the peer yet.
+    first_read: bool,
+    /// The stream ended on input we refused; the peer may still be sending.
+    unread_input: bool,
     rate: ByteRate,
     /// Until when reading is paused by the byte-rate limit.
     paused_until: Option<Instant>,
@@ -115,6 +139,8 @@ impl<F: Framing> Stream<F> {
             content_ns,
             domain: server.config.server.domains[0].clone(),
             lang: "en".to_string(),
+            first_read: true,
+            unread_input: false,
             rate: ByteRate::new(l.max_bytes_per_second, l.burst_bytes),
             paused_until: None,
             write_timeout: Duration::from_secs(l.write_timeout_secs),
@@ -315,7 +341,28 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             }
             self.profile.close().await;
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.io.shutdown()).await;
+            if self.stream.unread_input {
+                self.drain().await;
+            }
             Metrics::dec(&metrics.connections_open);
+        }
+    }
+
+    /// Reads and discards what the peer still sends, briefly, after our side is shut down.
+    /// Closing a socket with unread input makes the kernel send a reset, which can destroy
+    /// the stream error we just wrote before the peer reads it; draining lets it arrive.
+    async fn drain(&mut self) {
+        let stream = &mut self.stream;
+        let mut discarded = 0;
+        let deadline = Instant::now() + DRAIN_TIME;
+        while discarded < DRAIN_BYTES {
+            let mut scratch = std::mem::take(&mut stream.input);
+            let read = poll_fn(|cx| stream.io.poll_read_lazy(cx, &mut scratch));
+            match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => return,
+            }
+            stream.input = scratch;
         }
     }
 
@@ -454,6 +501,12 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
 
     /// Feeds read bytes to the parser and hands every complete event to the profile.
     async fn process(&mut self, mut data: &[u8]) -> bool {
+        if std::mem::take(&mut self.stream.first_read) && looks_like_http(data) {
+            // A browser or a probe on an XMPP port: no XML stream, just a one-line answer.
+            tracing::debug!(peer = %self.stream.peer, "HTTP request on an XMPP port");
+            self.stream.write(HTTP_REFUSAL).await;
+            return false;
+        }
         loop {
             let stream = &mut self.stream;
             let event = match stream.parser.feed(&mut data) {
@@ -462,6 +515,8 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                 Err(e) => {
                     let (err, text) = parse_error_condition(&e);
                     stream.stream_error(err, Some(text)).await;
+                    // The peer may be mid-way through sending what we refused.
+                    stream.unread_input = true;
                     return false;
                 }
             };
