@@ -8,6 +8,7 @@ See interop/README.md for how to run it.
 import argparse
 import asyncio
 import hashlib
+import inspect
 import logging
 import shutil
 import ssl
@@ -58,6 +59,7 @@ class Client:
         # use_mechs limits SASL to exactly this set; without it slixmpp
         # picks the "best" offered mechanism and falls back on failure.
         config = {"feature_mechanisms": {"use_mechs": [mech]}} if mech else {}
+        self.restricted_mech = mech is not None
         x = self.xmpp = ClientXMPP(
             jid, args.password if password is None else password,
             plugin_config=config)
@@ -115,7 +117,10 @@ class Client:
 
     def _on_failed_auth(self, failure):
         self.auth_failed = True
-        self._fail(f"SASL failure: {failure['condition']}")
+        # With one mechanism there is no fallback; otherwise slixmpp tries the next one
+        # and only failed_all_auth is final.
+        if self.restricted_mech:
+            self._fail(f"SASL failure: {failure['condition']}")
 
     def _on_failed_all_auth(self, _):
         offered = sorted(self.xmpp.plugin["feature_mechanisms"].mech_list)
@@ -128,7 +133,12 @@ class Client:
 
     async def login(self):
         a = self.args
-        self.xmpp.connect(a.host, a.tls_port if self.direct_tls else a.port)
+        port = a.tls_port if self.direct_tls else a.port
+        if "host" in inspect.signature(self.xmpp.connect).parameters:
+            self.xmpp.connect(a.host, port)
+        else:
+            # slixmpp before 1.9 (Debian's 1.8.3) takes an address tuple.
+            self.xmpp.connect((a.host, port), use_ssl=self.direct_tls)
         await self.session
         if not isinstance(self.xmpp.socket, (ssl.SSLSocket, ssl.SSLObject)):
             raise Failed("session is not TLS-encrypted")

@@ -6,9 +6,9 @@ mod common;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use common::{Raw, TestServer, PASSWORD};
+use hmac::{Hmac, Mac};
 
 const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-use hmac::{Hmac, Mac};
 
 #[derive(Clone, Copy)]
 enum Hash {
