@@ -254,6 +254,11 @@ async fn offline_messages_survive_a_restart() {
     );
     let second = bob.stanza_with(&["<message"]).await;
     assert!(second.contains("<body>second</body>"), "in order: {second}");
+    // Like any client, Bob answers the ping behind the batch: it proves he read it.
+    let ping = common::parse(&bob.stanza_with(&["<iq", "type='get'"]).await);
+    let (id, from) = (ping.attr("id").unwrap(), ping.attr("from").unwrap());
+    bob.send(&format!("<iq type='result' id='{id}' to='{from}'/>"))
+        .await;
     bob.sync().await;
     // Delivered once: a second login gets nothing.
     drop(bob);

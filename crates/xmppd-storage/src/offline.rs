@@ -20,7 +20,14 @@ pub trait OfflineStore: Send + Sync {
         message: &OfflineMessage,
         limit: usize,
     ) -> Result<bool>;
-    /// Removes and returns every stored message, oldest first.
-    async fn take_all(&self, username: &str, domain: &str) -> Result<Vec<OfflineMessage>>;
+    /// Up to `limit` stored messages, oldest first, with their ids; nothing is removed.
+    async fn oldest(
+        &self,
+        username: &str,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, OfflineMessage)>>;
+    /// Removes the messages up to and including id `last` (once they were delivered).
+    async fn remove_through(&self, username: &str, domain: &str, last: i64) -> Result<()>;
     async fn count(&self, username: &str, domain: &str) -> Result<usize>;
 }

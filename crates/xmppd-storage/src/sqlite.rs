@@ -416,19 +416,22 @@ impl OfflineStore for SqliteStorage {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn take_all(&self, username: &str, domain: &str) -> Result<Vec<OfflineMessage>> {
-        let mut tx = self.pool.begin().await?;
+    async fn oldest(
+        &self,
+        username: &str,
+        domain: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, OfflineMessage)>> {
         let rows = sqlx::query(
-            "DELETE FROM offline_messages WHERE domain = $1 AND username = $2 \
-             RETURNING id, stamp, stanza",
+            "SELECT id, stamp, stanza FROM offline_messages WHERE domain = $1 AND username = $2 \
+             ORDER BY id LIMIT $3",
         )
         .bind(domain)
         .bind(username)
-        .fetch_all(&mut *tx)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
-        let mut out: Vec<(i64, OfflineMessage)> = rows
-            .iter()
+        rows.iter()
             .map(|r| {
                 Ok((
                     r.try_get("id")?,
@@ -438,9 +441,19 @@ impl OfflineStore for SqliteStorage {
                     },
                 ))
             })
-            .collect::<Result<_>>()?;
-        out.sort_by_key(|(id, _)| *id);
-        Ok(out.into_iter().map(|(_, m)| m).collect())
+            .collect()
+    }
+
+    async fn remove_through(&self, username: &str, domain: &str, last: i64) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM offline_messages WHERE domain = $1 AND username = $2 AND id <= $3",
+        )
+        .bind(domain)
+        .bind(username)
+        .bind(last)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn count(&self, username: &str, domain: &str) -> Result<usize> {
@@ -648,20 +661,35 @@ mod tests {
                 i < 2
             );
         }
-        let taken = storage.offline.take_all("alice", d).await.unwrap();
+        let oldest = storage.offline.oldest("alice", d, 10).await.unwrap();
         assert_eq!(
-            taken.iter().map(|m| m.stamp).collect::<Vec<_>>(),
+            oldest.iter().map(|(_, m)| m.stamp).collect::<Vec<_>>(),
             vec![0, 1]
         );
+        // Read again until removed: delivery may be cut short.
+        let first = storage.offline.oldest("alice", d, 1).await.unwrap();
+        assert_eq!(first, oldest[..1]);
+        storage
+            .offline
+            .remove_through("alice", d, first[0].0)
+            .await
+            .unwrap();
+        let rest = storage.offline.oldest("alice", d, 10).await.unwrap();
+        assert_eq!(rest, oldest[1..]);
+        storage
+            .offline
+            .remove_through("alice", d, rest[0].0)
+            .await
+            .unwrap();
         assert!(storage
             .offline
-            .take_all("alice", d)
+            .oldest("alice", d, 10)
             .await
             .unwrap()
             .is_empty());
         storage
             .offline
-            .push("alice", d, &taken[0], 10)
+            .push("alice", d, &oldest[0].1, 10)
             .await
             .unwrap();
 

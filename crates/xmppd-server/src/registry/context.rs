@@ -10,7 +10,7 @@ use xmppd_storage::Storage;
 
 use super::{Event, Handled, Hooks, Point, Verdict};
 use crate::config::{Config, ImConfig};
-use crate::router::{AccountLocks, Router, SessionHandle, SessionTable};
+use crate::router::{AccountLocks, IqRequests, Router, SessionHandle, SessionTable};
 
 /// A deferred action, applied by the router after the handler that asked for it.
 pub enum Effect {
@@ -64,6 +64,12 @@ impl<'a> Ctx<'a> {
     /// Serialises changes to each account's stored state: hold it from load to save.
     pub fn account_locks(&self) -> &'a AccountLocks {
         self.router.account_locks()
+    }
+
+    /// Iq requests to sessions whose answers someone awaits (see [`IqRequests`]); an `Arc`
+    /// so a task that outlives the handler can keep it.
+    pub fn requests(&self) -> &'a Arc<IqRequests> {
+        self.router.requests()
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {

@@ -9,6 +9,7 @@
 
 mod locks;
 mod outbox;
+mod requests;
 pub mod sessions;
 
 use std::collections::{HashSet, VecDeque};
@@ -24,6 +25,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{Ctx, Effect, Event, Hooks, Intercept, IqTarget, Point, Verdict, Via};
 pub use locks::AccountLocks;
+pub use outbox::{Outbox, Push};
+pub use requests::IqRequests;
 pub use sessions::{Kick, SessionHandle, SessionTable};
 
 /// Stanzas for domains this server does not host.
@@ -55,6 +58,7 @@ pub struct Router {
     hooks: Hooks,
     remote: Arc<dyn RemoteDomains>,
     account_locks: AccountLocks,
+    requests: Arc<IqRequests>,
     metrics: Arc<Metrics>,
 }
 
@@ -76,6 +80,7 @@ impl Router {
             hooks,
             remote: Arc::new(NoFederation),
             account_locks: AccountLocks::default(),
+            requests: Arc::default(),
             metrics,
         }
     }
@@ -99,6 +104,11 @@ impl Router {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Iq requests the server sent to sessions, waiting for their answers.
+    pub fn requests(&self) -> &Arc<IqRequests> {
+        &self.requests
     }
 
     pub fn uptime_secs(&self) -> i64 {
@@ -179,6 +189,14 @@ impl Router {
 
     /// Routes one stanza; `outbound` runs the sender-side filters first.
     async fn route_one(&self, cx: &mut Ctx<'_>, stanza: Stanza, outbound: bool) {
+        // An answer to a request the server sent goes to whoever waits for it.
+        let stanza = match stanza.kind {
+            StanzaKind::Iq if !stanza.is_iq_request() => match self.requests.answer(stanza) {
+                None => return,
+                Some(other) => other,
+            },
+            _ => stanza,
+        };
         // RFC 6120 §10.3: no 'to' means the sender's own account.
         let to = match (&stanza.to, &stanza.from) {
             (Some(to), _) => to.clone(),

@@ -19,6 +19,8 @@ pub struct Outbox {
     filled: Notify,
     /// Wakes patient senders when the session task takes something.
     drained: Notify,
+    /// Wakes those waiting for the session to end (see [`Outbox::closed`]).
+    ended: Notify,
 }
 
 #[derive(Default)]
@@ -41,6 +43,7 @@ impl Outbox {
             capacity: capacity.max(1),
             filled: Notify::new(),
             drained: Notify::new(),
+            ended: Notify::new(),
         }
     }
 
@@ -113,6 +116,19 @@ impl Outbox {
         }
     }
 
+    /// Resolves once the outbox is closed (the session ended).
+    pub async fn closed(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.state().closed {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// Refuses further items and drops those still queued.
     pub fn close(&self) {
         let dropped = {
@@ -123,6 +139,7 @@ impl Outbox {
         drop(dropped);
         self.filled.notify_one();
         self.drained.notify_waiters();
+        self.ended.notify_waiters();
     }
 }
 
@@ -164,6 +181,20 @@ mod tests {
         tokio::task::yield_now().await;
         outbox.push(b("x"));
         assert_eq!(receiver.await.unwrap(), Some(b("x")));
+    }
+
+    #[tokio::test]
+    async fn waiters_learn_that_it_closed() {
+        let outbox = std::sync::Arc::new(Outbox::new(1));
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        outbox.close();
+        waiter.await.unwrap();
+        outbox.closed().await;
     }
 
     #[tokio::test]

@@ -73,20 +73,6 @@ impl SessionHandle {
         }
     }
 
-    /// Queues bytes, waiting a little for room: for bursts the server itself creates (offline
-    /// messages at login), which must not count as the client failing to read.
-    pub async fn send_patiently(&self, data: Bytes) -> bool {
-        let wait = std::time::Duration::from_secs(5);
-        match self.outbox.push_patiently(data, wait).await {
-            Push::Queued => true,
-            Push::Full => {
-                self.kick(Kick::QueueOverflow);
-                false
-            }
-            Push::Closed => false,
-        }
-    }
-
     /// The queue the session's own task writes out.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
