@@ -21,7 +21,8 @@ use xmppd_server::RunningServer;
 
 pub const DOMAIN: &str = "localhost";
 pub const PASSWORD: &str = "s3cret pässword";
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an expected reply may take: generous, as debug builds on a busy machine are slow.
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A CA, a server certificate for `localhost` signed by it, and a client certificate for
 /// `alice@localhost` (xmppAddr) for SASL EXTERNAL.

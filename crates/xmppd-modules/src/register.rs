@@ -109,7 +109,7 @@ async fn register_new(
     if bare.node().is_none() || password.is_empty() {
         return Err(StanzaErrorCondition::NotAcceptable.into());
     }
-    if throttle.is_blocked(ip) {
+    if throttle.is_blocked(&ip) {
         return Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint)
             .with_text("too many registrations from your address; try later"));
     }

@@ -141,9 +141,15 @@ pub struct SaslConfig {
     /// Domains that allow SASL ANONYMOUS (off everywhere by default).
     pub anonymous_domains: Vec<String>,
     /// Failed authentications from one IP address within `failure_window_secs` before further
-    /// attempts from it are refused with `temporary-auth-failure`.
+    /// attempts from it are refused with `temporary-auth-failure`: the ceiling for an address
+    /// shared by many users.
     pub max_failures_per_ip: u32,
+    /// The same for one account from one address: guessing one account's password locks out
+    /// that account from that address only, and stops counting toward the address ceiling.
+    pub max_failures_per_account_and_ip: u32,
     pub failure_window_secs: u64,
+    /// Milliseconds a failed authentication waits before its answer, to slow guessing.
+    pub failure_delay_ms: u64,
     /// Failed attempts on one stream before it is closed (RFC 6120 §6.4.5).
     pub max_attempts_per_stream: u32,
 }
@@ -164,7 +170,9 @@ impl Default for SaslConfig {
             .to_vec(),
             scram_iterations: 10_000,
             anonymous_domains: Vec::new(),
-            max_failures_per_ip: 10,
+            max_failures_per_ip: 50,
+            max_failures_per_account_and_ip: 5,
+            failure_delay_ms: 500,
             failure_window_secs: 60,
             max_attempts_per_stream: 3,
         }
@@ -184,8 +192,17 @@ pub struct LimitsConfig {
     pub max_bytes_per_second: u32,
     /// Bytes a connection may send in a burst above the sustained rate.
     pub burst_bytes: u32,
-    /// Concurrent connections from one IP address.
+    /// Concurrent connections from one IP address, authenticated or not (0: unlimited).
     pub max_connections_per_ip: u32,
+    /// Concurrent unauthenticated connections from one IP address; over it the oldest is
+    /// closed (0: unlimited).
+    pub max_unauthenticated_per_ip: u32,
+    /// New connections per second from one IP address, and the burst above it; over it a
+    /// connection waits up to half a second for its turn, then is refused (0: unlimited).
+    pub new_connections_per_ip_per_second: u32,
+    pub new_connections_burst: u32,
+    /// Sessions (resources) one account may have at once (0: unlimited).
+    pub max_resources_per_account: u32,
     /// Seconds a connection has to authenticate and bind.
     pub unauthenticated_timeout_secs: u64,
     /// Stanzas queued for one session before it is disconnected as too slow.
@@ -206,7 +223,11 @@ impl Default for LimitsConfig {
             max_attributes: 64,
             max_bytes_per_second: 256 * 1024,
             burst_bytes: 1024 * 1024,
-            max_connections_per_ip: 100,
+            max_connections_per_ip: 0,
+            max_unauthenticated_per_ip: 1000,
+            new_connections_per_ip_per_second: 500,
+            new_connections_burst: 2000,
+            max_resources_per_account: 100,
             unauthenticated_timeout_secs: 30,
             outbound_queue: 1000,
             write_timeout_secs: 30,

@@ -50,7 +50,12 @@ pub struct ServerState {
     pub router: Router,
     pub tls: TlsContext,
     pub metrics: Arc<Metrics>,
+    /// Failed authentications per address (the ceiling) and per address and account.
     pub throttle: AuthThrottle,
+    pub account_throttle: AuthThrottle<(std::net::IpAddr, String)>,
+    /// Unauthenticated connections and new connections per address.
+    pub unauthenticated: Arc<limits::Unauthenticated>,
+    pub connection_rate: limits::ConnectionRate,
     pub connections: Arc<ConnectionLimiter>,
     /// Server secret (persisted in the data directory) for values that must be stable but
     /// unguessable, such as the fake SCRAM salts of unknown users.
@@ -188,6 +193,15 @@ pub async fn start(
         throttle: AuthThrottle::new(
             config.sasl.max_failures_per_ip,
             Duration::from_secs(config.sasl.failure_window_secs),
+        ),
+        account_throttle: AuthThrottle::new(
+            config.sasl.max_failures_per_account_and_ip,
+            Duration::from_secs(config.sasl.failure_window_secs),
+        ),
+        unauthenticated: limits::Unauthenticated::new(config.limits.max_unauthenticated_per_ip),
+        connection_rate: limits::ConnectionRate::new(
+            config.limits.new_connections_per_ip_per_second,
+            config.limits.new_connections_burst,
         ),
         connections: ConnectionLimiter::new(config.limits.max_connections_per_ip),
         config,

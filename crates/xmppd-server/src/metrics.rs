@@ -14,6 +14,8 @@ pub struct Metrics {
     pub stanzas_out: AtomicU64,
     pub auth_success: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Logins refused without trying: the address or account failed too often lately.
+    pub auth_throttled: AtomicU64,
     pub queue_overflows: AtomicU64,
     pub stream_errors: AtomicU64,
     pub connections_refused: AtomicU64,
@@ -104,6 +106,12 @@ impl Metrics {
             "counter",
             "Failed SASL authentications.",
             &[("", get(&self.auth_failures))],
+        );
+        metric(
+            "auth_throttled_total",
+            "counter",
+            "Logins refused because the address, or the account from it, failed too often.",
+            &[("", get(&self.auth_throttled))],
         );
         metric(
             "queue_overflows_total",

@@ -10,29 +10,74 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use xmppd_core::ns;
 
-use crate::limits::ConnectionSlot;
+use crate::limits::{ConnectionSlot, Pending};
 use crate::stream::{Driver, Framing, Stream, TcpFraming};
 use crate::ServerState;
 pub use profile::C2s;
 
-/// A client connection over `framing`, ready to run.
+/// A client connection over `framing`, ready to run after the returned delay (its turn
+/// under the per-address rate of new connections).
 pub fn connection<F: Framing>(
     server: Arc<ServerState>,
     framing: F,
     peer: SocketAddr,
-    slot: Option<ConnectionSlot>,
-) -> Driver<F, C2s> {
+) -> (Driver<F, C2s>, Duration) {
+    let admission = Admission::new(&server, peer);
+    let delay = admission.delay;
     let stream = Stream::new(framing, peer, &server, ns::CLIENT);
-    Driver::new(server.clone(), stream, C2s::new(server, slot))
+    let driver = Driver::new(server.clone(), stream, C2s::new(server, admission));
+    (driver, delay)
 }
 
 fn tcp_connection(
     server: Arc<ServerState>,
     tcp: TcpStream,
     peer: SocketAddr,
-    slot: Option<ConnectionSlot>,
-) -> Driver<TcpFraming, C2s> {
-    connection(server, TcpFraming::new(tcp, peer), peer, slot)
+) -> (Driver<TcpFraming, C2s>, Duration) {
+    connection(server, TcpFraming::new(tcp, peer), peer)
+}
+
+/// What a new connection was let in with, under the per-address limits.
+pub struct Admission {
+    /// Its place under the total per-address cap; none when over it.
+    _slot: Option<ConnectionSlot>,
+    /// Its place among the address's unauthenticated connections, until it authenticates.
+    pending: Option<Pending>,
+    /// Why it only gets a stream error, if it does.
+    refusal: Option<&'static str>,
+    delay: Duration,
+}
+
+impl Admission {
+    fn new(server: &ServerState, peer: SocketAddr) -> Self {
+        let ip = peer.ip();
+        let slot = server.connections.acquire(ip);
+        let turn = server.connection_rate.admit(ip);
+        let refusal = match (&slot, turn) {
+            (None, _) => Some("too many connections from your address"),
+            (_, None) => Some("too many new connections from your address; try again shortly"),
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            crate::metrics::Metrics::inc(&server.metrics.connections_refused);
+            tracing::info!(%peer, reason, "connection refused");
+        }
+        // A refused connection takes no place among the unauthenticated ones: it only
+        // waits for its header, to be told why, or for its login deadline.
+        let pending = refusal.is_none().then(|| {
+            let (pending, evicted) = server.unauthenticated.admit(ip);
+            if evicted {
+                tracing::info!(%peer, "closed the oldest unauthenticated connection from this address");
+            }
+            pending
+        });
+        Admission {
+            _slot: slot,
+            pending,
+            refusal,
+            delay: turn.unwrap_or_default(),
+        }
+    }
 }
 
 /// Accepts connections until shutdown; each connection runs in its own task.
@@ -44,13 +89,16 @@ pub async fn listen(listener: TcpListener, direct_tls: bool, server: Arc<ServerS
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    let slot = server.connections.acquire(peer.ip());
-                    if slot.is_none() {
-                        crate::metrics::Metrics::inc(&server.metrics.connections_refused);
-                        tracing::info!(%peer, "connection over the per-address limit");
+                    let (conn, delay) = tcp_connection(server.clone(), tcp, peer);
+                    if delay.is_zero() {
+                        tokio::spawn(conn.run(direct_tls));
+                    } else {
+                        // Only a connection that has to wait pays for the bigger task.
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            conn.run(direct_tls).await
+                        });
                     }
-                    let conn = tcp_connection(server.clone(), tcp, peer, slot);
-                    tokio::spawn(conn.run(direct_tls));
                 }
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -132,10 +180,9 @@ mod tests {
 
         let (mut client, server_end) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let slot = server.state.connections.acquire(peer.ip());
         let framing = MemoryFraming::new(server_end, true);
-        let task =
-            tokio::spawn(super::connection(server.state.clone(), framing, peer, slot).run(false));
+        let (driver, _) = super::connection(server.state.clone(), framing, peer);
+        let task = tokio::spawn(driver.run(false));
 
         let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
             xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
@@ -188,7 +235,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let task = super::tcp_connection(server.state.clone(), tcp, addr, None).run(false);
+        let (task, _) = super::tcp_connection(server.state.clone(), tcp, addr);
+        let task = task.run(false);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2 * 1024, "connection future is {size} bytes");
         drop(task);

@@ -13,7 +13,7 @@ use xmppd_core::{
 };
 use xmppd_xml::StreamHeader;
 
-use crate::limits::ConnectionSlot;
+use crate::limits::Eviction;
 use crate::metrics::Metrics;
 use crate::registry::{Stage, StreamInfo};
 use crate::router::{Kick, SessionHandle};
@@ -21,34 +21,37 @@ use crate::sasl::{self, Exchange, SaslEnv, Step};
 use crate::stream::{random_id, Flow, Framing, Profile, Stream};
 use crate::ServerState;
 
+use super::Admission;
+
 pub struct C2s {
     server: Arc<ServerState>,
     /// Whether the client declared its stream language (RFC 6120 §4.7.4).
     lang_declared: bool,
     sasl: Option<Exchange>,
     sasl_failures: u32,
+    /// The account the current SASL attempt is for, once the client named it.
+    attempt: Option<String>,
     /// The authenticated account's localpart.
     user: Option<String>,
     session: Option<Arc<SessionHandle>>,
     /// Until when the client may take to authenticate and bind.
     login_deadline: Option<Instant>,
-    /// Set when the connection is over a per-IP limit: it only gets a stream error.
-    refused: bool,
-    _slot: Option<ConnectionSlot>,
+    /// Its place under the per-address limits (see [`Admission`]).
+    admission: Admission,
 }
 
 impl C2s {
-    pub fn new(server: Arc<ServerState>, slot: Option<ConnectionSlot>) -> Self {
+    pub fn new(server: Arc<ServerState>, admission: Admission) -> Self {
         let timeout = server.config.limits.unauthenticated_timeout_secs;
         C2s {
             lang_declared: false,
             sasl: None,
             sasl_failures: 0,
+            attempt: None,
             user: None,
             session: None,
             login_deadline: Some(Instant::now() + Duration::from_secs(timeout)),
-            refused: slot.is_none(),
-            _slot: slot,
+            admission,
             server,
         }
     }
@@ -185,16 +188,27 @@ impl C2s {
         };
         let (step, exchange) = match el.name() {
             "auth" => {
-                if self.server.throttle.is_blocked(s.peer.ip()) {
+                let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
+                self.attempt = data
+                    .as_deref()
+                    .and_then(|d| sasl::attempted_username(&mechanism, d));
+                if self.throttled(s) {
                     return self
                         .sasl_failure(s, sasl::Failure::TemporaryAuthFailure, false)
                         .await;
                 }
-                let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
                 Box::pin(sasl::begin(&mechanism, data, &self.sasl_env(s))).await
             }
             "response" => match (self.sasl.take(), data) {
                 (Some(exchange), data) => {
+                    if let (Exchange::AwaitingInitial(mechanism), Some(d)) = (&exchange, &data) {
+                        self.attempt = sasl::attempted_username(mechanism, d);
+                        if self.throttled(s) {
+                            return self
+                                .sasl_failure(s, sasl::Failure::TemporaryAuthFailure, false)
+                                .await;
+                        }
+                    }
                     let env = self.sasl_env(s);
                     Box::pin(sasl::respond(exchange, data.unwrap_or_default(), &env)).await
                 }
@@ -224,6 +238,8 @@ impl C2s {
                 tracing::info!(peer = %s.peer, user = %username, domain = %s.domain, "authenticated");
                 sasl_element(s, "success", additional.as_deref().unwrap_or_default());
                 self.user = Some(username);
+                // Authenticated: no longer one of the address's unauthenticated connections.
+                self.admission.pending = None;
                 if s.flush().await {
                     Flow::Restart
                 } else {
@@ -232,6 +248,41 @@ impl C2s {
             }
             Step::Failure(f) => self.sasl_failure(s, f, true).await,
         }
+    }
+
+    /// Whether the address, or this account from this address, failed too often lately.
+    fn throttled<F: Framing>(&self, s: &Stream<F>) -> bool {
+        let ip = s.peer.ip();
+        let account = self.attempt.as_ref().map(|user| (ip, user.clone()));
+        let blocked = self.server.throttle.is_blocked(&ip)
+            || account
+                .as_ref()
+                .is_some_and(|key| self.server.account_throttle.is_blocked(key));
+        if blocked {
+            Metrics::inc(&self.server.metrics.auth_throttled);
+            let account = self.attempt.as_deref().unwrap_or_default();
+            tracing::warn!(peer = %s.peer, account, "login refused: too many failures lately");
+        }
+        blocked
+    }
+
+    /// A wrong password (or the like): counted per account and address, and toward the
+    /// address's ceiling unless that account is already throttled there (one guessed
+    /// account must not lock out everyone behind the address). Then a pause, to slow
+    /// guessing down without blocking anyone else.
+    async fn record_credential_failure(&self, ip: std::net::IpAddr) {
+        match &self.attempt {
+            Some(user) => {
+                let key = (ip, user.clone());
+                if !self.server.account_throttle.is_blocked(&key) {
+                    self.server.throttle.record_failure(ip);
+                }
+                self.server.account_throttle.record_failure(key);
+            }
+            None => self.server.throttle.record_failure(ip),
+        }
+        let delay = self.server.config.sasl.failure_delay_ms;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
 
     async fn sasl_failure<F: Framing>(
@@ -256,7 +307,7 @@ impl C2s {
             let detail = failure.text().unwrap_or_default();
             tracing::info!(peer = %s.peer, reason = failure.as_str(), detail, "authentication failed");
             if failure.is_credential_failure() {
-                self.server.throttle.record_failure(s.peer.ip());
+                self.record_credential_failure(s.peer.ip()).await;
             }
             if !failure.is_attempt() {
                 return s.flush_flow().await;
@@ -364,6 +415,17 @@ impl C2s {
                 return s.flush_flow().await;
             }
         };
+        let max = self.server.config.limits.max_resources_per_account as usize;
+        let sessions = self.server.router.sessions().resources(bare_str(&full));
+        if max > 0 && sessions.len() >= max && !sessions.iter().any(|h| h.jid == full) {
+            // RFC 6120 §7.6.2.1: the account has reached its limit of connected resources.
+            let error = xmppd_core::StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+                .with_text("too many sessions of this account are connected");
+            if let Some(reply) = stanza.error_reply(&error) {
+                s.send_element(&reply);
+            }
+            return s.flush_flow().await;
+        }
         let handle = SessionHandle::new(full.clone(), self.server.config.limits.outbound_queue);
         // RFC 6120 §7.7.2.2: the new session wins; the old one gets a <conflict/> stream error.
         if let Some(old) = self.server.router.sessions().bind(handle.clone()) {
@@ -435,12 +497,9 @@ impl<F: Framing> Profile<F> for C2s {
                 self.lang_declared = true;
             }
         }
-        if self.refused {
+        if let Some(reason) = self.admission.refusal {
             return s
-                .stream_error(
-                    StreamError::PolicyViolation,
-                    Some("too many connections from your address"),
-                )
+                .stream_error(StreamError::PolicyViolation, Some(reason))
                 .await;
         }
         s.send_header();
@@ -495,6 +554,11 @@ impl<F: Framing> Profile<F> for C2s {
 
     fn login_deadline(&self) -> Option<Instant> {
         self.login_deadline
+    }
+
+    fn eviction(&self) -> Option<Arc<Eviction>> {
+        let pending = self.admission.pending.as_ref()?;
+        Some(pending.eviction.clone())
     }
 
     fn keepalive(&self, s: &Stream<F>) -> Option<Element> {

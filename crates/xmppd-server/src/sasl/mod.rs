@@ -219,6 +219,24 @@ pub enum Exchange {
     Scram(Box<ScramServer>),
 }
 
+/// The account an initial response tries to log in to, as far as the mechanism names it
+/// (PLAIN's authcid, SCRAM's `n=`), lower-cased: the key of the per-account throttle. Only
+/// a label for counting failures; authentication itself parses the message properly.
+pub fn attempted_username(mechanism: &str, initial: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(initial).ok()?;
+    let name = if mechanism == "PLAIN" {
+        text.split('\0').nth(1)?.to_string()
+    } else if mechanism.starts_with("SCRAM-") {
+        // gs2-cb-flag "," [authzid] "," then "n=" saslname.
+        let bare = text.splitn(3, ',').nth(2)?;
+        let name = bare.split(',').find_map(|p| p.strip_prefix("n="))?;
+        name.replace("=2C", ",").replace("=3D", "=")
+    } else {
+        return None;
+    };
+    (!name.is_empty()).then(|| name.to_lowercase())
+}
+
 /// Starts `mechanism` with the client's initial response, if any.
 pub async fn begin(
     mechanism: &str,
@@ -427,6 +445,24 @@ pub(crate) mod tests {
                 secret: b"test secret",
             }
         }
+    }
+
+    #[test]
+    fn the_attempted_account_is_read_from_the_initial_response() {
+        assert_eq!(
+            attempted_username("PLAIN", b"\0Alice\0pw").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            attempted_username("SCRAM-SHA-1", b"n,,n=bob,r=abc").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            attempted_username("SCRAM-SHA-256-PLUS", b"p=tls-exporter,a=x,n=c=2Cd,r=1").as_deref(),
+            Some("c,d")
+        );
+        assert_eq!(attempted_username("EXTERNAL", b""), None);
+        assert_eq!(attempted_username("PLAIN", b"garbage"), None);
     }
 
     async fn plain_env() -> TestEnv {

@@ -1,21 +1,24 @@
-//! Throttling of failed authentications per IP address.
+//! Throttling of failed authentications: per address and account (a guess at one account
+//! locks out only that account from that address) and, with a higher ceiling, per address.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Remembers recent failures per address; bounded in addresses and in failures per address.
-pub struct AuthThrottle {
+/// Remembers recent failures per key (an address, or an address and an account); bounded in
+/// keys and in failures per key.
+pub struct AuthThrottle<K = IpAddr> {
     max_failures: usize,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    failures: Mutex<HashMap<K, VecDeque<Instant>>>,
 }
 
 /// Addresses tracked before old entries are swept.
 const SWEEP_AT: usize = 10_000;
 
-impl AuthThrottle {
+impl<K: Hash + Eq> AuthThrottle<K> {
     pub fn new(max_failures: u32, window: Duration) -> Self {
         AuthThrottle {
             max_failures: max_failures as usize,
@@ -24,14 +27,14 @@ impl AuthThrottle {
         }
     }
 
-    /// Whether `ip` has failed too often recently to try again now.
-    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+    /// Whether `key` has failed too often recently to try again now.
+    pub fn is_blocked(&self, key: &K) -> bool {
         if self.max_failures == 0 {
             return false;
         }
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get_mut(&ip) {
+        match map.get_mut(key) {
             Some(times) => {
                 while times
                     .front()
@@ -45,7 +48,7 @@ impl AuthThrottle {
         }
     }
 
-    pub fn record_failure(&self, ip: IpAddr) {
+    pub fn record_failure(&self, key: K) {
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SWEEP_AT {
@@ -56,7 +59,7 @@ impl AuthThrottle {
                     .is_some_and(|t| now.duration_since(*t) <= window)
             });
         }
-        let times = map.entry(ip).or_default();
+        let times = map.entry(key).or_default();
         times.push_back(now);
         while times.len() > self.max_failures.max(1) {
             times.pop_front();
@@ -73,13 +76,13 @@ mod tests {
         let t = AuthThrottle::new(2, Duration::from_millis(50));
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let other: IpAddr = "127.0.0.10".parse().unwrap();
-        assert!(!t.is_blocked(ip));
+        assert!(!t.is_blocked(&ip));
         t.record_failure(ip);
-        assert!(!t.is_blocked(ip));
+        assert!(!t.is_blocked(&ip));
         t.record_failure(ip);
-        assert!(t.is_blocked(ip));
-        assert!(!t.is_blocked(other));
+        assert!(t.is_blocked(&ip));
+        assert!(!t.is_blocked(&other));
         std::thread::sleep(Duration::from_millis(80));
-        assert!(!t.is_blocked(ip));
+        assert!(!t.is_blocked(&ip));
     }
 }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use xmppd_core::{Element, StreamError};
 use xmppd_xml::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
 
-use crate::limits::ByteRate;
+use crate::limits::{ByteRate, Eviction};
 use crate::metrics::Metrics;
 use crate::router::{Kick, SessionHandle};
 use crate::ServerState;
@@ -283,6 +283,10 @@ pub trait Profile<F: Framing>: Send {
     /// Until when the peer may take to authenticate (none once it has).
     fn login_deadline(&self) -> Option<Instant>;
 
+    /// Signalled when this unauthenticated connection is evicted to make room for a newer
+    /// one from the same address (see `crate::limits::Unauthenticated`).
+    fn eviction(&self) -> Option<Arc<Eviction>>;
+
     /// A keepalive request for a silent peer (an XEP-0199 ping), if the profile has one.
     fn keepalive(&self, s: &Stream<F>) -> Option<Element>;
 
@@ -304,6 +308,13 @@ pub struct Driver<F, P> {
 async fn wait_kick(session: Option<&SessionHandle>) -> Kick {
     match session {
         Some(s) => s.kicked().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_evicted(eviction: Option<&Eviction>) {
+    match eviction {
+        Some(e) => e.wait().await,
         None => std::future::pending().await,
     }
 }
@@ -382,6 +393,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
         loop {
             let wake = self.next_wake(ping.0);
             let session = self.profile.session().cloned();
+            let eviction = self.profile.eviction();
             let can_read = self.stream.paused_until.is_none();
             let stream = &mut self.stream;
             tokio::select! {
@@ -404,6 +416,13 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                         _ => (StreamError::PolicyViolation, "too many stanzas waiting: the client does not read"),
                     };
                     stream.stream_error(err, Some(text)).await;
+                    return;
+                }
+                _ = wait_evicted(eviction.as_deref()) => {
+                    stream.stream_error(
+                        StreamError::PolicyViolation,
+                        Some("too many unauthenticated connections from your address"),
+                    ).await;
                     return;
                 }
                 Some(first) = recv(session.as_deref()) => {
