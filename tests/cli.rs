@@ -7,54 +7,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::binary::{free_port, write_config, xmppd, KillOnDrop};
 use common::Raw;
-
-fn xmppd(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xmppd"));
-    cmd.args(args).arg("--config").arg(config);
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Stops the server process however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &std::path::Path, c2s: u16, tls: u16) -> std::path::PathBuf {
-    let pki = common::pki();
-    let path = dir.join("xmppd.toml");
-    let text = format!(
-        "[server]\ndomains = [\"localhost\"]\ndata_dir = {data:?}\n\
-         [listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls}\"]\n\
-         metrics = \"127.0.0.1:{metrics}\"\n\
-         [tls]\ncertificates = [{{ domain = \"localhost\", cert = {cert:?}, key = {key:?} }}]\n\
-         [sasl]\nscram_iterations = 4096\n",
-        data = dir.join("data"),
-        metrics = free_port(),
-        cert = pki.cert_file,
-        key = pki.key_file,
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 #[test]
 fn user_commands_and_check() {

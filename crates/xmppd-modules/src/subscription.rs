@@ -517,4 +517,106 @@ mod tests {
             }
         }
     }
+
+    /// A reference model of one direction of a subscription (A wants B's presence), written
+    /// from RFC 6121 §3 and independent of the code above.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    struct Direction {
+        requested: bool,
+        subscribed: bool,
+        /// B approved in advance (§3.4).
+        preapproved: bool,
+    }
+
+    impl Direction {
+        /// A sends `kind` to B about A receiving B's presence, or B answers.
+        fn a_sends(&mut self, kind: Kind) {
+            match kind {
+                Kind::Subscribe if self.subscribed => {}
+                Kind::Subscribe if self.preapproved => {
+                    self.subscribed = true;
+                    self.preapproved = false;
+                }
+                Kind::Subscribe => self.requested = true,
+                Kind::Unsubscribe => {
+                    self.subscribed = false;
+                    self.requested = false;
+                }
+                _ => {}
+            }
+        }
+
+        fn b_sends(&mut self, kind: Kind) {
+            match kind {
+                Kind::Subscribed if self.requested => {
+                    self.subscribed = true;
+                    self.requested = false;
+                }
+                Kind::Subscribed if !self.subscribed => self.preapproved = true,
+                Kind::Unsubscribed => *self = Direction::default(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Two accounts whose servers run the state machine, every stanza delivered at once.
+    struct Pair {
+        /// [0]: A's item for B, [1]: B's item for A.
+        items: [State; 2],
+    }
+
+    impl Pair {
+        fn send(&mut self, from: usize, kind: Kind) {
+            let to = 1 - from;
+            let out = outbound(self.items[from], kind);
+            self.items[from] = out.state;
+            if out.route {
+                let inb = inbound(self.items[to], kind);
+                self.items[to] = inb.state;
+                if let Some(reply) = inb.auto_reply {
+                    // The server answers for its user, straight to the other side.
+                    self.items[from] = inbound(self.items[from], reply).state;
+                }
+            }
+        }
+    }
+
+    fn kinds() -> impl proptest::strategy::Strategy<Value = Kind> {
+        proptest::prop_oneof![
+            proptest::strategy::Just(Kind::Subscribe),
+            proptest::strategy::Just(Kind::Subscribed),
+            proptest::strategy::Just(Kind::Unsubscribe),
+            proptest::strategy::Just(Kind::Unsubscribed),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of subscription stanzas from either side leaves both servers where
+        /// the reference model says, and the two rosters agree with each other.
+        #[test]
+        fn both_sides_follow_the_reference_model(
+            steps in proptest::collection::vec((0usize..2, kinds()), 0..40)
+        ) {
+            let mut pair = Pair { items: [State::default(); 2] };
+            // [0]: A receives B's presence; [1]: B receives A's.
+            let mut model = [Direction::default(); 2];
+            for (from, kind) in steps {
+                pair.send(from, kind);
+                // `from` acts as A in the direction where it is the subscriber, as B in
+                // the other.
+                model[from].a_sends(kind);
+                model[1 - from].b_sends(kind);
+                for (me, dir) in [(0usize, 0usize), (1, 1)] {
+                    let other = 1 - me;
+                    let (mine, theirs) = (pair.items[me], pair.items[other]);
+                    let d = model[dir];
+                    proptest::prop_assert_eq!(mine.sub.has_to(), d.subscribed);
+                    proptest::prop_assert_eq!(mine.ask, d.requested);
+                    proptest::prop_assert_eq!(theirs.sub.has_from(), d.subscribed);
+                    proptest::prop_assert_eq!(theirs.pending_in, d.requested);
+                    proptest::prop_assert_eq!(theirs.approved, d.preapproved);
+                }
+            }
+        }
+    }
 }

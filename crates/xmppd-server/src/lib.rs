@@ -251,7 +251,7 @@ impl RunningServer {
         }
         let open = &self.state.metrics.connections_open;
         for _ in 0..200 {
-            if open.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if open.get() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

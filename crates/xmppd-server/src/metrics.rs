@@ -1,130 +1,113 @@
-//! Counters exported at `/metrics` in the Prometheus text format.
+//! Counters and gauges exported at `/metrics` (the OpenMetrics text format, which Prometheus
+//! reads), kept and encoded by the prometheus-client crate.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use xmppd_core::StanzaKind;
 
-#[derive(Default)]
-pub struct Metrics {
-    pub connections_total: AtomicU64,
-    pub connections_open: AtomicU64,
-    pub sessions_bound: AtomicU64,
-    pub stanzas_in: [AtomicU64; 3],
-    pub stanzas_out: AtomicU64,
-    pub auth_success: AtomicU64,
-    pub auth_failures: AtomicU64,
-    /// Logins refused without trying: the address or account failed too often lately.
-    pub auth_throttled: AtomicU64,
-    pub queue_overflows: AtomicU64,
-    pub stream_errors: AtomicU64,
-    pub connections_refused: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
-fn kind_index(kind: StanzaKind) -> usize {
-    match kind {
-        StanzaKind::Message => 0,
-        StanzaKind::Presence => 1,
-        StanzaKind::Iq => 2,
+pub struct Metrics {
+    registry: Registry,
+    pub connections_total: Counter,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+    pub sessions_bound: Gauge,
+    /// Per stanza kind, taken from the family once so counting needs no lookup.
+    stanzas_in: [Counter; 3],
+    pub stanzas_out: Counter,
+    pub auth_success: Counter,
+    pub auth_failures: Counter,
+    /// Logins refused without trying: the address or account failed too often lately.
+    pub auth_throttled: Counter,
+    pub queue_overflows: Counter,
+    pub stream_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("xmppd");
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let connections_total = counter("connections", "Client connections accepted.");
+        let connections_refused = counter(
+            "connections_refused",
+            "Connections refused by per-address limits.",
+        );
+        let stanzas_out = counter("stanzas_out", "Stanzas queued to client sessions.");
+        let auth_success = counter("auth_success", "Successful SASL authentications.");
+        let auth_failures = counter("auth_failures", "Failed SASL authentications.");
+        let auth_throttled = counter(
+            "auth_throttled",
+            "Logins refused because the address, or the account from it, failed too often.",
+        );
+        let queue_overflows = counter(
+            "queue_overflows",
+            "Sessions disconnected because their outbound queue was full.",
+        );
+        let stream_errors = counter("stream_errors", "Stream errors sent.");
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now.",
+            connections_open.clone(),
+        );
+        let sessions_bound = Gauge::default();
+        registry.register(
+            "sessions_bound",
+            "Sessions with a bound resource.",
+            sessions_bound.clone(),
+        );
+        let family = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "stanzas_in",
+            "Stanzas received from clients.",
+            family.clone(),
+        );
+        let per_kind = |kind| family.get_or_create(&KindLabel { kind }).clone();
+        let stanzas_in = [per_kind("message"), per_kind("presence"), per_kind("iq")];
+        Metrics {
+            registry,
+            connections_total,
+            connections_open,
+            connections_refused,
+            sessions_bound,
+            stanzas_in,
+            stanzas_out,
+            auth_success,
+            auth_failures,
+            auth_throttled,
+            queue_overflows,
+            stream_errors,
+        }
     }
 }
 
 impl Metrics {
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn dec(counter: &AtomicU64) {
-        counter.fetch_sub(1, Ordering::Relaxed);
-    }
-
     pub fn stanza_in(&self, kind: StanzaKind) {
-        Self::inc(&self.stanzas_in[kind_index(kind)]);
+        let index = match kind {
+            StanzaKind::Message => 0,
+            StanzaKind::Presence => 1,
+            StanzaKind::Iq => 2,
+        };
+        self.stanzas_in[index].inc();
     }
 
-    /// The Prometheus text exposition of every counter.
+    /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, values: &[(&str, u64)]| {
-            let _ = writeln!(
-                out,
-                "# HELP xmppd_{name} {help}\n# TYPE xmppd_{name} {kind}"
-            );
-            for (labels, v) in values {
-                let _ = writeln!(out, "xmppd_{name}{labels} {v}");
-            }
-        };
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        metric(
-            "connections_total",
-            "counter",
-            "Client connections accepted.",
-            &[("", get(&self.connections_total))],
-        );
-        metric(
-            "connections_open",
-            "gauge",
-            "Client connections open now.",
-            &[("", get(&self.connections_open))],
-        );
-        metric(
-            "connections_refused_total",
-            "counter",
-            "Connections refused by per-IP limits.",
-            &[("", get(&self.connections_refused))],
-        );
-        metric(
-            "sessions_bound",
-            "gauge",
-            "Sessions with a bound resource.",
-            &[("", get(&self.sessions_bound))],
-        );
-        metric(
-            "stanzas_in_total",
-            "counter",
-            "Stanzas received from clients.",
-            &[
-                ("{kind=\"message\"}", get(&self.stanzas_in[0])),
-                ("{kind=\"presence\"}", get(&self.stanzas_in[1])),
-                ("{kind=\"iq\"}", get(&self.stanzas_in[2])),
-            ],
-        );
-        metric(
-            "stanzas_out_total",
-            "counter",
-            "Stanzas queued to client sessions.",
-            &[("", get(&self.stanzas_out))],
-        );
-        metric(
-            "auth_success_total",
-            "counter",
-            "Successful SASL authentications.",
-            &[("", get(&self.auth_success))],
-        );
-        metric(
-            "auth_failures_total",
-            "counter",
-            "Failed SASL authentications.",
-            &[("", get(&self.auth_failures))],
-        );
-        metric(
-            "auth_throttled_total",
-            "counter",
-            "Logins refused because the address, or the account from it, failed too often.",
-            &[("", get(&self.auth_throttled))],
-        );
-        metric(
-            "queue_overflows_total",
-            "counter",
-            "Sessions disconnected because their outbound queue was full.",
-            &[("", get(&self.queue_overflows))],
-        );
-        metric(
-            "stream_errors_total",
-            "counter",
-            "Stream errors sent.",
-            &[("", get(&self.stream_errors))],
-        );
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
         out
     }
 }
@@ -142,7 +125,10 @@ pub async fn serve(
             let metrics = metrics.clone();
             async move {
                 (
-                    [("content-type", "text/plain; version=0.0.4")],
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     metrics.render(),
                 )
             }

@@ -1,6 +1,9 @@
-//! Timestamps in the XMPP date-time profile (XEP-0082), without a calendar library.
+//! Timestamps in the XMPP date-time profile (XEP-0082), formatted by the `time` crate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -9,25 +12,12 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// `YYYY-MM-DDThh:mm:ssZ` for a Unix time, by the days-to-civil algorithm of H. Hinnant.
+/// `YYYY-MM-DDThh:mm:ssZ` for a Unix time (XEP-0082 §3.2, a profile of RFC 3339).
 pub fn iso8601(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ impl Admission {
             _ => None,
         };
         if let Some(reason) = refusal {
-            crate::metrics::Metrics::inc(&server.metrics.connections_refused);
+            server.metrics.connections_refused.inc();
             tracing::info!(%peer, reason, "connection refused");
         }
         // A refused connection takes no place among the unauthenticated ones: it only

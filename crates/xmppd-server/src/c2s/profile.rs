@@ -14,7 +14,6 @@ use xmppd_core::{
 use xmppd_xml::StreamHeader;
 
 use crate::limits::Eviction;
-use crate::metrics::Metrics;
 use crate::registry::{Stage, StreamInfo};
 use crate::router::{Kick, SessionHandle};
 use crate::sasl::{self, Exchange, SaslEnv, Step};
@@ -234,7 +233,7 @@ impl C2s {
                 username,
                 additional,
             } => {
-                Metrics::inc(&self.server.metrics.auth_success);
+                self.server.metrics.auth_success.inc();
                 tracing::info!(peer = %s.peer, user = %username, domain = %s.domain, "authenticated");
                 sasl_element(s, "success", additional.as_deref().unwrap_or_default());
                 self.user = Some(username);
@@ -259,7 +258,7 @@ impl C2s {
                 .as_ref()
                 .is_some_and(|key| self.server.account_throttle.is_blocked(key));
         if blocked {
-            Metrics::inc(&self.server.metrics.auth_throttled);
+            self.server.metrics.auth_throttled.inc();
             let account = self.attempt.as_deref().unwrap_or_default();
             tracing::warn!(peer = %s.peer, account, "login refused: too many failures lately");
         }
@@ -303,7 +302,7 @@ impl C2s {
         }
         s.send_element(&el);
         if counts && failure != sasl::Failure::Aborted {
-            Metrics::inc(&self.server.metrics.auth_failures);
+            self.server.metrics.auth_failures.inc();
             let detail = failure.text().unwrap_or_default();
             tracing::info!(peer = %s.peer, reason = failure.as_str(), detail, "authentication failed");
             if failure.is_credential_failure() {
@@ -431,7 +430,7 @@ impl C2s {
         if let Some(old) = self.server.router.sessions().bind(handle.clone()) {
             old.kick(Kick::Conflict);
         }
-        Metrics::inc(&self.server.metrics.sessions_bound);
+        self.server.metrics.sessions_bound.inc();
         Box::pin(self.server.router.session_bound(&handle)).await;
         self.session = Some(handle);
         self.login_deadline = None;
@@ -578,7 +577,7 @@ impl<F: Framing> Profile<F> for C2s {
         if let Some(session) = self.session.take() {
             // Contacts learn the session is gone before it leaves the table (RFC 6121 §4.5).
             Box::pin(self.server.router.session_closing(&session)).await;
-            Metrics::dec(&self.server.metrics.sessions_bound);
+            self.server.metrics.sessions_bound.dec();
         }
     }
 }

@@ -397,9 +397,9 @@ impl Router {
     /// Queues serialised bytes for one session (never blocking; a full queue kicks it).
     pub fn deliver_bytes(&self, session: &SessionHandle, data: Bytes) {
         if session.send(data) {
-            Metrics::inc(&self.metrics.stanzas_out);
+            self.metrics.stanzas_out.inc();
         } else {
-            Metrics::inc(&self.metrics.queue_overflows);
+            self.metrics.queue_overflows.inc();
         }
     }
 

@@ -226,7 +226,7 @@ impl<F: Framing> Stream<F> {
     /// Sends a stream error and closes the stream (RFC 6120 §4.9.1.1): the header first if
     /// none was sent yet, then the error, then the closing tag.
     pub async fn stream_error(&mut self, err: StreamError, text: Option<&str>) -> Flow {
-        Metrics::inc(&self.metrics.stream_errors);
+        self.metrics.stream_errors.inc();
         tracing::debug!(peer = %self.peer, condition = err.as_str(), "stream error");
         if !self.header_sent {
             self.send_header();
@@ -345,8 +345,8 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
     pub fn run(mut self, direct_tls: bool) -> impl Future<Output = ()> + Send {
         async move {
             let metrics = self.server.metrics.clone();
-            Metrics::inc(&metrics.connections_total);
-            Metrics::inc(&metrics.connections_open);
+            metrics.connections_total.inc();
+            metrics.connections_open.inc();
             if !direct_tls || self.start_tls().await {
                 self.serve().await;
             }
@@ -355,7 +355,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             if self.stream.unread_input {
                 self.drain().await;
             }
-            Metrics::dec(&metrics.connections_open);
+            metrics.connections_open.dec();
         }
     }
 
