@@ -26,13 +26,16 @@ cargo +nightly fuzz build --fuzz-dir fuzz
 for target in $targets; do
     mkdir -p "$scratch/$target"
     echo "fuzz: $target for ${secs}s"
+    log="$scratch/$target.log"
+    status=0
     cargo +nightly fuzz run --fuzz-dir fuzz "$target" "$scratch/$target" "fuzz/seeds/$target" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 2>&1 |
-        grep -E "^(INFO: seed corpus|#[0-9]+ *DONE|==[0-9]+==|SUMMARY|stat::number_of_executed_units|stat::peak_rss_mb)|panicked|Crash|crash" || true
-    # grep hides the progress lines; the exit status of cargo fuzz is what counts.
-    status=${PIPESTATUS[0]}
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 \
+        >"$log" 2>&1 || status=$?
+    # The progress lines are noise; the summary and any crash report are not.
+    grep -E "^(INFO: seed corpus|stat::number_of_executed_units|stat::peak_rss_mb)|panicked|ERROR|SUMMARY|artifact" "$log" || true
     if [ "$status" -ne 0 ]; then
-        echo "fuzz: $target FAILED (exit $status); see fuzz/artifacts/$target/"
+        echo "fuzz: $target FAILED (exit $status); the input is under fuzz/artifacts/$target/"
+        tail -n 40 "$log"
         exit "$status"
     fi
 done

@@ -10,6 +10,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // What reaches stanzas went through the XML parser: only characters XML allows
+    // (XML 1.0 §2.2). NUL separates the fields below.
+    let allowed = |c: char| {
+        matches!(c, '\0' | '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+    };
+    if !text.chars().all(allowed) {
+        return;
+    }
     let mut fields = text.splitn(4, '\u{0}');
     let (to, from, kind) = (fields.next(), fields.next(), fields.next());
     for s in [to, from].into_iter().flatten() {

@@ -78,20 +78,21 @@ fuzz_target!(|data: &[u8]| {
     if output.starts_with(b"HTTP/1.1 400") {
         return;
     }
-    let mut parser = StreamParser::new(Limits {
-        max_stanza_size: 1 << 20,
-        max_depth: 64,
-        max_attributes: 64,
-    });
-    let mut rest = &output[..];
-    loop {
-        match parser.feed(&mut rest) {
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => panic!(
-                "the server sent malformed XML ({e:?}): {}",
-                String::from_utf8_lossy(&output)
-            ),
+    // Each stream restart (after TLS or SASL) begins a new XML document.
+    let text = String::from_utf8_lossy(&output);
+    for document in text.split("<?xml version='1.0'?>").filter(|d| !d.is_empty()) {
+        let mut parser = StreamParser::new(Limits {
+            max_stanza_size: 1 << 20,
+            max_depth: 64,
+            max_attributes: 64,
+        });
+        let mut rest = document.as_bytes();
+        loop {
+            match parser.feed(&mut rest) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => panic!("the server sent malformed XML ({e:?}): {text}"),
+            }
         }
     }
 });
