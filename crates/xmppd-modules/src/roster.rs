@@ -95,6 +95,19 @@ pub async fn save_state(
     Ok(())
 }
 
+/// The account's roster version and items, or the error a client sees.
+pub async fn load(
+    cx: &Ctx<'_>,
+    user: &BareJid,
+) -> Result<(i64, Arc<Vec<RosterItem>>), StanzaError> {
+    let (username, domain) = account_parts(user);
+    cx.storage()
+        .roster
+        .roster(username, domain)
+        .await
+        .map_err(storage_error)
+}
+
 /// The `<item/>` for a stored roster item.
 pub fn item_element(item: &RosterItem) -> Element {
     let mut el = Element::new("item", NS)
@@ -199,13 +212,7 @@ async fn get(cx: &Ctx<'_>, user: &BareJid, from: &Jid, query: &Element) -> IqRes
             session.set_interested();
         }
     }
-    let (username, domain) = account_parts(user);
-    let (version, items) = cx
-        .storage()
-        .roster
-        .roster(username, domain)
-        .await
-        .map_err(storage_error)?;
+    let (version, items) = load(cx, user).await?;
     // §2.6.3: an unchanged roster is an empty result; pushes carry later changes.
     if query.attr("ver") == Some(version.to_string().as_str()) {
         return Ok(None);
@@ -298,13 +305,7 @@ async fn set(cx: &mut Ctx<'_>, user: &BareJid, query: &Element) -> IqResult {
 
 /// Removes every contact of an account.
 async fn remove_all(cx: &mut Ctx<'_>, user: &BareJid) -> Result<(), StanzaError> {
-    let (username, domain) = account_parts(user);
-    let (_, items) = cx
-        .storage()
-        .roster
-        .roster(username, domain)
-        .await
-        .map_err(storage_error)?;
+    let (_, items) = load(cx, user).await?;
     for item in items.iter() {
         if let Ok(contact) = BareJid::new(&item.contact) {
             remove(cx, user, &contact).await?;

@@ -625,13 +625,7 @@ async fn check_groups(cx: &Ctx<'_>, user: &BareJid, list: &PrivacyList) -> Resul
     if groups.is_empty() {
         return Ok(());
     }
-    let (username, domain) = account_parts(user);
-    let (_, items) = cx
-        .storage()
-        .roster
-        .roster(username, domain)
-        .await
-        .map_err(storage_error)?;
+    let (_, items) = roster::load(cx, user).await?;
     for g in groups {
         if !items.iter().any(|i| i.groups.contains(g)) {
             return Err(StanzaError::new(StanzaErrorCondition::ItemNotFound)

@@ -118,6 +118,17 @@ mod tests {
     use crate::registry::{Ctx, IqHandler, IqResult, IqTarget, On};
     use crate::stream::MemoryFraming;
 
+    /// A server on `dir` with no listeners: connections are made by hand in these tests.
+    fn without_listeners(dir: &std::path::Path) -> crate::config::Config {
+        let mut config = crate::config::Config::default();
+        config.server.data_dir = dir.to_path_buf();
+        config.listen.c2s = vec![];
+        config.listen.c2s_direct_tls = vec![];
+        config.listen.metrics = None;
+        config.sasl.scram_iterations = 4096;
+        config
+    }
+
     /// Answers with an empty result.
     struct Answer;
 
@@ -155,12 +166,7 @@ mod tests {
     #[tokio::test]
     async fn an_in_memory_framing_drives_a_client_session() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::default();
-        config.server.data_dir = dir.path().to_path_buf();
-        config.listen.c2s = vec![];
-        config.listen.c2s_direct_tls = vec![];
-        config.listen.metrics = None;
-        config.sasl.scram_iterations = 4096;
+        let config = without_listeners(dir.path());
         // No feature modules: one test handler shows the session reaches the router.
         let server = crate::start(config, |r| {
             r.iq(On::Server, "urn:test", "q", std::sync::Arc::new(Answer));
@@ -226,11 +232,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_task_stays_small() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::default();
-        config.server.data_dir = dir.path().to_path_buf();
-        config.listen.c2s = vec![];
-        config.listen.c2s_direct_tls = vec![];
-        config.listen.metrics = None;
+        let config = without_listeners(dir.path());
         let server = crate::start(config, |_| {}).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -274,17 +274,7 @@ impl<V> ByElement<V> {
 /// What modules register, while the server is being set up.
 pub struct Registry {
     config: crate::config::Config,
-    iq: HashMap<On, ByElement<Arc<dyn IqHandler>>>,
-    pre_auth_iq: ByElement<Arc<dyn PreAuthIq>>,
-    features: HashMap<On, Vec<&'static str>>,
-    identities: HashMap<On, Vec<Identity>>,
-    stream_features: Vec<(Stage, StreamFeature)>,
-    nonzas: ByElement<Arc<dyn Nonza>>,
-    filters: HashMap<Point, Prioritised<Arc<dyn Filter>>>,
-    events: HashMap<EventKind, Prioritised<Arc<dyn EventHandler>>>,
-    intercepts: HashMap<(Intercept, StanzaKind), Arc<dyn StanzaHandler>>,
-    amenders: Vec<Arc<dyn PresenceAmender>>,
-    hosts: HashMap<String, Arc<dyn Host>>,
+    hooks: Hooks,
     extensions: usize,
     loaded: Vec<&'static str>,
     error: Option<RegistryError>,
@@ -294,17 +284,19 @@ impl Registry {
     pub fn new(config: &crate::config::Config) -> Self {
         Registry {
             config: config.clone(),
-            iq: HashMap::new(),
-            pre_auth_iq: ByElement::default(),
-            features: HashMap::new(),
-            identities: HashMap::new(),
-            stream_features: Vec::new(),
-            nonzas: ByElement::default(),
-            filters: HashMap::new(),
-            events: HashMap::new(),
-            intercepts: HashMap::new(),
-            amenders: Vec::new(),
-            hosts: HashMap::new(),
+            hooks: Hooks {
+                iq: HashMap::new(),
+                pre_auth_iq: ByElement::default(),
+                features: HashMap::new(),
+                identities: HashMap::new(),
+                stream_features: Vec::new(),
+                nonzas: ByElement::default(),
+                filters: HashMap::new(),
+                events: HashMap::new(),
+                intercepts: HashMap::new(),
+                amenders: Vec::new(),
+                hosts: HashMap::new(),
+            },
             extensions: 0,
             loaded: Vec::new(),
             error: None,
@@ -359,52 +351,60 @@ impl Registry {
 
     /// Answers iq requests to `on` whose payload is `<name xmlns=ns>`.
     pub fn iq(&mut self, on: On, ns: &'static str, name: &'static str, h: Arc<dyn IqHandler>) {
-        self.iq.entry(on).or_default().insert(ns, name, h);
+        self.hooks.iq.entry(on).or_default().insert(ns, name, h);
     }
 
     /// Answers iq requests before authentication.
     pub fn pre_auth_iq(&mut self, ns: &'static str, name: &'static str, h: Arc<dyn PreAuthIq>) {
-        self.pre_auth_iq.insert(ns, name, h);
+        self.hooks.pre_auth_iq.insert(ns, name, h);
     }
 
     pub fn disco_feature(&mut self, on: On, var: &'static str) {
-        self.features.entry(on).or_default().push(var);
+        self.hooks.features.entry(on).or_default().push(var);
     }
 
     pub fn disco_identity(&mut self, on: On, identity: Identity) {
-        self.identities.entry(on).or_default().push(identity);
+        self.hooks.identities.entry(on).or_default().push(identity);
     }
 
     pub fn stream_feature(&mut self, stage: Stage, feature: StreamFeature) {
-        self.stream_features.push((stage, feature));
+        self.hooks.stream_features.push((stage, feature));
     }
 
     pub fn nonza(&mut self, ns: &'static str, name: &'static str, h: Arc<dyn Nonza>) {
-        self.nonzas.insert(ns, name, h);
+        self.hooks.nonzas.insert(ns, name, h);
     }
 
     /// Adds a filter; higher priorities run first.
     pub fn filter(&mut self, point: Point, priority: i32, f: Arc<dyn Filter>) {
-        self.filters.entry(point).or_default().push((priority, f));
+        self.hooks
+            .filters
+            .entry(point)
+            .or_default()
+            .push((priority, f));
     }
 
     /// Adds an event handler; higher priorities run first.
     pub fn on(&mut self, kind: EventKind, priority: i32, h: Arc<dyn EventHandler>) {
-        self.events.entry(kind).or_default().push((priority, h));
+        self.hooks
+            .events
+            .entry(kind)
+            .or_default()
+            .push((priority, h));
     }
 
     /// Takes over stanzas of `kind` at `point` (one handler per pair).
     pub fn intercept(&mut self, point: Intercept, kind: StanzaKind, h: Arc<dyn StanzaHandler>) {
-        self.intercepts.insert((point, kind), h);
+        self.hooks.intercepts.insert((point, kind), h);
     }
 
     pub fn amend_presence(&mut self, h: Arc<dyn PresenceAmender>) {
-        self.amenders.push(h);
+        self.hooks.amenders.push(h);
     }
 
     /// Serves the subdomain `domain` (stanzas to it and to JIDs at it).
     pub fn host(&mut self, domain: &str, h: Arc<dyn Host>) {
-        self.hosts.insert(domain.to_ascii_lowercase(), h);
+        self.hooks.hosts.insert(domain.to_ascii_lowercase(), h);
     }
 
     /// A key for per-session state of type `T`.
@@ -426,40 +426,19 @@ impl Registry {
                 });
             }
         }
-        for list in self.features.values_mut() {
+        let mut hooks = self.hooks;
+        for list in hooks.features.values_mut() {
             list.sort_unstable();
             list.dedup();
         }
-        for list in self.filters.values_mut() {
+        for list in hooks.filters.values_mut() {
             list.sort_by_key(|(p, _)| -p);
         }
-        for list in self.events.values_mut() {
+        for list in hooks.events.values_mut() {
             list.sort_by_key(|(p, _)| -p);
         }
-
-        Ok(Hooks {
-            iq: self.iq,
-            pre_auth_iq: self.pre_auth_iq,
-            features: self.features,
-            identities: self.identities,
-            stream_features: self.stream_features,
-            nonzas: self.nonzas,
-            filters: strip_priorities(self.filters),
-            events: strip_priorities(self.events),
-            intercepts: self.intercepts,
-            amenders: self.amenders,
-            hosts: self.hosts,
-        })
+        Ok(hooks)
     }
-}
-
-/// Drops the priorities of sorted lists.
-fn strip_priorities<K: std::hash::Hash + Eq, T>(
-    m: HashMap<K, Prioritised<T>>,
-) -> HashMap<K, Vec<T>> {
-    m.into_iter()
-        .map(|(k, v)| (k, v.into_iter().map(|(_, h)| h).collect()))
-        .collect()
 }
 
 /// The frozen registry: read by the router and the streams, never changed after start.
@@ -470,8 +449,9 @@ pub struct Hooks {
     identities: HashMap<On, Vec<Identity>>,
     stream_features: Vec<(Stage, StreamFeature)>,
     nonzas: ByElement<Arc<dyn Nonza>>,
-    filters: HashMap<Point, Vec<Arc<dyn Filter>>>,
-    events: HashMap<EventKind, Vec<Arc<dyn EventHandler>>>,
+    /// Sorted by priority (highest first) when frozen.
+    filters: HashMap<Point, Prioritised<Arc<dyn Filter>>>,
+    events: HashMap<EventKind, Prioritised<Arc<dyn EventHandler>>>,
     intercepts: HashMap<(Intercept, StanzaKind), Arc<dyn StanzaHandler>>,
     amenders: Vec<Arc<dyn PresenceAmender>>,
     hosts: HashMap<String, Arc<dyn Host>>,
@@ -517,18 +497,18 @@ impl Hooks {
         self.nonzas.get(ns, name)
     }
 
-    pub fn filters(&self, point: Point) -> &[Arc<dyn Filter>] {
+    /// The filters of `point`, highest priority first.
+    pub fn filters(&self, point: Point) -> impl Iterator<Item = &Arc<dyn Filter>> {
         self.filters
             .get(&point)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .map(|(_, f)| f)
     }
 
-    pub fn handlers(&self, kind: EventKind) -> &[Arc<dyn EventHandler>] {
-        self.events
-            .get(&kind)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+    /// The handlers of `kind`, highest priority first.
+    pub fn handlers(&self, kind: EventKind) -> impl Iterator<Item = &Arc<dyn EventHandler>> {
+        self.events.get(&kind).into_iter().flatten().map(|(_, h)| h)
     }
 
     pub fn intercept(&self, point: Intercept, kind: StanzaKind) -> Option<&Arc<dyn StanzaHandler>> {
