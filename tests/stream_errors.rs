@@ -599,3 +599,22 @@ async fn bind_with_two_resources_and_presence_of_unknown_type_are_bad_requests()
     assert!(error.has_child("bad-request", "urn:ietf:params:xml:ns:xmpp-stanzas"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_declared_encoding_other_than_utf8_and_a_pi_before_the_header() {
+    let server = TestServer::start().await;
+    // RFC 6120 §11.6: UTF-8 only.
+    let latin1 = format!(
+        "<?xml version='1.0' encoding='ISO-8859-1'?>{}",
+        header(DOMAIN).trim_start_matches("<?xml version='1.0'?>")
+    );
+    expect_stream_error(&server, &latin1, "unsupported-encoding").await;
+    // §11.1: no processing instructions, not even before the stream header.
+    let pi = format!(
+        "<?xml version='1.0'?><?target data?>{}",
+        header(DOMAIN).trim_start_matches("<?xml version='1.0'?>")
+    );
+    expect_stream_error(&server, &pi, "restricted-xml").await;
+    assert_login_works(server.c2s).await;
+    server.stop().await;
+}

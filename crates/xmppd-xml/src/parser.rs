@@ -68,6 +68,8 @@ pub enum ParseError {
     TooManyAttributes,
     /// Character data directly inside the stream root (`bad-format`).
     TextAtStreamLevel,
+    /// An XML declaration naming an encoding other than UTF-8 (`unsupported-encoding`).
+    UnsupportedEncoding,
 }
 
 /// Longest name or attribute value accepted, in bytes (a JID is at most 3071, RFC 7622 §3.1).
@@ -233,6 +235,10 @@ fn attr_key(ns: &rxml::Namespace, name: &rxml::NcName) -> String {
 fn map_error(e: rxml::Error) -> ParseError {
     match e {
         rxml::Error::RestrictedXml(what) if what.contains("long") => ParseError::TooLong,
+        // RFC 6120 §11.6: UTF-8 only; another declared encoding has its own condition.
+        rxml::Error::RestrictedXml(what) if what.contains("encoding") => {
+            ParseError::UnsupportedEncoding
+        }
         rxml::Error::RestrictedXml(what) => ParseError::Restricted(what.to_string()),
         // RFC 6120 §11.1: no entity references beyond the five predefined ones.
         rxml::Error::UndeclaredEntity => ParseError::Restricted("entity reference".into()),

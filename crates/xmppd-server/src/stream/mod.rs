@@ -74,6 +74,7 @@ fn parse_error_condition(e: &ParseError) -> (StreamError, &'static str) {
         ParseError::TooDeep => (StreamError::PolicyViolation, "XML nested too deeply"),
         ParseError::TooManyAttributes => (StreamError::PolicyViolation, "too many attributes"),
         ParseError::TextAtStreamLevel => (StreamError::BadFormat, "text outside of any stanza"),
+        ParseError::UnsupportedEncoding => (StreamError::UnsupportedEncoding, "only UTF-8 is used"),
     }
 }
 
