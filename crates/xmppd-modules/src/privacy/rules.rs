@@ -388,4 +388,138 @@ mod tests {
         assert_eq!(l.blocked().count(), 0);
         assert_eq!(l.rules.len(), 2, "other rules stay");
     }
+
+    /// A rule as generated for the property test below.
+    #[derive(Clone, Debug)]
+    struct Spec {
+        matcher: (u8, usize),
+        allow: bool,
+        kinds: Vec<usize>,
+    }
+
+    const RULE_JIDS: [&str; 5] = ["a@x", "a@x/r", "x", "x/r", "b@y"];
+    const OTHERS: [&str; 7] = ["a@x/r", "a@x/s", "a@x", "x", "x/r", "b@y/r", "c@x/q"];
+    const GROUPS: [&str; 2] = ["g1", "g2"];
+    const SUBS: [Sub; 4] = [Sub::None, Sub::To, Sub::From, Sub::Both];
+    const KINDS: [(&str, Kind); 4] = [
+        ("message", Kind::Message),
+        ("iq", Kind::Iq),
+        ("presence-in", Kind::PresenceIn),
+        ("presence-out", Kind::PresenceOut),
+    ];
+
+    /// XEP-0016 §2.1 matching written from the text: a full JID matches only itself, a bare
+    /// JID any of its resources, `domain/resource` only that, a domain everything at it.
+    fn reference_jid_match(item: &str, other: &str) -> bool {
+        let (item_base, item_res) = item
+            .split_once('/')
+            .map_or((item, None), |(b, r)| (b, Some(r)));
+        let (other_base, other_res) = other
+            .split_once('/')
+            .map_or((other, None), |(b, r)| (b, Some(r)));
+        let other_domain = other_base.rsplit('@').next().unwrap();
+        match (item_base.contains('@'), item_res) {
+            (true, Some(_)) => item == other,
+            (true, None) => item_base == other_base,
+            (false, Some(_)) => {
+                !other_base.contains('@') && item_base == other_base && item_res == other_res
+            }
+            (false, None) => item_base == other_domain,
+        }
+    }
+
+    /// The first rule by order whose kinds and matcher fit decides; none means allow.
+    fn reference(
+        specs: &[(u32, Spec)],
+        kind: Kind,
+        other: &str,
+        contact: &Contact,
+    ) -> Option<bool> {
+        let mut sorted = specs.to_vec();
+        sorted.sort_by_key(|(order, _)| *order);
+        sorted.into_iter().find_map(|(_, spec)| {
+            let kind_fits = spec.kinds.is_empty() || spec.kinds.iter().any(|&k| KINDS[k].1 == kind);
+            let (kind_of_matcher, index) = spec.matcher;
+            let matches = match kind_of_matcher {
+                0 => reference_jid_match(RULE_JIDS[index % RULE_JIDS.len()], other),
+                1 => contact
+                    .groups
+                    .iter()
+                    .any(|g| g == GROUPS[index % GROUPS.len()]),
+                2 => contact.sub == SUBS[index % SUBS.len()],
+                _ => true,
+            };
+            (kind_fits && matches).then_some(spec.allow)
+        })
+    }
+
+    fn xml_of(specs: &[(u32, Spec)]) -> String {
+        let mut xml = String::from("<list name='p'>");
+        for (order, spec) in specs {
+            let action = if spec.allow { "allow" } else { "deny" };
+            let (kind_of_matcher, index) = spec.matcher;
+            let typed = match kind_of_matcher {
+                0 => format!(" type='jid' value='{}'", RULE_JIDS[index % RULE_JIDS.len()]),
+                1 => format!(" type='group' value='{}'", GROUPS[index % GROUPS.len()]),
+                2 => format!(
+                    " type='subscription' value='{}'",
+                    SUBS[index % SUBS.len()].as_str()
+                ),
+                _ => String::new(),
+            };
+            xml.push_str(&format!("<item{typed} action='{action}' order='{order}'>"));
+            for &k in &spec.kinds {
+                xml.push_str(&format!("<{}/>", KINDS[k].0));
+            }
+            xml.push_str("</item>");
+        }
+        xml.push_str("</list>");
+        xml
+    }
+
+    fn specs() -> impl proptest::strategy::Strategy<Value = Vec<(u32, Spec)>> {
+        use proptest::prelude::*;
+        let spec = (
+            0u8..4,
+            0usize..8,
+            any::<bool>(),
+            proptest::collection::btree_set(0usize..4, 0..3),
+        )
+            .prop_map(|(m, i, allow, kinds)| Spec {
+                matcher: (m, i),
+                allow,
+                kinds: kinds.into_iter().collect(),
+            });
+        // Distinct orders, written in any sequence.
+        proptest::collection::vec(spec, 0..8).prop_flat_map(|specs| {
+            let n = specs.len();
+            Just(specs).prop_flat_map(move |specs| {
+                Just((0..n as u32).map(|i| i * 10).collect::<Vec<_>>())
+                    .prop_shuffle()
+                    .prop_map(move |orders| orders.into_iter().zip(specs.clone()).collect())
+            })
+        })
+    }
+
+    proptest::proptest! {
+        /// Any list, any stanza: the evaluator decides as the reference model does.
+        #[test]
+        fn evaluation_follows_the_reference_model(
+            specs in specs(),
+            other in 0usize..OTHERS.len(),
+            kind in 0usize..5,
+            groups in proptest::collection::btree_set(0usize..2, 0..3),
+            sub in 0usize..4,
+        ) {
+            let parsed = list(&xml_of(&specs));
+            let kind = KINDS.get(kind).map_or(Kind::Other, |k| k.1);
+            let contact = Contact {
+                sub: SUBS[sub],
+                groups: groups.into_iter().map(|g| GROUPS[g].to_string()).collect(),
+            };
+            let other = OTHERS[other];
+            let got = parsed.first_match(kind, &jid(other), &contact).map(|r| r.allow);
+            proptest::prop_assert_eq!(got, reference(&specs, kind, other, &contact));
+        }
+    }
 }
