@@ -806,3 +806,31 @@ async fn messages_to_an_absent_resource_follow_their_type() {
     assert!(!alice.next_stanza_if_any().await.contains("id='h1'"));
     server.stop().await;
 }
+
+/// XEP-0054 §3.3: another account's missing vCard and a missing account look the same.
+#[tokio::test]
+async fn a_missing_vcard_of_another_account_is_service_unavailable() {
+    use common::parse;
+    let server = TestServer::start().await;
+    let mut carol = Raw::login_quiet(server.c2s, "carol", "x").await;
+    let get = |id: &str, to: &str| {
+        format!("<iq type='get' id='{id}' to='{to}'><vCard xmlns='vcard-temp'/></iq>")
+    };
+    for (id, to) in [("v1", "bob@localhost"), ("v2", "nobody@localhost")] {
+        let reply = parse(&carol.iq(id, &get(id, to)).await);
+        assert_eq!(reply.attr("type"), Some("error"), "{to}: {reply:?}");
+        let error = reply.get_child("error", "jabber:client").unwrap();
+        assert!(
+            error.has_child("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas"),
+            "{to}: {reply:?}"
+        );
+    }
+    // One's own missing vCard is an empty one.
+    let own = parse(&carol.iq("v3", &get("v3", "carol@localhost")).await);
+    assert_eq!(own.attr("type"), Some("result"));
+    let vcard = own
+        .get_child("vCard", "vcard-temp")
+        .expect("an empty vCard");
+    assert_eq!(vcard.children().count(), 0);
+    server.stop().await;
+}

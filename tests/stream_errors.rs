@@ -84,13 +84,10 @@ async fn header_errors() {
     expect_stream_error(&server, &header("elsewhere.example"), "host-unknown").await;
     let old = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost'>";
     expect_stream_error(&server, old, "unsupported-version").await;
+    // RFC 6120 §4.9.3.10: a content namespace other than jabber:client ends the stream at
+    // the header (it used to be accepted until the first stanza).
     let server_ns = header(DOMAIN).replace("jabber:client", "jabber:server");
-    let mut raw = Raw::connect(server.c2s).await;
-    raw.send(&server_ns).await;
-    raw.read_until("</stream:features>").await;
-    raw.send("<message/>").await;
-    let all = raw.read_to_close().await;
-    assert!(all.contains(&stream_error("invalid-namespace")), "{all}");
+    expect_stream_error(&server, &server_ns, "invalid-namespace").await;
     let unknown = format!("{}<foo xmlns='urn:example'/>", header(DOMAIN));
     expect_stream_error(&server, &unknown, "unsupported-stanza-type").await;
     assert_login_works(server.c2s).await;
@@ -615,6 +612,20 @@ async fn a_declared_encoding_other_than_utf8_and_a_pi_before_the_header() {
         header(DOMAIN).trim_start_matches("<?xml version='1.0'?>")
     );
     expect_stream_error(&server, &pi, "restricted-xml").await;
+    assert_login_works(server.c2s).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_stream_in_another_namespace_is_invalid_namespace() {
+    let server = TestServer::start().await;
+    for content in ["xmlns='jabber:server'", "xmlns='urn:example:wrong'", ""] {
+        let data = format!(
+            "<?xml version='1.0'?><stream:stream {content} \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>"
+        );
+        expect_stream_error(&server, &data, "invalid-namespace").await;
+    }
     assert_login_works(server.c2s).await;
     server.stop().await;
 }

@@ -31,6 +31,9 @@ pub struct StreamHeader {
     pub name: String,
     pub ns: String,
     pub attrs: Vec<(String, String)>,
+    /// The default namespace the header declares (`xmlns='…'`), which is the namespace of
+    /// the stream's content (RFC 6120 §4.8.2); none if it declares none.
+    pub default_ns: Option<String>,
 }
 
 impl StreamHeader {
@@ -90,6 +93,9 @@ pub struct StreamParser {
     failed: Option<ParseError>,
     /// Nothing but whitespace was fed yet.
     at_start: bool,
+    /// The bytes fed until the root element opened: rxml resolves namespace declarations
+    /// without reporting them, so the header's default namespace is read from these.
+    header_bytes: Vec<u8>,
 }
 
 impl StreamParser {
@@ -106,6 +112,7 @@ impl StreamParser {
             stanza_bytes: 0,
             failed: None,
             at_start: true,
+            header_bytes: Vec::new(),
         }
     }
 
@@ -136,7 +143,13 @@ impl StreamParser {
             self.at_start = false;
         }
         loop {
-            let event = match self.parser.parse(buf, false) {
+            let before = *buf;
+            let parsed = self.parser.parse(buf, false);
+            if !self.root_open && self.header_bytes.len() < MAX_HEADER_BYTES {
+                let consumed = &before[..before.len() - buf.len()];
+                self.header_bytes.extend_from_slice(consumed);
+            }
+            let event = match parsed {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return Ok(None),
                 Err(rxml::error::EndOrError::NeedMoreData) => return Ok(None),
@@ -175,10 +188,13 @@ impl StreamParser {
                     .collect();
                 if !self.root_open {
                     self.root_open = true;
+                    let default_ns = default_namespace(&self.header_bytes);
+                    self.header_bytes = Vec::new();
                     return Ok(Some(StreamEvent::Header(StreamHeader {
                         name: name.to_string(),
                         ns: ns.to_string(),
                         attrs,
+                        default_ns,
                     })));
                 }
                 if self.stack.len() >= self.limits.max_depth {
@@ -230,6 +246,48 @@ fn attr_key(ns: &rxml::Namespace, name: &rxml::NcName) -> String {
     } else {
         format!("{{{ns}}}{name}")
     }
+}
+
+/// Most header bytes kept to find its default namespace.
+const MAX_HEADER_BYTES: usize = 8192;
+
+/// The `xmlns='…'` of the first start tag in `bytes` (after the XML declaration).
+fn default_namespace(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let start = text
+        .match_indices('<')
+        .map(|(i, _)| i)
+        .find(|&i| !matches!(text.as_bytes().get(i + 1), Some(b'?' | b'!')))?;
+    // The tag ends at the first '>' outside quotes.
+    let mut quote = None;
+    let mut end = text.len();
+    for (i, c) in text[start..].char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '>') => {
+                end = start + i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let tag = &text[start..end];
+    let mut rest = tag;
+    while let Some(at) = rest.find("xmlns") {
+        let after = &rest[at + 5..];
+        let preceded_by_space = rest[..at].ends_with(|c: char| c.is_ascii_whitespace());
+        let value = after.trim_start().strip_prefix('=').map(str::trim_start);
+        if let (true, Some(value)) = (preceded_by_space, value) {
+            let q = value.chars().next()?;
+            if q == '\'' || q == '"' {
+                let inner = &value[1..];
+                return inner.find(q).map(|close| inner[..close].to_string());
+            }
+        }
+        rest = after;
+    }
+    None
 }
 
 fn map_error(e: rxml::Error) -> ParseError {
@@ -329,6 +387,39 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(events[3], Ok(StreamEvent::Close)));
+    }
+
+    #[test]
+    fn the_header_reports_its_default_namespace() {
+        let header = |xml: &str| {
+            let mut parser = StreamParser::new(Limits::default());
+            let mut buf = xml.as_bytes();
+            match parser.feed(&mut buf) {
+                Ok(Some(StreamEvent::Header(h))) => h.default_ns,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(header(HEADER).as_deref(), Some("jabber:client"));
+        let server = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' \
+            xmlns=\"jabber:server\" to='x'><message/>";
+        assert_eq!(header(server).as_deref(), Some("jabber:server"));
+        let none = "<?xml version='1.0'?><stream:stream \
+            xmlns:stream='http://etherx.jabber.org/streams' version='1.0'><m xmlns='a'/>";
+        assert_eq!(header(none), None, "a child's declaration does not count");
+        // Split anywhere, the answer is the same.
+        for cut in 1..HEADER.len() {
+            let mut parser = StreamParser::new(Limits::default());
+            let (a, b) = HEADER.as_bytes().split_at(cut);
+            let mut first = a;
+            assert!(parser.feed(&mut first).unwrap().is_none());
+            let mut second = b;
+            match parser.feed(&mut second) {
+                Ok(Some(StreamEvent::Header(h))) => {
+                    assert_eq!(h.default_ns.as_deref(), Some("jabber:client"), "cut {cut}")
+                }
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
     }
 
     #[test]

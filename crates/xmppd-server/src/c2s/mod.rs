@@ -34,7 +34,7 @@ fn tcp_connection(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> (Driver<TcpFraming, C2s>, Duration) {
-    connection(server, TcpFraming::new(tcp, peer), peer)
+    connection(server, TcpFraming::new(tcp), peer)
 }
 
 /// What a new connection was let in with, under the per-address limits.

@@ -462,6 +462,15 @@ impl<F: Framing> Profile<F> for C2s {
                 .stream_error(StreamError::BadFormat, Some("expected <stream:stream>"))
                 .await;
         }
+        // RFC 6120 §4.9.3.10: a client stream's content is in jabber:client.
+        if header.default_ns.as_deref() != Some(ns::CLIENT) {
+            return s
+                .stream_error(
+                    StreamError::InvalidNamespace,
+                    Some("the stream's default namespace must be jabber:client"),
+                )
+                .await;
+        }
         if let Some(to) = header.attr("to") {
             let to = to.to_ascii_lowercase();
             if !self.server.config.serves(&to) {

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -69,7 +68,6 @@ fn poll_read_into(
 pub struct TcpFraming {
     transport: Transport,
     bindings: Option<Box<ChannelBindings>>,
-    peer: SocketAddr,
 }
 
 enum Transport {
@@ -84,11 +82,10 @@ fn gone() -> io::Error {
 }
 
 impl TcpFraming {
-    pub fn new(tcp: TcpStream, peer: SocketAddr) -> Self {
+    pub fn new(tcp: TcpStream) -> Self {
         TcpFraming {
             transport: Transport::Plain(tcp),
             bindings: None,
-            peer,
         }
     }
 }
@@ -137,12 +134,13 @@ impl Framing for TcpFraming {
                 self.transport = Transport::Tls(Box::new(stream));
                 true
             }
+            // The driver logs the failure with the peer's address.
             Ok(Err(e)) => {
-                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                tracing::debug!(error = %e, "TLS handshake failed");
                 false
             }
             Err(_) => {
-                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                tracing::debug!("TLS handshake timed out");
                 false
             }
         }

@@ -380,6 +380,9 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
 
     async fn start_tls(&mut self) -> bool {
         let ok = self.stream.io.start_tls(&self.server.tls).await;
+        if !ok {
+            tracing::debug!(peer = %self.stream.peer, "no TLS: the handshake failed");
+        }
         self.stream.restart();
         ok
     }
