@@ -72,13 +72,36 @@ fn load_config(path: Option<&Path>) -> Result<Config, String> {
     }
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+/// The `log.level` filter, or why it is not one (so a typo fails instead of logging nothing).
+fn log_filter(config: &Config) -> Result<tracing_subscriber::EnvFilter, String> {
+    let level = &config.log.level;
+    let invalid = |why: &str| format!("log.level {level:?} is not a valid filter: {why}");
+    // EnvFilter takes any bare word as a target name, so a typo would silence everything:
+    // a directive without `=` must be a level or a module path.
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains('=') && !directive.contains('[');
+        let path_like = directive
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        if bare && !path_like {
+            return Err(invalid(&format!(
+                "{directive:?} is neither a level (error, warn, info, debug, trace, off) nor a module path"
+            )));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| invalid(&e.to_string()))
+}
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    let configured = log_filter(config)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or(configured);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
 }
 
 #[tokio::main]
@@ -101,7 +124,7 @@ async fn main() -> ExitCode {
 
 async fn serve(path: Option<&Path>) -> Result<(), String> {
     let config = load_config(path)?;
-    init_logging(&config);
+    init_logging(&config)?;
     let server = xmppd_server::start(config, xmppd_modules::standard)
         .await
         .map_err(|e| e.to_string())?;
@@ -157,6 +180,12 @@ fn read_password(args: &PasswordArgs) -> Result<String, String> {
             .map_err(|e| format!("reading the password: {e}"))?;
         line.trim_end_matches(['\r', '\n']).to_string()
     } else {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Err("no terminal to ask for the password on: pipe it in with \
+                 --password-stdin, or give it with --password"
+                .into());
+        }
         let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
         let second = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
         if first != second {
@@ -258,6 +287,7 @@ async fn user(action: UserAction, path: Option<&Path>) -> Result<(), String> {
 async fn check(path: Option<&Path>) -> Result<(), String> {
     let config = load_config(path)?;
     let source = path.unwrap_or(Path::new("(defaults)"));
+    log_filter(&config)?;
     println!("config {}: ok", source.display());
     xmppd_server::hooks(&config, xmppd_modules::standard).map_err(|e| e.to_string())?;
     println!("modules: ok");

@@ -11,6 +11,21 @@ use common::binary::{free_port, write_config, xmppd, KillOnDrop};
 use common::Raw;
 
 #[test]
+fn check_refuses_a_bad_log_level_and_user_add_explains_the_missing_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), free_port(), free_port());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[log]\nlevel = \"verbose!!\"\n");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    let (ok, _, err) = xmppd(&bad, &["check"]);
+    assert!(!ok && err.contains("log.level"), "{err}");
+    // No terminal (stdin is not one here) and no password given: say how to give it.
+    let (ok, _, err) = xmppd(&config, &["user", "add", "eve@localhost"]);
+    assert!(!ok && err.contains("--password-stdin"), "{err}");
+}
+
+#[test]
 fn user_commands_and_check() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), free_port(), free_port());

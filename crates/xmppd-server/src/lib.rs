@@ -231,6 +231,9 @@ pub async fn start(
     for addr in direct_tls_addrs.iter() {
         tracing::info!(%addr, "listening for clients (direct TLS)");
     }
+    if let Some(addr) = metrics_addr {
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
     Ok(RunningServer {
         c2s_addrs,
         direct_tls_addrs,

@@ -92,19 +92,50 @@ fn file_error(path: &Path, msg: impl ToString) -> TlsError {
     }
 }
 
-/// Writes a self-signed certificate for `domain` and `*.domain` unless one exists.
+/// How long a generated self-signed certificate is valid.
+const SELF_SIGNED_DAYS: i64 = 365;
+
+/// Whether the PEM certificate at `path` has expired (or cannot be read as one).
+fn expired(path: &Path) -> bool {
+    let Ok(pem) = std::fs::read(path) else {
+        return true;
+    };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return true;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return true;
+    };
+    let not_after = cert.validity().not_after.timestamp();
+    not_after <= time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Writes a self-signed certificate for `domain` and `*.domain`, named after the domain (a
+/// client's trust prompt shows its subject) and valid for a year, unless a valid one exists;
+/// an expired one is replaced.
 pub fn ensure_self_signed(domain: &str, cert: &Path, key: &Path) -> Result<bool, TlsError> {
-    if cert.exists() && key.exists() {
+    if cert.exists() && key.exists() && !expired(cert) {
         return Ok(false);
     }
     if let Some(dir) = cert.parent() {
         std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     }
-    let generated =
-        rcgen::generate_simple_self_signed(vec![domain.to_string(), format!("*.{domain}")])?;
-    std::fs::write(cert, generated.cert.pem()).map_err(|e| file_error(cert, e))?;
-    write_private(key, generated.signing_key.serialize_pem().as_bytes())
-        .map_err(|e| file_error(key, e))?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_string(), format!("*.{domain}")])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, domain);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "xmppd (self-signed)");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(SELF_SIGNED_DAYS);
+    let signing_key = rcgen::KeyPair::generate()?;
+    let generated = params.self_signed(&signing_key)?;
+    std::fs::write(cert, generated.pem()).map_err(|e| file_error(cert, e))?;
+    write_private(key, signing_key.serialize_pem().as_bytes()).map_err(|e| file_error(key, e))?;
     Ok(true)
 }
 
@@ -261,6 +292,17 @@ mod tests {
         assert_eq!(first, std::fs::read(&cert).unwrap());
         let loaded = load_domain_cert(&cert, &key).unwrap();
         assert_eq!(loaded.end_point_hash.len(), 32);
+        // Named after the domain, valid for about a year.
+        let pem = std::fs::read(&cert).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let parsed = pem.parse_x509().unwrap();
+        let cn = parsed.subject().iter_common_name().next().unwrap();
+        assert_eq!(cn.as_str().unwrap(), "example.org");
+        let days = (parsed.validity().not_after.timestamp()
+            - parsed.validity().not_before.timestamp())
+            / 86_400;
+        assert!((365..=367).contains(&days), "{days} days");
+        assert!(!expired(&cert));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
