@@ -6,6 +6,7 @@
 pub mod carbons;
 pub mod csi;
 pub mod disco;
+pub mod forms;
 pub mod last;
 pub mod offline;
 pub mod ping;
@@ -14,6 +15,7 @@ pub mod privacy;
 pub mod private;
 pub mod register;
 pub mod roster;
+pub mod rsm;
 pub mod subscription;
 pub mod time;
 pub mod vcard;
