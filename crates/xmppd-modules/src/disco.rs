@@ -85,9 +85,6 @@ impl IqHandler for Disco {
         if iq.stanza_type() != "get" {
             return Err(StanzaErrorCondition::BadRequest.into());
         }
-        if payload.attr("node").is_some() {
-            return Err(StanzaErrorCondition::ItemNotFound.into());
-        }
         if let IqTarget::Account(user) = target {
             // XEP-0030 §8 (directory harvesting): the server answers for an account only to
             // the account itself and to contacts subscribed to its presence; to anyone else
@@ -107,11 +104,31 @@ impl IqHandler for Disco {
                 };
             }
         }
-        if payload.ns() == ns::DISCO_ITEMS {
-            return Ok(Some(Element::new("query", ns::DISCO_ITEMS)));
-        }
         let on = target.on();
         let hooks = cx.hooks();
+        let node = payload.attr("node");
+        let from = iq.from.as_ref();
+        if payload.ns() == ns::DISCO_ITEMS {
+            let mut query = Element::new("query", ns::DISCO_ITEMS);
+            if let Some(node) = node {
+                query.set_attr("node", node);
+            }
+            for provider in hooks.disco_providers(on) {
+                for item in provider.items(cx, target, node, from).await {
+                    query.push_child(item);
+                }
+            }
+            return Ok(Some(query));
+        }
+        if let Some(node) = node {
+            // XEP-0030 §3.2: info about a node belongs to whoever owns the node.
+            for provider in hooks.disco_providers(on) {
+                if let Some(info) = provider.node_info(cx, target, node, from).await {
+                    return info.map(Some);
+                }
+            }
+            return Err(StanzaErrorCondition::ItemNotFound.into());
+        }
         let mut query = Element::new("query", ns::DISCO_INFO);
         for i in hooks.identities(on) {
             query.push_child(identity(i.category, i.kind, i.name));

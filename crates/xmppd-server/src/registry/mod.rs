@@ -223,6 +223,30 @@ pub trait Host: Send + Sync {
     async fn handle(&self, cx: &mut Ctx<'_>, stanza: Stanza);
 }
 
+/// What a module adds to service discovery beyond static features: items (the MUC and
+/// pubsub services under a domain, an account's PEP nodes) and the info of nodes it owns.
+#[async_trait]
+pub trait DiscoProvider: Send + Sync {
+    /// The `<item/>`s this module lists for `target` at `node` (`None`: the top level).
+    async fn items(
+        &self,
+        cx: &mut Ctx<'_>,
+        target: IqTarget<'_>,
+        node: Option<&str>,
+        from: Option<&Jid>,
+    ) -> Vec<Element>;
+
+    /// The disco#info `<query/>` of `node` at `target`, or `None` when the node is not this
+    /// module's.
+    async fn node_info(
+        &self,
+        cx: &mut Ctx<'_>,
+        target: IqTarget<'_>,
+        node: &str,
+        from: Option<&Jid>,
+    ) -> Option<Result<Element, StanzaError>>;
+}
+
 /// A disco#info identity (XEP-0030 §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -296,6 +320,7 @@ impl Registry {
                 intercepts: HashMap::new(),
                 amenders: Vec::new(),
                 hosts: HashMap::new(),
+                disco: HashMap::new(),
             },
             extensions: 0,
             loaded: Vec::new(),
@@ -407,6 +432,11 @@ impl Registry {
         self.hooks.hosts.insert(domain.to_ascii_lowercase(), h);
     }
 
+    /// Adds disco items and node info for `on` (see [`DiscoProvider`]).
+    pub fn disco_provider(&mut self, on: On, p: Arc<dyn DiscoProvider>) {
+        self.hooks.disco.entry(on).or_default().push(p);
+    }
+
     /// A key for per-session state of type `T`.
     pub fn session_ext<T>(&mut self) -> ExtKey<T> {
         self.extensions += 1;
@@ -455,6 +485,7 @@ pub struct Hooks {
     intercepts: HashMap<(Intercept, StanzaKind), Arc<dyn StanzaHandler>>,
     amenders: Vec<Arc<dyn PresenceAmender>>,
     hosts: HashMap<String, Arc<dyn Host>>,
+    disco: HashMap<On, Vec<Arc<dyn DiscoProvider>>>,
 }
 
 impl Hooks {
@@ -521,5 +552,9 @@ impl Hooks {
 
     pub fn host(&self, domain: &str) -> Option<&Arc<dyn Host>> {
         self.hosts.get(domain)
+    }
+
+    pub fn disco_providers(&self, on: On) -> &[Arc<dyn DiscoProvider>] {
+        self.disco.get(&on).map(Vec::as_slice).unwrap_or_default()
     }
 }
