@@ -211,6 +211,7 @@ pub async fn start(
         secret,
         shutdown: shutdown_rx.clone(),
     });
+    state.router.set_server(Arc::downgrade(&state));
     let mut tasks = Vec::new();
     for l in c2s {
         tasks.push(tokio::spawn(c2s::listen(l, false, state.clone())));

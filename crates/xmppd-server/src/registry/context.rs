@@ -2,7 +2,7 @@
 //! queues of local sessions, and a list of effects (stanzas to route, replies) that the
 //! router applies once the handler has returned.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use xmppd_core::{BareJid, Element, Jid, Stanza, StanzaError};
@@ -22,6 +22,19 @@ pub enum Effect {
     Reply(Element),
 }
 
+/// An owned way back into the server for work that outlives a handler (a MUC room's task,
+/// a delivery task). It does not keep the server alive: `upgrade` fails once it has stopped.
+/// With the state, `state.router.context()` gives a [`Ctx`] and `state.router.apply(cx)`
+/// applies what it recorded.
+#[derive(Clone)]
+pub struct ServerHandle(pub(crate) Weak<crate::ServerState>);
+
+impl ServerHandle {
+    pub fn upgrade(&self) -> Option<Arc<crate::ServerState>> {
+        self.0.upgrade()
+    }
+}
+
 /// A handler's view of the server (see the module docs).
 pub struct Ctx<'a> {
     router: &'a Router,
@@ -38,6 +51,11 @@ impl<'a> Ctx<'a> {
 
     pub(crate) fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
+    }
+
+    /// A handle for tasks the handler starts (see [`ServerHandle`]).
+    pub fn server_handle(&self) -> ServerHandle {
+        self.router.server_handle()
     }
 
     pub fn storage(&self) -> &'a Storage {

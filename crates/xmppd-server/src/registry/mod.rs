@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use xmppd_core::{BareJid, Element, Jid, Stanza, StanzaError, StanzaKind};
 
 use crate::router::SessionHandle;
-pub use context::{Ctx, Effect};
+pub use context::{Ctx, Effect, ServerHandle};
 pub use extensions::{ExtKey, Extensions};
 
 /// The answer to an iq request: a result payload (or none), or an error.

@@ -13,7 +13,7 @@ mod requests;
 pub mod sessions;
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
 use xmppd_core::{
@@ -23,7 +23,9 @@ use xmppd_storage::Storage;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::registry::{Ctx, Effect, Event, Hooks, Intercept, IqTarget, Point, Verdict, Via};
+use crate::registry::{
+    Ctx, Effect, Event, Hooks, Intercept, IqTarget, Point, ServerHandle, Verdict, Via,
+};
 pub use locks::AccountLocks;
 pub use outbox::{Outbox, Push};
 pub use requests::IqRequests;
@@ -60,6 +62,8 @@ pub struct Router {
     account_locks: AccountLocks,
     requests: Arc<IqRequests>,
     metrics: Arc<Metrics>,
+    /// The state that owns this router, for tasks modules start ([`ServerHandle`]).
+    server: OnceLock<Weak<crate::ServerState>>,
 }
 
 /// Serialises a stanza once for every client stream (whose default namespace is jabber:client).
@@ -82,7 +86,17 @@ impl Router {
             account_locks: AccountLocks::default(),
             requests: Arc::default(),
             metrics,
+            server: OnceLock::new(),
         }
+    }
+
+    /// Records the state that owns this router (once, when the server starts).
+    pub(crate) fn set_server(&self, state: Weak<crate::ServerState>) {
+        let _ = self.server.set(state);
+    }
+
+    pub fn server_handle(&self) -> ServerHandle {
+        ServerHandle(self.server.get().cloned().unwrap_or_default())
     }
 
     pub fn sessions(&self) -> &SessionTable {
