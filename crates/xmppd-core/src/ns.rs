@@ -2,6 +2,8 @@
 
 pub const CLIENT: &str = "jabber:client";
 pub const SERVER: &str = "jabber:server";
+pub const COMPONENT: &str = "jabber:component:accept";
+pub const DIALBACK: &str = "jabber:server:dialback";
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
 pub const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 pub const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";

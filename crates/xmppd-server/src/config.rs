@@ -17,6 +17,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub im: ImConfig,
     pub log: LogConfig,
+    pub s2s: S2sConfig,
+    /// `[components."DOMAIN"]`: XEP-0114 external components allowed to connect.
+    pub components: std::collections::BTreeMap<String, ComponentConfig>,
     /// `[modules.NAME]` sections, each read by its module (see `crate::modules`).
     pub modules: std::collections::BTreeMap<String, toml::Table>,
 }
@@ -88,6 +91,13 @@ pub struct ListenConfig {
     pub c2s_direct_tls: Vec<SocketAddr>,
     /// HTTP listener for `/metrics` (Prometheus text format); absent disables it.
     pub metrics: Option<SocketAddr>,
+    /// Server-to-server listeners that offer STARTTLS (RFC 6120); federation is on when
+    /// there is at least one s2s listener of either kind.
+    pub s2s: Vec<SocketAddr>,
+    /// Server-to-server listeners that speak TLS from the first byte (XEP-0368).
+    pub s2s_direct_tls: Vec<SocketAddr>,
+    /// XEP-0114 component listeners (`jabber:component:accept`).
+    pub component: Vec<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -96,8 +106,67 @@ impl Default for ListenConfig {
             c2s: vec![SocketAddr::from(([127, 0, 0, 1], 5222))],
             c2s_direct_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5223))],
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 5280))),
+            s2s: Vec::new(),
+            s2s_direct_tls: Vec::new(),
+            component: Vec::new(),
         }
     }
+}
+
+/// Federation (RFC 6120 server-to-server streams).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S2sConfig {
+    /// PEM file of CAs trusted for peer certificates; absent: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Addresses used instead of DNS for these remote domains (tests, private networks).
+    pub routes: std::collections::BTreeMap<String, SocketAddr>,
+    /// Refuse unencrypted server-to-server streams (both directions).
+    pub require_tls: bool,
+    /// Allow server dialback (XEP-0220) where a peer's certificate does not verify.
+    pub dialback: bool,
+    /// Remote domains that must authenticate with a certificate (no dialback), whatever
+    /// `dialback` says.
+    pub require_certificate: Vec<String>,
+    /// Stanzas to a remote domain bounce with remote-server-timeout when no authenticated
+    /// link exists this long after the first was queued.
+    pub connect_timeout_secs: u64,
+    /// Links with no stanza either way for this long are closed.
+    pub idle_timeout_secs: u64,
+    /// Stanzas held for one remote domain while its link is set up.
+    pub queue_size: usize,
+    /// Most server-to-server connections at once, incoming and outgoing together.
+    pub max_links: usize,
+    /// After a failed attempt, stanzas to that domain bounce at once for this long
+    /// (doubling per failure up to `max_retry_secs`) instead of reconnecting each time.
+    pub retry_secs: u64,
+    pub max_retry_secs: u64,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            ca_file: None,
+            routes: Default::default(),
+            require_tls: true,
+            dialback: true,
+            require_certificate: Vec::new(),
+            connect_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            queue_size: 1000,
+            max_links: 1000,
+            retry_secs: 5,
+            max_retry_secs: 300,
+        }
+    }
+}
+
+/// One XEP-0114 component.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The shared secret of the handshake (XEP-0114 §3).
+    pub secret: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -319,6 +388,24 @@ impl Config {
             return invalid(
                 "limits.max_stanza_size must be at least 10000 (RFC 6120 §13.12)".into(),
             );
+        }
+        for domain in self.components.keys().chain(self.s2s.routes.keys()) {
+            if jid::BareJid::new(domain).map(|j| j.node().is_some()) != Ok(false) {
+                return invalid(format!("{domain:?} is not a domain"));
+            }
+        }
+        for (domain, c) in &self.components {
+            if self.server.domains.contains(domain) {
+                return invalid(format!("components: {domain:?} is a served domain"));
+            }
+            if c.secret.len() < 8 {
+                return invalid(format!(
+                    "components.\"{domain}\".secret must be at least 8 characters"
+                ));
+            }
+        }
+        if self.s2s.queue_size == 0 || self.s2s.connect_timeout_secs == 0 {
+            return invalid("s2s.queue_size and s2s.connect_timeout_secs must be positive".into());
         }
         if self.limits.outbound_queue == 0 || self.limits.max_depth == 0 {
             return invalid("limits.outbound_queue and limits.max_depth must be positive".into());

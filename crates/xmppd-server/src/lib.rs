@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod stream;
 pub mod time;
@@ -49,6 +50,8 @@ pub struct ServerState {
     pub config: Config,
     pub router: Router,
     pub tls: TlsContext,
+    /// Links to other servers and connected components.
+    pub federation: Arc<s2s::Federation>,
     pub metrics: Arc<Metrics>,
     /// Failed authentications per address (the ceiling) and per address and account.
     pub throttle: AuthThrottle,
@@ -86,6 +89,9 @@ pub struct RunningServer {
     pub c2s_addrs: Vec<SocketAddr>,
     pub direct_tls_addrs: Vec<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    pub s2s_addrs: Vec<SocketAddr>,
+    pub s2s_direct_tls_addrs: Vec<SocketAddr>,
+    pub component_addrs: Vec<SocketAddr>,
     pub state: Arc<ServerState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -159,7 +165,8 @@ pub async fn start(
     let storage = Storage::open(&config.storage_url()).await?;
     let tls = TlsContext::new(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let router = Router::new(&config, storage, hooks, metrics.clone());
+    let federation = Arc::new(s2s::Federation::new(&config, &tls.resolver)?);
+    let router = Router::new(&config, storage, hooks, metrics.clone(), federation.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut c2s = Vec::new();
     for addr in &config.listen.c2s {
@@ -177,6 +184,23 @@ pub async fn start(
                 .map_err(io_error("listening on", addr))?,
         );
     }
+    let bind_all = |addrs: &[SocketAddr]| {
+        let addrs = addrs.to_vec();
+        async move {
+            let mut listeners = Vec::new();
+            for addr in addrs {
+                listeners.push(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(io_error("listening on", addr))?,
+                );
+            }
+            Ok::<_, StartError>(listeners)
+        }
+    };
+    let s2s_listeners = bind_all(&config.listen.s2s).await?;
+    let s2s_direct = bind_all(&config.listen.s2s_direct_tls).await?;
+    let components = bind_all(&config.listen.component).await?;
     let metrics_listener = match config.listen.metrics {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -189,6 +213,9 @@ pub async fn start(
     let c2s_addrs: Vec<_> = c2s.iter().filter_map(local).collect();
     let direct_tls_addrs: Vec<_> = direct.iter().filter_map(local).collect();
     let metrics_addr = metrics_listener.as_ref().and_then(local);
+    let s2s_addrs: Vec<_> = s2s_listeners.iter().filter_map(local).collect();
+    let s2s_direct_tls_addrs: Vec<_> = s2s_direct.iter().filter_map(local).collect();
+    let component_addrs: Vec<_> = components.iter().filter_map(local).collect();
     let state = Arc::new(ServerState {
         throttle: AuthThrottle::new(
             config.sasl.max_failures_per_ip,
@@ -207,6 +234,7 @@ pub async fn start(
         config,
         router,
         tls,
+        federation: federation.clone(),
         metrics: metrics.clone(),
         secret,
         shutdown: shutdown_rx.clone(),
@@ -219,6 +247,16 @@ pub async fn start(
     for l in direct {
         tasks.push(tokio::spawn(c2s::listen(l, true, state.clone())));
     }
+    for l in s2s_listeners {
+        tasks.push(tokio::spawn(s2s::listen(l, false, state.clone())));
+    }
+    for l in s2s_direct {
+        tasks.push(tokio::spawn(s2s::listen(l, true, state.clone())));
+    }
+    for l in components {
+        tasks.push(tokio::spawn(s2s::component::listen(l, state.clone())));
+    }
+    tasks.push(tokio::spawn(federation.close_idle(shutdown_rx.clone())));
     if let Some(l) = metrics_listener {
         tasks.push(tokio::spawn(metrics::serve(l, metrics, shutdown_rx)));
     }
@@ -232,6 +270,15 @@ pub async fn start(
     for addr in direct_tls_addrs.iter() {
         tracing::info!(%addr, "listening for clients (direct TLS)");
     }
+    for addr in s2s_addrs.iter() {
+        tracing::info!(%addr, "listening for servers (STARTTLS)");
+    }
+    for addr in s2s_direct_tls_addrs.iter() {
+        tracing::info!(%addr, "listening for servers (direct TLS)");
+    }
+    for addr in component_addrs.iter() {
+        tracing::info!(%addr, "listening for components (XEP-0114)");
+    }
     if let Some(addr) = metrics_addr {
         tracing::info!("metrics at http://{addr}/metrics");
     }
@@ -239,6 +286,9 @@ pub async fn start(
         c2s_addrs,
         direct_tls_addrs,
         metrics_addr,
+        s2s_addrs,
+        s2s_direct_tls_addrs,
+        component_addrs,
         state,
         shutdown: shutdown_tx,
         tasks,

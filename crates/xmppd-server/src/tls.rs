@@ -65,6 +65,12 @@ impl CertResolver {
         by_name(&self.default)
     }
 
+    /// The certificate and key served for `domain` (also presented as the client
+    /// certificate of outgoing server-to-server links).
+    pub fn certified_key(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        self.lookup(Some(domain)).map(|c| c.key.clone())
+    }
+
     /// The `tls-server-end-point` channel binding for a connection that sent `sni`.
     pub fn end_point_hash(&self, sni: Option<&str>) -> Option<Vec<u8>> {
         self.lookup(sni).map(|c| c.end_point_hash.clone())
@@ -83,6 +89,8 @@ pub struct TlsContext {
     pub resolver: Arc<CertResolver>,
     /// Whether client certificates are requested (SASL EXTERNAL is possible).
     pub client_auth: bool,
+    /// Server-to-server streams: the peer's certificate is always asked for.
+    pub s2s_acceptor: tokio_rustls::TlsAcceptor,
 }
 
 fn file_error(path: &Path, msg: impl ToString) -> TlsError {
@@ -237,6 +245,7 @@ impl TlsContext {
         };
         let server_config = builder.with_cert_resolver(resolver.clone());
         Ok(TlsContext {
+            s2s_acceptor: crate::s2s::certs::acceptor(&resolver)?,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config)),
             resolver,
             client_auth,
@@ -253,6 +262,9 @@ pub struct ChannelBindings {
     pub tls_server_end_point: Option<Vec<u8>>,
     /// The verified client certificate, if any (for SASL EXTERNAL).
     pub client_cert: Option<CertificateDer<'static>>,
+    /// The whole chain the peer presented, leaf first, for servers (whose certificates the
+    /// s2s code verifies itself, see `crate::s2s::certs`).
+    pub peer_chain: Vec<CertificateDer<'static>>,
 }
 
 impl ChannelBindings {
@@ -273,8 +285,25 @@ impl ChannelBindings {
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| c.clone().into_owned()),
+            peer_chain: chain(conn.peer_certificates()),
         }
     }
+
+    /// What an outgoing connection learns: the server's certificate chain.
+    pub fn of_client(conn: &rustls::ClientConnection) -> Self {
+        ChannelBindings {
+            peer_chain: chain(conn.peer_certificates()),
+            ..ChannelBindings::default()
+        }
+    }
+}
+
+fn chain(certs: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
+    certs
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect()
 }
 
 #[cfg(test)]

@@ -151,11 +151,39 @@ impl Element {
 
     /// Serialises the element, writing `xmlns` only where it differs from `parent_ns`.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        self.write_mapped(out, parent_ns, None);
+    }
+
+    /// Serialises the element for a stream whose content namespace is `stream_ns`, writing
+    /// elements in `content_ns` as if they were in `stream_ns`: a stanza the server holds in
+    /// `jabber:client` goes out as `jabber:server` on a server-to-server stream.
+    pub fn write_as(&self, out: &mut Vec<u8>, content_ns: &str, stream_ns: &str) {
+        self.write_mapped(out, stream_ns, Some((content_ns, stream_ns)));
+    }
+
+    /// Moves this element and every descendant in namespace `from` to namespace `to` (a
+    /// stanza read from a server-to-server stream, held as `jabber:client` inside).
+    pub fn rename_ns(&mut self, from: &str, to: &str) {
+        if self.ns == from {
+            self.ns = to.to_string();
+        }
+        for child in &mut self.children {
+            if let Node::Element(e) = child {
+                e.rename_ns(from, to);
+            }
+        }
+    }
+
+    fn write_mapped(&self, out: &mut Vec<u8>, parent_ns: &str, map: Option<(&str, &str)>) {
+        let ns = match map {
+            Some((from, to)) if self.ns == from => to,
+            _ => &self.ns,
+        };
         out.push(b'<');
         out.extend_from_slice(self.name.as_bytes());
-        if self.ns != parent_ns {
+        if ns != parent_ns {
             out.extend_from_slice(b" xmlns='");
-            escape_attr(out, &self.ns);
+            escape_attr(out, ns);
             out.push(b'\'');
         }
         for (i, (name, value)) in self.attrs.iter().enumerate() {
@@ -190,7 +218,7 @@ impl Element {
         out.push(b'>');
         for child in &self.children {
             match child {
-                Node::Element(e) => e.write_to(out, &self.ns),
+                Node::Element(e) => e.write_mapped(out, ns, map),
                 Node::Text(t) => escape_text(out, t),
             }
         }
@@ -240,6 +268,26 @@ mod tests {
             "<message to='a@b' xml:lang='en'><body>1 &lt; 2</body>\
              <x xmlns='urn:x' xmlns:a0='urn:y' a0:k='v'/></message>"
         );
+    }
+
+    #[test]
+    fn a_client_stanza_goes_out_in_the_server_namespace_and_back() {
+        let mut el = Element::new("message", "jabber:client")
+            .with_child(Element::new("body", "jabber:client").with_text("hi"))
+            .with_child(
+                Element::new("x", "urn:x").with_child(Element::new("y", "jabber:client")),
+            );
+        let mut out = Vec::new();
+        el.write_as(&mut out, "jabber:client", "jabber:server");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "<message><body>hi</body><x xmlns='urn:x'><y xmlns='jabber:server'/></x></message>"
+        );
+        el.rename_ns("jabber:client", "jabber:server");
+        assert!(el.is("message", "jabber:server"));
+        assert!(el.get_child("body", "jabber:server").is_some());
+        let inner = el.get_child("x", "urn:x").unwrap();
+        assert!(inner.get_child("y", "jabber:server").is_some());
     }
 
     #[test]

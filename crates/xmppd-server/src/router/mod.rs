@@ -31,17 +31,17 @@ pub use outbox::{Outbox, Push};
 pub use requests::IqRequests;
 pub use sessions::{Kick, SessionHandle, SessionTable};
 
-/// Stanzas for domains this server does not host.
+/// Stanzas for domains this server does not host: federation and external components.
 pub trait RemoteDomains: Send + Sync {
     /// Takes a stanza for a remote domain, or hands it back with why it cannot be delivered.
-    fn route(&self, stanza: Stanza) -> Result<(), Box<(Stanza, StanzaError)>>;
+    fn route(&self, router: &Router, stanza: Stanza) -> Result<(), Box<(Stanza, StanzaError)>>;
 }
 
 /// Federation switched off: every remote domain is unreachable.
 pub struct NoFederation;
 
 impl RemoteDomains for NoFederation {
-    fn route(&self, stanza: Stanza) -> Result<(), Box<(Stanza, StanzaError)>> {
+    fn route(&self, _: &Router, stanza: Stanza) -> Result<(), Box<(Stanza, StanzaError)>> {
         let error = StanzaError::new(StanzaErrorCondition::RemoteServerNotFound);
         Err(Box::new((stanza, error)))
     }
@@ -74,7 +74,13 @@ pub fn encode(el: &Element) -> Bytes {
 }
 
 impl Router {
-    pub fn new(config: &Config, storage: Storage, hooks: Hooks, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &Config,
+        storage: Storage,
+        hooks: Hooks,
+        metrics: Arc<Metrics>,
+        remote: Arc<dyn RemoteDomains>,
+    ) -> Self {
         Router {
             domains: config.server.domains.iter().cloned().collect(),
             config: config.clone(),
@@ -82,7 +88,7 @@ impl Router {
             sessions: SessionTable::default(),
             storage,
             hooks,
-            remote: Arc::new(NoFederation),
+            remote,
             account_locks: AccountLocks::default(),
             requests: Arc::default(),
             metrics,
@@ -172,6 +178,14 @@ impl Router {
         self.apply(cx).await;
     }
 
+    /// A stanza from another server or a component, whose addresses its stream checked:
+    /// routed to its destination without the sender-side filters (the sender is not ours).
+    pub async fn route_inbound(&self, stanza: Stanza) {
+        let mut cx = Ctx::new(self);
+        self.route_one(&mut cx, stanza, false).await;
+        self.apply(cx).await;
+    }
+
     /// A stanza a bound session sent: an interceptor's (presence), else routed.
     pub async fn from_session(&self, session: &Arc<SessionHandle>, stanza: Stanza) {
         match self.hooks.intercept(Intercept::FromSession, stanza.kind) {
@@ -228,7 +242,7 @@ impl Router {
             }
         } else if let Some(host) = self.hooks.host(domain) {
             host.handle(cx, stanza).await;
-        } else if let Err(failed) = self.remote.route(stanza) {
+        } else if let Err(failed) = self.remote.route(self, stanza) {
             let (original, error) = *failed;
             cx.bounce(&original, error);
         }
@@ -432,7 +446,7 @@ impl Router {
         }
         if let Ok(stanza) = Stanza::parse(reply) {
             // A reply that cannot leave is dropped: errors are never answered with errors.
-            let _ = self.remote.route(stanza);
+            let _ = self.remote.route(self, stanza);
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum Kick {
     Conflict = 2,
     /// The account was deleted (XEP-0077 §3.2).
     AccountRemoved = 3,
+    /// A server-to-server link nobody used for a while: closed without an error.
+    Idle = 4,
 }
 
 /// How the rest of the server reaches one session. The session task owns the socket; this
@@ -101,6 +103,7 @@ impl SessionHandle {
                 1 => return Kick::QueueOverflow,
                 2 => return Kick::Conflict,
                 3 => return Kick::AccountRemoved,
+                4 => return Kick::Idle,
                 _ => self.kicked.notified().await,
             }
         }

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
+use rustls_pki_types::ServerName;
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::tls::{ChannelBindings, TlsContext};
+use crate::tls::{CertResolver, ChannelBindings};
 
 /// Bytes read from the socket at a time.
 pub const READ_BUFFER: usize = 2048;
@@ -39,8 +41,13 @@ pub trait Framing: AsyncWrite + Unpin + Send + 'static {
     /// Whether [`Framing::start_tls`] can be offered (STARTTLS, RFC 6120 §5).
     fn can_start_tls(&self) -> bool;
 
-    /// Runs a TLS handshake on the connection; false if it failed (the connection is over).
-    fn start_tls(&mut self, tls: &TlsContext) -> impl Future<Output = bool> + Send;
+    /// Runs a TLS handshake as the server of the connection; false if it failed (the
+    /// connection is over).
+    fn start_tls(
+        &mut self,
+        acceptor: &TlsAcceptor,
+        resolver: &CertResolver,
+    ) -> impl Future<Output = bool> + Send;
 }
 
 /// Reads into `buf` from an [`AsyncRead`], growing an empty buffer first and releasing it
@@ -73,6 +80,8 @@ pub struct TcpFraming {
 enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS as the client: an outgoing server-to-server link.
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Only while the TCP stream is handed to the TLS handshake, or after it failed.
     Upgrading,
 }
@@ -86,6 +95,35 @@ impl TcpFraming {
         TcpFraming {
             transport: Transport::Plain(tcp),
             bindings: None,
+        }
+    }
+
+    /// Runs a TLS handshake as the client (an outgoing server-to-server link) for `name`;
+    /// false if it failed. The peer's certificate chain is kept for the caller to verify.
+    pub async fn connect_tls(&mut self, connector: &TlsConnector, name: &str) -> bool {
+        let Ok(server_name) = ServerName::try_from(name.to_string()) else {
+            return false;
+        };
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Upgrading)
+        else {
+            return false;
+        };
+        let handshake = Box::pin(connector.connect(server_name, tcp));
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => {
+                let (_, conn) = stream.get_ref();
+                self.bindings = Some(Box::new(ChannelBindings::of_client(conn)));
+                self.transport = Transport::ClientTls(Box::new(stream));
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %name, "outgoing TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(%name, "outgoing TLS handshake timed out");
+                false
+            }
         }
     }
 }
@@ -102,6 +140,7 @@ impl Framing for TcpFraming {
             let tcp = match &self.transport {
                 Transport::Plain(s) => s,
                 Transport::Tls(s) => s.get_ref().0,
+                Transport::ClientTls(s) => s.get_ref().0,
                 Transport::Upgrading => return Poll::Ready(Err(gone())),
             };
             ready!(tcp.poll_read_ready(cx))?;
@@ -110,7 +149,7 @@ impl Framing for TcpFraming {
     }
 
     fn is_secure(&self) -> bool {
-        matches!(self.transport, Transport::Tls(_))
+        matches!(self.transport, Transport::Tls(_) | Transport::ClientTls(_))
     }
 
     fn channel_bindings(&self) -> Option<&ChannelBindings> {
@@ -121,16 +160,16 @@ impl Framing for TcpFraming {
         matches!(self.transport, Transport::Plain(_))
     }
 
-    async fn start_tls(&mut self, tls: &TlsContext) -> bool {
+    async fn start_tls(&mut self, acceptor: &TlsAcceptor, resolver: &CertResolver) -> bool {
         let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Upgrading)
         else {
             return false;
         };
-        let handshake = Box::pin(tls.acceptor.accept(tcp));
+        let handshake = Box::pin(acceptor.accept(tcp));
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(stream)) => {
                 let (_, conn) = stream.get_ref();
-                self.bindings = Some(Box::new(ChannelBindings::capture(conn, &tls.resolver)));
+                self.bindings = Some(Box::new(ChannelBindings::capture(conn, resolver)));
                 self.transport = Transport::Tls(Box::new(stream));
                 true
             }
@@ -156,6 +195,7 @@ impl AsyncRead for TcpFraming {
         match &mut self.get_mut().transport {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Transport::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -170,6 +210,7 @@ impl AsyncWrite for TcpFraming {
         match &mut self.get_mut().transport {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Transport::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -178,6 +219,7 @@ impl AsyncWrite for TcpFraming {
         match &mut self.get_mut().transport {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -186,6 +228,7 @@ impl AsyncWrite for TcpFraming {
         match &mut self.get_mut().transport {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::Upgrading => Poll::Ready(Ok(())),
         }
     }
@@ -226,7 +269,7 @@ impl Framing for MemoryFraming {
         false
     }
 
-    async fn start_tls(&mut self, _: &TlsContext) -> bool {
+    async fn start_tls(&mut self, _: &TlsAcceptor, _: &CertResolver) -> bool {
         false
     }
 }

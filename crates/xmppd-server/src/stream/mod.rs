@@ -26,6 +26,7 @@ use xmppd_xml::{Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
 use crate::limits::{ByteRate, Eviction};
 use crate::metrics::Metrics;
 use crate::router::{Kick, SessionHandle};
+use crate::tls::TlsContext;
 use crate::ServerState;
 pub use framing::{Framing, MemoryFraming, TcpFraming};
 
@@ -109,6 +110,9 @@ pub struct Stream<F> {
     pub domain: String,
     /// The stream's default language (RFC 6120 §4.7.4).
     pub lang: String,
+    /// The `id` of the last stream header we sent (the dialback key and the component
+    /// handshake are computed over it).
+    pub stream_id: String,
     /// Nothing was read from the peer yet.
     first_read: bool,
     /// The stream ended on input we refused; the peer may still be sending.
@@ -140,6 +144,7 @@ impl<F: Framing> Stream<F> {
             content_ns,
             domain: server.config.server.domains[0].clone(),
             lang: "en".to_string(),
+            stream_id: String::new(),
             first_read: true,
             unread_input: false,
             rate: ByteRate::new(l.max_bytes_per_second, l.burst_bytes),
@@ -155,18 +160,40 @@ impl<F: Framing> Stream<F> {
         self.header_sent = false;
     }
 
-    /// Appends our stream header to the output.
+    /// Appends our stream header (as the receiving entity) to the output.
     pub fn send_header(&mut self) {
+        self.stream_id = random_id(16);
+        // Server streams declare the dialback prefix (XEP-0220 §2.1: some peers accept
+        // only `db:`); XEP-0114 component streams carry no version (XEP-0114 §3).
+        let (extra, version) = match self.content_ns {
+            xmppd_core::ns::SERVER => (" xmlns:db='jabber:server:dialback'", " version='1.0'"),
+            xmppd_core::ns::COMPONENT => ("", ""),
+            _ => ("", " version='1.0'"),
+        };
         let header = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='{}' \
-             xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}' \
-             version='1.0' xml:lang='{}'>",
-            self.content_ns,
-            random_id(16),
-            self.domain,
-            self.lang
+            "<?xml version='1.0'?><stream:stream xmlns='{}'{extra} \
+             xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}'{version} \
+             xml:lang='{}'>",
+            self.content_ns, self.stream_id, self.domain, self.lang
         );
         self.out.extend_from_slice(header.as_bytes());
+        self.header_sent = true;
+    }
+
+    /// Appends the header of a stream we initiate (an outgoing server-to-server link,
+    /// RFC 6120 §4.7): from our domain to the peer's, no id.
+    pub fn send_initial_header(&mut self, to: &str) {
+        let mut header = Vec::with_capacity(256);
+        header.extend_from_slice(
+            b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+              xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' \
+              version='1.0' from='",
+        );
+        xmppd_xml::escape_attr(&mut header, &self.domain);
+        header.extend_from_slice(b"' to='");
+        xmppd_xml::escape_attr(&mut header, to);
+        header.extend_from_slice(b"'>");
+        self.out.extend_from_slice(&header);
         self.header_sent = true;
     }
 
@@ -268,6 +295,17 @@ impl<F: Framing> Stream<F> {
 
 /// What makes a stream c2s, s2s or a component: what the header and each element mean.
 pub trait Profile<F: Framing>: Send {
+    /// Before anything is read: a stream we initiate sends its header here.
+    fn on_start(&mut self, _s: &mut Stream<F>) -> impl Future<Output = Flow> + Send {
+        async { Flow::Continue }
+    }
+
+    /// The TLS configuration STARTTLS and direct TLS use (server streams ask for the
+    /// peer's certificate, client streams only where SASL EXTERNAL is configured).
+    fn acceptor<'a>(&self, tls: &'a TlsContext) -> &'a tokio_rustls::TlsAcceptor {
+        &tls.acceptor
+    }
+
     /// The peer's stream header (the first one, or after a restart).
     fn on_header(
         &mut self,
@@ -348,7 +386,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             let metrics = self.server.metrics.clone();
             metrics.connections_total.inc();
             metrics.connections_open.inc();
-            if !direct_tls || self.start_tls().await {
+            if (!direct_tls || self.start_tls().await) && self.start().await {
                 self.serve().await;
             }
             self.profile.close().await;
@@ -378,8 +416,18 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
         }
     }
 
+    /// The profile's first move, for streams we initiate.
+    async fn start(&mut self) -> bool {
+        match self.profile.on_start(&mut self.stream).await {
+            Flow::Continue => self.stream.flush().await,
+            _ => false,
+        }
+    }
+
     async fn start_tls(&mut self) -> bool {
-        let ok = self.stream.io.start_tls(&self.server.tls).await;
+        let tls = &self.server.tls;
+        let acceptor = self.profile.acceptor(tls);
+        let ok = self.stream.io.start_tls(acceptor, &tls.resolver).await;
         if !ok {
             tracing::debug!(peer = %self.stream.peer, "no TLS: the handshake failed");
         }
@@ -407,6 +455,10 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                     return;
                 }
                 kick = wait_kick(session.as_deref()) => {
+                    if kick == Kick::Idle {
+                        stream.write(b"</stream:stream>").await;
+                        return;
+                    }
                     if kick != Kick::QueueOverflow {
                         // What was queued before the kick (such as the reply to the request
                         // that deleted the account) still goes out first.
@@ -513,10 +565,14 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             return false;
         }
         if self.ping_deadline.is_none() && self.last_read + interval <= now {
-            if let Some(ping) = self.profile.keepalive(stream) {
-                stream.send_element(&ping);
-                self.ping_deadline = Some(now + timeout);
-                return stream.flush().await;
+            match self.profile.keepalive(stream) {
+                Some(ping) => {
+                    stream.send_element(&ping);
+                    self.ping_deadline = Some(now + timeout);
+                    return stream.flush().await;
+                }
+                // No keepalive of its own (server streams): wait another interval.
+                None => self.last_read = now,
             }
         }
         true
