@@ -36,6 +36,24 @@ pub struct Pki {
     pub ca_der: Vec<u8>,
     pub client_cert_der: Vec<u8>,
     pub client_key_der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    /// A certificate for `domain` (and `*.domain`) signed by the test CA, serverAuth only
+    /// (as public CAs issue them now): (certificate file, key file).
+    pub fn domain_cert(&self, domain: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec![domain.to_string(), format!("*.{domain}")]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_file = self.dir.join(format!("{domain}.crt"));
+        let key_file = self.dir.join(format!("{domain}.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file)
+    }
 }
 
 pub fn pki() -> &'static Pki {
@@ -85,6 +103,7 @@ pub fn pki() -> &'static Pki {
             ca_der: ca_cert.der().to_vec(),
             client_cert_der: client_cert.der().to_vec(),
             client_key_der: client_key.serialize_der(),
+            issuer,
         }
     })
 }
@@ -218,6 +237,8 @@ enum Io {
 /// A scripted client that speaks raw XML.
 pub struct Raw {
     io: Option<Io>,
+    /// The domain its stream headers and TLS name (`localhost` unless connected elsewhere).
+    pub domain: String,
     buf: String,
     /// Stanzas read while looking for another one, oldest first.
     skipped: std::collections::VecDeque<String>,
@@ -255,6 +276,7 @@ impl Raw {
         let tcp = TcpStream::connect(addr).await.unwrap();
         Raw {
             io: Some(Io::Plain(tcp)),
+            domain: DOMAIN.to_string(),
             buf: String::new(),
             skipped: Default::default(),
         }
@@ -269,24 +291,25 @@ impl Raw {
             .unwrap();
         Raw {
             io: Some(Io::Tls(Box::new(tls))),
+            domain: DOMAIN.to_string(),
             buf: String::new(),
             skipped: Default::default(),
         }
     }
 
     pub async fn send(&mut self, data: &str) {
-        let res = match self.io.as_mut().unwrap() {
-            Io::Plain(s) => s.write_all(data.as_bytes()).await,
-            Io::Tls(s) => s.write_all(data.as_bytes()).await,
-        };
-        res.unwrap();
+        assert!(self.try_send(data.as_bytes()).await, "send failed");
     }
 
     /// Sends and ignores a failure (the server may have closed already).
     pub async fn try_send(&mut self, data: &[u8]) -> bool {
+        // Flushed: TLS keeps what the socket did not take until then.
         let res = match self.io.as_mut().unwrap() {
             Io::Plain(s) => s.write_all(data).await,
-            Io::Tls(s) => s.write_all(data).await,
+            Io::Tls(s) => match s.write_all(data).await {
+                Ok(()) => s.flush().await,
+                e => e,
+            },
         };
         res.is_ok()
     }
@@ -350,7 +373,7 @@ impl Raw {
 
     /// Sends a stream header and reads the features.
     pub async fn open(&mut self) -> String {
-        self.send(&header(DOMAIN)).await;
+        self.send(&header(&self.domain.clone())).await;
         self.read_until("</stream:features>").await
     }
 
@@ -362,10 +385,8 @@ impl Raw {
         let Some(Io::Plain(tcp)) = self.io.take() else {
             panic!("starttls on a TLS stream")
         };
-        let tls = tls_connector(false)
-            .connect(DOMAIN.try_into().unwrap(), tcp)
-            .await
-            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from(self.domain.clone()).unwrap();
+        let tls = tls_connector(false).connect(name, tcp).await.unwrap();
         self.io = Some(Io::Tls(Box::new(tls)));
     }
 

@@ -274,9 +274,7 @@ mod tests {
     fn a_client_stanza_goes_out_in_the_server_namespace_and_back() {
         let mut el = Element::new("message", "jabber:client")
             .with_child(Element::new("body", "jabber:client").with_text("hi"))
-            .with_child(
-                Element::new("x", "urn:x").with_child(Element::new("y", "jabber:client")),
-            );
+            .with_child(Element::new("x", "urn:x").with_child(Element::new("y", "jabber:client")));
         let mut out = Vec::new();
         el.write_as(&mut out, "jabber:client", "jabber:server");
         assert_eq!(

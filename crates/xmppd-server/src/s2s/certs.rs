@@ -23,9 +23,6 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::config::Config;
 use crate::tls::{CertResolver, TlsError};
 
-/// `id-on-xmppAddr` (RFC 6120 §13.7.1.4): a SAN otherName carrying the domain.
-const XMPP_ADDR_OID: &str = "1.3.6.1.5.5.7.8.5";
-
 /// The acceptor of server-to-server streams: it asks for the peer's certificate, which
 /// [`PeerTls::verify`] checks after the handshake.
 pub fn acceptor(resolver: &Arc<CertResolver>) -> Result<TlsAcceptor, TlsError> {
@@ -213,51 +210,31 @@ impl PeerTls {
         };
         let now = UnixTime::now();
         // serverAuth first: what public CAs issue; clientAuth for older private CAs.
-        let trusted = [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()]
-            .iter()
-            .any(|usage| {
-                cert.verify_for_usage(
-                    self.algorithms.all,
-                    &self.anchors,
-                    intermediates,
-                    now,
-                    *usage,
-                    None,
-                    None,
-                )
-                .is_ok()
-            });
+        let trusted = [
+            webpki::KeyUsage::server_auth(),
+            webpki::KeyUsage::client_auth(),
+        ]
+        .iter()
+        .any(|usage| {
+            cert.verify_for_usage(
+                self.algorithms.all,
+                &self.anchors,
+                intermediates,
+                now,
+                *usage,
+                None,
+                None,
+            )
+            .is_ok()
+        });
         if !trusted {
             return false;
         }
         let dns_id = ServerName::try_from(domain)
             .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok());
-        dns_id || has_xmpp_addr(leaf, domain)
+        dns_id
+            || crate::sasl::external::xmpp_addrs(leaf)
+                .iter()
+                .any(|addr| addr.eq_ignore_ascii_case(domain))
     }
-}
-
-/// Whether the certificate carries `domain` as an XmppAddr (RFC 6120 §13.7.1.4).
-fn has_xmpp_addr(der: &CertificateDer<'_>, domain: &str) -> bool {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return false;
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return false;
-    };
-    san.value.general_names.iter().any(|name| match name {
-        GeneralName::OtherName(oid, value) if oid.to_id_string() == XMPP_ADDR_OID => {
-            // [0] EXPLICIT UTF8String: the value's last bytes are the string.
-            x509_parser::der_parser::parse_der(value)
-                .ok()
-                .and_then(|(_, any)| {
-                    any.as_slice()
-                        .ok()
-                        .and_then(|inner| x509_parser::der_parser::parse_der(inner).ok())
-                        .and_then(|(_, s)| s.as_str().ok().map(str::to_string))
-                })
-                .is_some_and(|s| s.eq_ignore_ascii_case(domain))
-        }
-        _ => false,
-    })
 }

@@ -74,7 +74,11 @@ impl Component {
         let Some(domain) = self.domain.clone() else {
             return s.stream_error(StreamError::NotAuthorized, None).await;
         };
-        let secret = self.server.federation.component_secret(&domain).unwrap_or_default();
+        let secret = self
+            .server
+            .federation
+            .component_secret(&domain)
+            .unwrap_or_default();
         let expected = handshake(&s.stream_id, secret);
         let offered = el.text().trim().to_ascii_lowercase();
         if self.handle.is_some() || !bool::from(expected.as_bytes().ct_eq(offered.as_bytes())) {
@@ -136,14 +140,20 @@ impl<F: Framing> Profile<F> for Component {
     async fn on_header(&mut self, s: &mut Stream<F>, header: StreamHeader) -> Flow {
         if header.default_ns.as_deref() != Some(ns::COMPONENT) {
             return s
-                .stream_error(StreamError::InvalidNamespace, Some("components use jabber:component:accept"))
+                .stream_error(
+                    StreamError::InvalidNamespace,
+                    Some("components use jabber:component:accept"),
+                )
                 .await;
         }
         let domain = header.attr("to").map(str::to_ascii_lowercase);
         let Some(domain) = domain.filter(|d| self.server.federation.component_secret(d).is_some())
         else {
             return s
-                .stream_error(StreamError::HostUnknown, Some("no component is configured for that domain"))
+                .stream_error(
+                    StreamError::HostUnknown,
+                    Some("no component is configured for that domain"),
+                )
                 .await;
         };
         s.domain = domain.clone();

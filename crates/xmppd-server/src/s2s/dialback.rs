@@ -124,13 +124,48 @@ mod tests {
 
     #[test]
     fn keys_depend_on_every_input_and_check_in_constant_time() {
-        let k = key(b"s3cr3tf0rd14lb4ck", "example.net", "example.com", "D60000229F");
+        let k = key(
+            b"s3cr3tf0rd14lb4ck",
+            "example.net",
+            "example.com",
+            "D60000229F",
+        );
         assert_eq!(k.len(), 64);
-        assert!(is_valid(b"s3cr3tf0rd14lb4ck", "example.net", "example.com", "D60000229F", &k));
-        assert!(!is_valid(b"other", "example.net", "example.com", "D60000229F", &k));
-        assert!(!is_valid(b"s3cr3tf0rd14lb4ck", "example.org", "example.com", "D60000229F", &k));
-        assert!(!is_valid(b"s3cr3tf0rd14lb4ck", "example.net", "example.com", "other", &k));
-        assert!(!is_valid(b"s3cr3tf0rd14lb4ck", "example.net", "example.com", "D60000229F", ""));
+        assert!(is_valid(
+            b"s3cr3tf0rd14lb4ck",
+            "example.net",
+            "example.com",
+            "D60000229F",
+            &k
+        ));
+        assert!(!is_valid(
+            b"other",
+            "example.net",
+            "example.com",
+            "D60000229F",
+            &k
+        ));
+        assert!(!is_valid(
+            b"s3cr3tf0rd14lb4ck",
+            "example.org",
+            "example.com",
+            "D60000229F",
+            &k
+        ));
+        assert!(!is_valid(
+            b"s3cr3tf0rd14lb4ck",
+            "example.net",
+            "example.com",
+            "other",
+            &k
+        ));
+        assert!(!is_valid(
+            b"s3cr3tf0rd14lb4ck",
+            "example.net",
+            "example.com",
+            "D60000229F",
+            ""
+        ));
     }
 
     #[test]

@@ -79,7 +79,11 @@ impl S2sIn {
     }
 
     fn is_authenticated(&self) -> bool {
-        !self.authenticated.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        !self
+            .authenticated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     fn pair_authenticated(&self, remote: &str, local: &str) -> bool {
@@ -169,11 +173,15 @@ impl S2sIn {
     async fn dialback_result<F: Framing>(&mut self, s: &mut Stream<F>, el: &Element) -> Flow {
         let (Some(remote), Some(local)) = (el.attr("from"), el.attr("to")) else {
             return s
-                .stream_error(StreamError::ImproperAddressing, Some("db:result needs from and to"))
+                .stream_error(
+                    StreamError::ImproperAddressing,
+                    Some("db:result needs from and to"),
+                )
                 .await;
         };
         let (remote, local) = (remote.to_ascii_lowercase(), local.to_ascii_lowercase());
-        let answer = |outcome| Bytes::from(dialback::answer("result", &local, &remote, None, outcome));
+        let answer =
+            |outcome| Bytes::from(dialback::answer("result", &local, &remote, None, outcome));
         let error = |condition| answer(Outcome::Error(condition));
         let immediate = if self.tls_required_now(s) {
             Some(error(StanzaErrorCondition::PolicyViolation))
@@ -220,9 +228,9 @@ impl S2sIn {
                     tracing::info!(%peer, %remote, %local, outcome = ?other, "dialback refused");
                 }
             }
-            let _ = handle
-                .outbox()
-                .push(Bytes::from(dialback::answer("result", &local, &remote, None, outcome)));
+            let _ = handle.outbox().push(Bytes::from(dialback::answer(
+                "result", &local, &remote, None, outcome,
+            )));
             pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         });
         Flow::Continue
@@ -243,17 +251,28 @@ impl S2sIn {
             (el.attr("from"), el.attr("to"), el.attr("id"))
         else {
             return s
-                .stream_error(StreamError::ImproperAddressing, Some("db:verify needs from, to and id"))
+                .stream_error(
+                    StreamError::ImproperAddressing,
+                    Some("db:verify needs from, to and id"),
+                )
                 .await;
         };
-        let outcome = if !self.server.router.is_local_domain(originating) && !self.serves(originating) {
+        let outcome = if !self.server.router.is_local_domain(originating)
+            && !self.serves(originating)
+        {
             Outcome::Error(StanzaErrorCondition::ItemNotFound)
         } else if dialback::is_valid(&self.server.secret, receiving, originating, id, &el.text()) {
             Outcome::Valid
         } else {
             Outcome::Invalid
         };
-        s.send_raw(&dialback::answer("verify", originating, receiving, Some(id), outcome));
+        s.send_raw(&dialback::answer(
+            "verify",
+            originating,
+            receiving,
+            Some(id),
+            outcome,
+        ));
         s.flush_flow().await
     }
 
@@ -262,27 +281,45 @@ impl S2sIn {
     async fn stanza<F: Framing>(&mut self, s: &mut Stream<F>, mut el: Element) -> Flow {
         if !self.is_authenticated() {
             return s
-                .stream_error(StreamError::NotAuthorized, Some("authenticate before sending stanzas"))
+                .stream_error(
+                    StreamError::NotAuthorized,
+                    Some("authenticate before sending stanzas"),
+                )
                 .await;
         }
         let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
             return s
-                .stream_error(StreamError::ImproperAddressing, Some("stanzas between servers need from and to"))
+                .stream_error(
+                    StreamError::ImproperAddressing,
+                    Some("stanzas between servers need from and to"),
+                )
                 .await;
         };
         let Ok(from) = Jid::new(from) else {
-            return s.stream_error(StreamError::InvalidFrom, Some("malformed from")).await;
+            return s
+                .stream_error(StreamError::InvalidFrom, Some("malformed from"))
+                .await;
         };
         let Ok(to) = Jid::new(to) else {
-            return s.stream_error(StreamError::ImproperAddressing, Some("malformed to")).await;
+            return s
+                .stream_error(StreamError::ImproperAddressing, Some("malformed to"))
+                .await;
         };
         let (remote, local) = (from.domain().as_str(), to.domain().as_str());
         if !self.serves(local) {
-            return s.stream_error(StreamError::HostUnknown, Some("we do not serve that domain")).await;
+            return s
+                .stream_error(
+                    StreamError::HostUnknown,
+                    Some("we do not serve that domain"),
+                )
+                .await;
         }
         if !self.pair_authenticated(remote, local) {
             return s
-                .stream_error(StreamError::InvalidFrom, Some("that domain is not authenticated on this stream"))
+                .stream_error(
+                    StreamError::InvalidFrom,
+                    Some("that domain is not authenticated on this stream"),
+                )
                 .await;
         }
         el.rename_ns(ns::SERVER, ns::CLIENT);
@@ -312,14 +349,24 @@ impl<F: Framing> Profile<F> for S2sIn {
     async fn on_header(&mut self, s: &mut Stream<F>, header: StreamHeader) -> Flow {
         if header.default_ns.as_deref() != Some(ns::SERVER) {
             return s
-                .stream_error(StreamError::InvalidNamespace, Some("server streams are jabber:server"))
+                .stream_error(
+                    StreamError::InvalidNamespace,
+                    Some("server streams are jabber:server"),
+                )
                 .await;
         }
         let Some(to) = header.attr("to").map(str::to_ascii_lowercase) else {
-            return s.stream_error(StreamError::HostUnknown, Some("the header names no domain")).await;
+            return s
+                .stream_error(StreamError::HostUnknown, Some("the header names no domain"))
+                .await;
         };
         if !self.serves(&to) {
-            return s.stream_error(StreamError::HostUnknown, Some("we do not serve that domain")).await;
+            return s
+                .stream_error(
+                    StreamError::HostUnknown,
+                    Some("we do not serve that domain"),
+                )
+                .await;
         }
         s.domain = to;
         self.header_from = header
@@ -327,7 +374,10 @@ impl<F: Framing> Profile<F> for S2sIn {
             .map(str::to_ascii_lowercase)
             .filter(|f| is_domain(f));
         if s.io.is_secure() {
-            let chain = s.io.channel_bindings().map(|b| b.peer_chain.as_slice()).unwrap_or_default();
+            let chain =
+                s.io.channel_bindings()
+                    .map(|b| b.peer_chain.as_slice())
+                    .unwrap_or_default();
             self.certified = self
                 .header_from
                 .clone()
@@ -349,7 +399,8 @@ impl<F: Framing> Profile<F> for S2sIn {
                 }
             }
             _ if self.tls_required_now(s) => {
-                s.stream_error(StreamError::PolicyViolation, Some("use STARTTLS first")).await
+                s.stream_error(StreamError::PolicyViolation, Some("use STARTTLS first"))
+                    .await
             }
             (ns::SASL, "auth") => self.sasl_external(s, &el).await,
             (ns::DIALBACK, "result") => self.dialback_result(s, &el).await,

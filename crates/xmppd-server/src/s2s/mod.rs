@@ -39,7 +39,10 @@ pub fn encode_for(el: &Element, stream_ns: &str) -> Bytes {
     Bytes::from(out)
 }
 
-fn refuse(stanza: Stanza, condition: StanzaErrorCondition) -> Result<(), Box<(Stanza, StanzaError)>> {
+fn refuse(
+    stanza: Stanza,
+    condition: StanzaErrorCondition,
+) -> Result<(), Box<(Stanza, StanzaError)>> {
     Err(Box::new((stanza, StanzaError::new(condition))))
 }
 
@@ -82,23 +85,27 @@ impl Link {
     }
 
     /// Queues a stanza; the error when the link cannot take it.
-    fn send(&self, stanza: Stanza, queue_size: usize) -> Result<(), (Stanza, StanzaErrorCondition)> {
+    fn send(&self, stanza: Stanza, queue_size: usize) -> Result<(), Box<(Stanza, StanzaError)>> {
         self.touch();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *state {
             LinkState::Connecting(queue) if queue.len() >= queue_size => {
-                Err((stanza, StanzaErrorCondition::ResourceConstraint))
+                refuse(stanza, StanzaErrorCondition::ResourceConstraint)
             }
             LinkState::Connecting(queue) => {
                 queue.push_back(stanza);
                 Ok(())
             }
-            LinkState::Ready => match self.handle.outbox().push(encode_for(stanza.element(), ns::SERVER)) {
+            LinkState::Ready => match self
+                .handle
+                .outbox()
+                .push(encode_for(stanza.element(), ns::SERVER))
+            {
                 Push::Queued => Ok(()),
-                Push::Full => Err((stanza, StanzaErrorCondition::ResourceConstraint)),
-                Push::Closed => Err((stanza, StanzaErrorCondition::RemoteServerNotFound)),
+                Push::Full => refuse(stanza, StanzaErrorCondition::ResourceConstraint),
+                Push::Closed => refuse(stanza, StanzaErrorCondition::RemoteServerNotFound),
             },
-            LinkState::Closed => Err((stanza, StanzaErrorCondition::RemoteServerNotFound)),
+            LinkState::Closed => refuse(stanza, StanzaErrorCondition::RemoteServerNotFound),
         }
     }
 
@@ -107,13 +114,19 @@ impl Link {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let LinkState::Connecting(queue) = std::mem::replace(&mut *state, LinkState::Ready) {
             for stanza in queue {
-                let _ = self.handle.outbox().push(encode_for(stanza.element(), ns::SERVER));
+                let _ = self
+                    .handle
+                    .outbox()
+                    .push(encode_for(stanza.element(), ns::SERVER));
             }
         }
     }
 
     fn is_ready(&self) -> bool {
-        matches!(*self.state.lock().unwrap_or_else(|e| e.into_inner()), LinkState::Ready)
+        matches!(
+            *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            LinkState::Ready
+        )
     }
 
     /// The link is over: it leaves the pool, and stanzas still waiting bounce with `why`.
@@ -161,7 +174,10 @@ pub struct Federation {
 }
 
 impl Federation {
-    pub fn new(config: &Config, resolver: &Arc<crate::tls::CertResolver>) -> Result<Self, crate::tls::TlsError> {
+    pub fn new(
+        config: &Config,
+        resolver: &Arc<crate::tls::CertResolver>,
+    ) -> Result<Self, crate::tls::TlsError> {
         Ok(Federation {
             config: config.s2s.clone(),
             enabled: !config.listen.s2s.is_empty() || !config.listen.s2s_direct_tls.is_empty(),
@@ -196,15 +212,27 @@ impl Federation {
     }
 
     /// The link for (local, remote), started if there is none.
-    fn link(&self, router: &Router, local: &str, remote: &str) -> Result<Arc<Link>, StanzaErrorCondition> {
+    fn link(
+        &self,
+        router: &Router,
+        local: &str,
+        remote: &str,
+    ) -> Result<Arc<Link>, StanzaErrorCondition> {
         let key = (local.to_string(), remote.to_string());
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(link) = links.get(&key) {
             return Ok(link.clone());
         }
-        let capacity = self.config.queue_size.max(router.config().limits.outbound_queue);
-        let link = Link::new(local, remote, capacity).ok_or(StanzaErrorCondition::RemoteServerNotFound)?;
-        let server = router.server_handle().upgrade().ok_or(StanzaErrorCondition::RemoteServerNotFound)?;
+        let capacity = self
+            .config
+            .queue_size
+            .max(router.config().limits.outbound_queue);
+        let link =
+            Link::new(local, remote, capacity).ok_or(StanzaErrorCondition::RemoteServerNotFound)?;
+        let server = router
+            .server_handle()
+            .upgrade()
+            .ok_or(StanzaErrorCondition::RemoteServerNotFound)?;
         links.insert(key, link.clone());
         tokio::spawn(outgoing::run_link(server, link.clone()));
         Ok(link)
@@ -240,7 +268,10 @@ impl Federation {
 
     /// An authenticated link to `remote`: its backoff is over.
     fn succeeded(&self, remote: &str) {
-        self.backoff.lock().unwrap_or_else(|e| e.into_inner()).remove(remote);
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(remote);
     }
 
     fn backing_off(&self, remote: &str) -> bool {
@@ -249,6 +280,11 @@ impl Federation {
             .unwrap_or_else(|e| e.into_inner())
             .get(remote)
             .is_some_and(|b| b.until > Instant::now())
+    }
+
+    /// Outgoing links open or being set up.
+    pub fn link_count(&self) -> usize {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The secret of the component for `domain`, if one is configured.
@@ -272,7 +308,10 @@ impl Federation {
 
     pub fn component_down(&self, domain: &str, handle: &Arc<SessionHandle>) {
         let mut components = self.components.lock().unwrap_or_else(|e| e.into_inner());
-        if components.get(domain).is_some_and(|h| Arc::ptr_eq(h, handle)) {
+        if components
+            .get(domain)
+            .is_some_and(|h| Arc::ptr_eq(h, handle))
+        {
             components.remove(domain);
         }
     }
@@ -325,7 +364,10 @@ impl RemoteDomains for Federation {
             .get(&remote)
             .cloned();
         if let Some(component) = component {
-            return match component.outbox().push(encode_for(stanza.element(), ns::COMPONENT)) {
+            return match component
+                .outbox()
+                .push(encode_for(stanza.element(), ns::COMPONENT))
+            {
                 Push::Queued => Ok(()),
                 _ => refuse(stanza, StanzaErrorCondition::ResourceConstraint),
             };
@@ -338,7 +380,11 @@ impl RemoteDomains for Federation {
             return refuse(stanza, StanzaErrorCondition::RemoteServerNotFound);
         }
         // The sending domain of the link: a served domain or one of its hosts (MUC…).
-        let Some(local) = stanza.from.as_ref().map(|f| f.domain().as_str().to_string()) else {
+        let Some(local) = stanza
+            .from
+            .as_ref()
+            .map(|f| f.domain().as_str().to_string())
+        else {
             return Ok(());
         };
         if self.backing_off(&remote) {
@@ -348,10 +394,7 @@ impl RemoteDomains for Federation {
             Ok(link) => link,
             Err(condition) => return refuse(stanza, condition),
         };
-        match link.send(stanza, self.config.queue_size) {
-            Ok(()) => Ok(()),
-            Err((stanza, condition)) => refuse(stanza, condition),
-        }
+        link.send(stanza, self.config.queue_size)
     }
 }
 

@@ -114,7 +114,14 @@ pub async fn verify(
         key: key.to_string(),
         answer: Some(tx),
     };
-    let profile = S2sOut::new(server.clone(), purpose, receiving, originating, direct_tls, deadline);
+    let profile = S2sOut::new(
+        server.clone(),
+        purpose,
+        receiving,
+        originating,
+        direct_tls,
+        deadline,
+    );
     drive(server.clone(), tcp, profile).await;
     rx.await
         .unwrap_or(Outcome::Error(StanzaErrorCondition::RemoteServerTimeout))
@@ -154,7 +161,12 @@ impl S2sOut {
     }
 
     /// Ends the attempt: `why` is what queued stanzas bounce with.
-    async fn fail(&mut self, s: &mut Stream<TcpFraming>, why: StanzaErrorCondition, log: &str) -> Flow {
+    async fn fail(
+        &mut self,
+        s: &mut Stream<TcpFraming>,
+        why: StanzaErrorCondition,
+        log: &str,
+    ) -> Flow {
         tracing::info!(local = %self.local, remote = %self.remote, peer = %s.peer, "outgoing server link failed: {log}");
         self.failure = Some(why);
         s.send_raw(b"</stream:stream>");
@@ -170,7 +182,10 @@ impl S2sOut {
         if !s.io.connect_tls(connector, &self.remote).await {
             return false;
         }
-        let chain = s.io.channel_bindings().map(|b| b.peer_chain.as_slice()).unwrap_or_default();
+        let chain =
+            s.io.channel_bindings()
+                .map(|b| b.peer_chain.as_slice())
+                .unwrap_or_default();
         self.peer_verified = fed.tls.verify(chain, &self.remote);
         true
     }
@@ -180,8 +195,19 @@ impl S2sOut {
     }
 
     fn send_dialback(&self, s: &mut Stream<TcpFraming>) {
-        let key = dialback::key(&self.server.secret, &self.remote, &self.local, &self.peer_id);
-        s.send_raw(&dialback::request("result", &self.local, &self.remote, None, &key));
+        let key = dialback::key(
+            &self.server.secret,
+            &self.remote,
+            &self.local,
+            &self.peer_id,
+        );
+        s.send_raw(&dialback::request(
+            "result",
+            &self.local,
+            &self.remote,
+            None,
+            &key,
+        ));
     }
 
     fn ready(&mut self) {
@@ -201,12 +227,22 @@ impl S2sOut {
             }
             if self.server.federation.config().require_tls {
                 return self
-                    .fail(s, StanzaErrorCondition::RemoteServerNotFound, "the peer offers no TLS")
+                    .fail(
+                        s,
+                        StanzaErrorCondition::RemoteServerNotFound,
+                        "the peer offers no TLS",
+                    )
                     .await;
             }
         }
         if let Purpose::Verify { id, key, .. } = &self.purpose {
-            s.send_raw(&dialback::request("verify", &self.local, &self.remote, Some(id), key));
+            s.send_raw(&dialback::request(
+                "verify",
+                &self.local,
+                &self.remote,
+                Some(id),
+                key,
+            ));
             return s.flush_flow().await;
         }
         if self.step == Step::Authenticated {
@@ -215,7 +251,11 @@ impl S2sOut {
         }
         if !self.peer_verified && !self.dialback_allowed() {
             return self
-                .fail(s, StanzaErrorCondition::RemoteServerNotFound, "its certificate does not verify")
+                .fail(
+                    s,
+                    StanzaErrorCondition::RemoteServerNotFound,
+                    "its certificate does not verify",
+                )
                 .await;
         }
         self.dialback_offered = features.has_child("dialback", FEATURES_DIALBACK);
@@ -234,8 +274,12 @@ impl S2sOut {
             self.send_dialback(s);
             return s.flush_flow().await;
         }
-        self.fail(s, StanzaErrorCondition::RemoteServerNotFound, "no way to authenticate")
-            .await
+        self.fail(
+            s,
+            StanzaErrorCondition::RemoteServerNotFound,
+            "no way to authenticate",
+        )
+        .await
     }
 }
 
@@ -252,7 +296,11 @@ impl Profile<TcpFraming> for S2sOut {
     async fn on_header(&mut self, s: &mut Stream<TcpFraming>, header: StreamHeader) -> Flow {
         if header.default_ns.as_deref() != Some(ns::SERVER) {
             return self
-                .fail(s, StanzaErrorCondition::RemoteServerNotFound, "not a server stream")
+                .fail(
+                    s,
+                    StanzaErrorCondition::RemoteServerNotFound,
+                    "not a server stream",
+                )
                 .await;
         }
         self.peer_id = header.attr("id").unwrap_or_default().to_string();
@@ -293,13 +341,21 @@ impl Profile<TcpFraming> for S2sOut {
                 // XEP-0220 §2.1.2: invalid means internal-server-error for what waited,
                 // a dialback error means a timeout.
                 Outcome::Invalid => {
-                    self.fail(s, StanzaErrorCondition::InternalServerError, "dialback key refused")
-                        .await
+                    self.fail(
+                        s,
+                        StanzaErrorCondition::InternalServerError,
+                        "dialback key refused",
+                    )
+                    .await
                 }
                 Outcome::Error(condition) => {
                     tracing::debug!(condition = condition.as_str(), "dialback error");
-                    self.fail(s, StanzaErrorCondition::RemoteServerTimeout, "dialback error")
-                        .await
+                    self.fail(
+                        s,
+                        StanzaErrorCondition::RemoteServerTimeout,
+                        "dialback error",
+                    )
+                    .await
                 }
             },
             (ns::DIALBACK, "verify") => {
@@ -315,9 +371,17 @@ impl Profile<TcpFraming> for S2sOut {
                 Flow::Close
             }
             (ns::STREAM, "error") | (ns::TLS, "failure") | (ns::SASL, "failure") => {
-                let why = el.children().next().map(|c| c.name().to_string()).unwrap_or_default();
-                self.fail(s, StanzaErrorCondition::RemoteServerNotFound, &format!("the peer refused: {why}"))
-                    .await
+                let why = el
+                    .children()
+                    .next()
+                    .map(|c| c.name().to_string())
+                    .unwrap_or_default();
+                self.fail(
+                    s,
+                    StanzaErrorCondition::RemoteServerNotFound,
+                    &format!("the peer refused: {why}"),
+                )
+                .await
             }
             // No bidirectional streams (XEP-0288): the peer sends its stanzas on its own
             // link, so anything else here is ignored.
@@ -349,7 +413,9 @@ impl Profile<TcpFraming> for S2sOut {
             Purpose::Link(link) => {
                 let why = match self.failure {
                     Some(why) => why,
-                    None if Instant::now() >= self.deadline => StanzaErrorCondition::RemoteServerTimeout,
+                    None if Instant::now() >= self.deadline => {
+                        StanzaErrorCondition::RemoteServerTimeout
+                    }
                     None => StanzaErrorCondition::RemoteServerNotFound,
                 };
                 link.clone().close(&self.server, why).await;

@@ -187,7 +187,10 @@ mod tests {
                 srv(10, 1, "light"),
                 srv(10, 99, "heavy"),
             ];
-            let hosts: Vec<_> = order(records, &mut rng).into_iter().map(|t| t.host).collect();
+            let hosts: Vec<_> = order(records, &mut rng)
+                .into_iter()
+                .map(|t| t.host)
+                .collect();
             assert_eq!(hosts.len(), 3);
             assert_eq!(hosts[2], "backup");
             heavy_first += usize::from(hosts[0] == "heavy");

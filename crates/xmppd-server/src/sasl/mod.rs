@@ -1,7 +1,7 @@
 //! SASL (RFC 6120 §6): the mechanisms, independent of the stream that carries them.
 
 pub mod credentials;
-mod external;
+pub(crate) mod external;
 mod scram;
 mod throttle;
 

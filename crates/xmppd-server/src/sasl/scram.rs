@@ -306,6 +306,7 @@ mod tests {
             tls_exporter: Some(vec![7; 32]),
             tls_server_end_point: Some(vec![8; 32]),
             client_cert: None,
+            peer_chain: Vec::new(),
         };
         let env = t.env(Some(&cb));
         let start = |flag: &'static str, plus| {

@@ -1,0 +1,555 @@
+//! Federation end to end: two xmppd servers on two loopback addresses with static routes,
+//! certificates from the test CA, clients on both; and raw server-to-server and component
+//! streams for the error paths.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use common::{parse, pki, Raw, PASSWORD};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use xmppd_server::config::{CertificateConfig, ComponentConfig, Config};
+use xmppd_server::RunningServer;
+
+const ONE: &str = "one.test";
+const TWO: &str = "two.test";
+const COMPONENT: &str = "echo.one.test";
+const COMPONENT_SECRET: &str = "component-secret";
+
+/// A free port on `ip` (bound and released, so two servers can name each other).
+fn free_port(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
+struct Node {
+    server: Option<RunningServer>,
+    _dir: tempfile::TempDir,
+    domain: &'static str,
+    c2s: SocketAddr,
+    s2s: SocketAddr,
+}
+
+impl Node {
+    fn state(&self) -> &xmppd_server::ServerState {
+        &self.server.as_ref().unwrap().state
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    /// STARTTLS, PLAIN, bind, initial presence, roster requested.
+    async fn login(&self, user: &str, resource: &str) -> Raw {
+        let mut raw = Raw::connect(self.c2s).await;
+        raw.domain = self.domain.to_string();
+        raw.open().await;
+        raw.starttls().await;
+        raw.open().await;
+        let reply = raw.auth_plain(user, PASSWORD).await;
+        assert!(reply.contains("<success"), "{reply}");
+        raw.open().await;
+        raw.bind(Some(resource)).await;
+        raw.iq(
+            "r",
+            "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>",
+        )
+        .await;
+        raw.send("<presence/>").await;
+        raw
+    }
+}
+
+/// Options for a pair of servers.
+#[derive(Clone, Copy, Default)]
+struct Setup {
+    /// Trust anchors that do not include the test CA: certificates do not verify.
+    untrusted: bool,
+    /// Refuse dialback.
+    certificates_only: bool,
+}
+
+fn untrusted_ca() -> PathBuf {
+    let path = pki().dir.join("other-ca.pem");
+    if !path.exists() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(&path, cert.pem()).unwrap();
+    }
+    path
+}
+
+async fn start_node(
+    domain: &'static str,
+    c2s: SocketAddr,
+    s2s: SocketAddr,
+    routes: &[(&str, SocketAddr)],
+    setup: Setup,
+    tweak: impl FnOnce(&mut Config),
+) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki().domain_cert(domain);
+    let mut config = Config::default();
+    config.server.domains = vec![domain.to_string()];
+    config.server.data_dir = dir.path().to_path_buf();
+    config.listen.c2s = vec![c2s];
+    config.listen.c2s_direct_tls = vec![];
+    config.listen.metrics = None;
+    config.listen.s2s = vec![s2s];
+    config.tls.certificates = vec![CertificateConfig {
+        domain: domain.into(),
+        cert,
+        key,
+    }];
+    config.sasl.scram_iterations = 4096;
+    config.s2s.ca_file = Some(if setup.untrusted {
+        untrusted_ca()
+    } else {
+        pki().ca_file.clone()
+    });
+    config.s2s.dialback = !setup.certificates_only;
+    config.s2s.connect_timeout_secs = 10;
+    for (d, addr) in routes {
+        config.s2s.routes.insert(d.to_string(), *addr);
+    }
+    tweak(&mut config);
+    let server = xmppd_server::start(config, xmppd_modules::standard)
+        .await
+        .expect("server starts");
+    for user in ["alice", "bob", "carol"] {
+        let account =
+            xmppd_server::sasl::credentials::new_account(user, domain, PASSWORD, 4096).unwrap();
+        server
+            .state
+            .router
+            .storage()
+            .accounts
+            .create(&account)
+            .await
+            .unwrap();
+    }
+    Node {
+        c2s: server.c2s_addrs[0],
+        s2s: server.s2s_addrs[0],
+        server: Some(server),
+        _dir: dir,
+        domain,
+    }
+}
+
+/// one.test on 127.0.0.2 and two.test on 127.0.0.3, each routing to the other.
+async fn pair(setup: Setup) -> (Node, Node) {
+    let (c1, s1) = (free_port("127.0.0.2"), free_port("127.0.0.2"));
+    let (c2, s2) = (free_port("127.0.0.3"), free_port("127.0.0.3"));
+    let one = start_node(ONE, c1, s1, &[(TWO, s2)], setup, |c| {
+        c.components.insert(
+            COMPONENT.into(),
+            ComponentConfig {
+                secret: COMPONENT_SECRET.into(),
+            },
+        );
+        c.listen.component = vec!["127.0.0.2:0".parse().unwrap()];
+    })
+    .await;
+    let two = start_node(TWO, c2, s2, &[(ONE, s1)], setup, |_| {}).await;
+    (one, two)
+}
+
+async fn chat_both_ways(alice: &mut Raw, bob: &mut Raw) {
+    alice
+        .send("<message to='bob@two.test' type='chat' id='m1'><body>hello two</body></message>")
+        .await;
+    let got = parse(&bob.stanza_with(&["id='m1'"]).await);
+    assert_eq!(got.attr("from"), Some("alice@one.test/phone"));
+    assert_eq!(
+        got.get_child("body", "jabber:client").unwrap().text(),
+        "hello two"
+    );
+    bob.send(
+        "<message to='alice@one.test/phone' type='chat' id='m2'><body>hi one</body></message>",
+    )
+    .await;
+    let got = parse(&alice.stanza_with(&["id='m2'"]).await);
+    assert_eq!(got.attr("from"), Some("bob@two.test/laptop"));
+    assert_eq!(
+        got.get_child("body", "jabber:client").unwrap().text(),
+        "hi one"
+    );
+}
+
+#[tokio::test]
+async fn two_servers_federate_with_verified_certificates() {
+    let (one, two) = pair(Setup::default()).await;
+    let mut alice = one.login("alice", "phone").await;
+    let mut bob = two.login("bob", "laptop").await;
+    chat_both_ways(&mut alice, &mut bob).await;
+
+    // Subscription handshake across the link, ending in `both` on both sides.
+    alice
+        .send("<presence to='bob@two.test' type='subscribe'/>")
+        .await;
+    bob.stanza_with(&["type='subscribe'", "from='alice@one.test'"])
+        .await;
+    bob.send("<presence to='alice@one.test' type='subscribed'/>")
+        .await;
+    bob.send("<presence to='alice@one.test' type='subscribe'/>")
+        .await;
+    alice
+        .stanza_with(&["type='subscribe'", "from='bob@two.test'"])
+        .await;
+    alice
+        .send("<presence to='bob@two.test' type='subscribed'/>")
+        .await;
+    for (raw, contact) in [(&mut alice, "bob@two.test"), (&mut bob, "alice@one.test")] {
+        let mut both = false;
+        for _ in 0..50 {
+            let roster = parse(
+                &raw.iq(
+                    "q",
+                    "<iq type='get' id='q'><query xmlns='jabber:iq:roster'/></iq>",
+                )
+                .await,
+            );
+            let query = roster.get_child("query", "jabber:iq:roster").unwrap();
+            both = query
+                .children()
+                .any(|i| i.attr("jid") == Some(contact) && i.attr("subscription") == Some("both"));
+            if both {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(both, "{contact} is not `both`");
+    }
+    // Presence flows now; unavailable too.
+    bob.send("<presence><status>here</status></presence>").await;
+    let p = parse(
+        &alice
+            .stanza_with(&["from='bob@two.test/laptop'", "<status>here"])
+            .await,
+    );
+    assert_eq!(p.name(), "presence");
+
+    // An iq to the remote server, and to a remote full JID.
+    let pong = parse(
+        &alice
+            .iq(
+                "p1",
+                "<iq type='get' id='p1' to='two.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+            )
+            .await,
+    );
+    assert_eq!(
+        (pong.attr("type"), pong.attr("from")),
+        (Some("result"), Some("two.test"))
+    );
+    alice
+        .send("<iq type='get' id='p2' to='bob@two.test/laptop'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let ping = parse(&bob.stanza_with(&["id='p2'"]).await);
+    assert_eq!(ping.attr("from"), Some("alice@one.test/phone"));
+    bob.send("<iq type='result' id='p2' to='alice@one.test/phone'/>")
+        .await;
+    let result = parse(&alice.stanza_with(&["id='p2'"]).await);
+    assert_eq!(
+        (result.attr("type"), result.attr("from")),
+        (Some("result"), Some("bob@two.test/laptop"))
+    );
+
+    // A burst of 200 arrives complete and in order.
+    for i in 0..200 {
+        alice
+            .send(&format!(
+                "<message to='bob@two.test/laptop' type='chat' id='b{i}'><body>{i}</body></message>"
+            ))
+            .await;
+    }
+    for i in 0..200 {
+        let m = parse(&bob.stanza_with(&["<message", "id='b"]).await);
+        assert_eq!(m.attr("id"), Some(format!("b{i}").as_str()), "out of order");
+    }
+    // One outgoing link per direction.
+    assert_eq!(one.state().federation.link_count(), 1);
+    assert_eq!(two.state().federation.link_count(), 1);
+
+    drop(bob);
+    let gone = parse(
+        &alice
+            .stanza_with(&["from='bob@two.test/laptop'", "unavailable"])
+            .await,
+    );
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn dialback_when_certificates_do_not_verify() {
+    let (one, two) = pair(Setup {
+        untrusted: true,
+        ..Setup::default()
+    })
+    .await;
+    let mut alice = one.login("alice", "phone").await;
+    let mut bob = two.login("bob", "laptop").await;
+    chat_both_ways(&mut alice, &mut bob).await;
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn certificates_only_bounces_when_the_peer_cannot_prove_its_name() {
+    let (one, two) = pair(Setup {
+        untrusted: true,
+        certificates_only: true,
+    })
+    .await;
+    let mut alice = one.login("alice", "phone").await;
+    alice
+        .send("<message to='bob@two.test' type='chat' id='x1'><body>?</body></message>")
+        .await;
+    let bounce = parse(&alice.stanza_with(&["id='x1'"]).await);
+    assert_eq!(bounce.attr("type"), Some("error"));
+    let error = bounce.get_child("error", "jabber:client").unwrap();
+    assert!(error
+        .get_child(
+            "remote-server-not-found",
+            "urn:ietf:params:xml:ns:xmpp-stanzas"
+        )
+        .is_some());
+    one.stop().await;
+    two.stop().await;
+}
+
+/// A raw server-to-server peer: reads until it has a complete element or stream end.
+struct Peer {
+    tcp: TcpStream,
+    buf: String,
+}
+
+impl Peer {
+    async fn connect(addr: SocketAddr) -> Peer {
+        Peer {
+            tcp: TcpStream::connect(addr).await.unwrap(),
+            buf: String::new(),
+        }
+    }
+
+    async fn send(&mut self, data: &str) {
+        self.tcp.write_all(data.as_bytes()).await.unwrap();
+    }
+
+    /// Reads until `needle` appears (or the stream closes); returns everything read.
+    async fn read_until(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.buf.contains(needle) {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Err(_) => panic!("timed out waiting for {needle:?}; got {:?}", self.buf),
+            }
+        }
+        std::mem::take(&mut self.buf)
+    }
+}
+
+fn s2s_header(from: &str, to: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' \
+         from='{from}' to='{to}' version='1.0'>"
+    )
+}
+
+/// The stream error condition in what a peer read, parsed.
+fn stream_error(read: &str) -> String {
+    let start = read
+        .find("<stream:error")
+        .unwrap_or_else(|| panic!("no stream error in {read:?}"));
+    let end = read[start..].find("</stream:error>").unwrap() + start + "</stream:error>".len();
+    let wrapped = format!(
+        "<w xmlns:stream='http://etherx.jabber.org/streams'>{}</w>",
+        &read[start..end]
+    );
+    let w = xmppd_xml::parse_fragment(&wrapped, "jabber:server").unwrap();
+    let error = w.children().next().unwrap();
+    let condition = error
+        .children()
+        .find(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-streams" && c.name() != "text")
+        .unwrap()
+        .name()
+        .to_string();
+    condition
+}
+
+#[tokio::test]
+async fn bad_server_streams_get_the_stream_error_rfc_6120_names_and_links_keep_working() {
+    let (one, two) = pair(Setup {
+        untrusted: true,
+        ..Setup::default()
+    })
+    .await;
+    // Unknown domain in the header.
+    let mut p = Peer::connect(one.s2s).await;
+    p.send(&s2s_header(TWO, "nowhere.test")).await;
+    assert_eq!(
+        stream_error(&p.read_until("</stream:stream>").await),
+        "host-unknown"
+    );
+    // Wrong namespace.
+    let mut p = Peer::connect(one.s2s).await;
+    p.send(&s2s_header(TWO, ONE).replace("jabber:server'", "jabber:client'"))
+        .await;
+    assert_eq!(
+        stream_error(&p.read_until("</stream:stream>").await),
+        "invalid-namespace"
+    );
+    // A stanza before TLS and authentication.
+    let mut p = Peer::connect(one.s2s).await;
+    p.send(&s2s_header(TWO, ONE)).await;
+    p.read_until("</stream:features>").await;
+    p.send("<message from='bob@two.test' to='alice@one.test'><body>x</body></message>")
+        .await;
+    assert_eq!(
+        stream_error(&p.read_until("</stream:stream>").await),
+        "policy-violation"
+    );
+
+    // Over TLS: a stanza before authentication, then a bad dialback key.
+    let connector = common::tls_connector(false);
+    for case in ["unauthenticated", "bad-key"] {
+        let mut tcp = TcpStream::connect(one.s2s).await.unwrap();
+        tcp.write_all(s2s_header(TWO, ONE).as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut read = String::new();
+        while !read.contains("</stream:features>") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            read.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .unwrap();
+        let mut read = String::new();
+        while !read.contains("<proceed") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            read.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let name = rustls::pki_types::ServerName::try_from(ONE).unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(s2s_header(TWO, ONE).as_bytes())
+            .await
+            .unwrap();
+        let mut read = String::new();
+        while !read.contains("</stream:features>") {
+            let n = tls.read(&mut buf).await.unwrap();
+            read.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let (send, until) = match case {
+            "unauthenticated" => (
+                "<message from='bob@two.test' to='alice@one.test'><body>x</body></message>",
+                "</stream:stream>",
+            ),
+            _ => (
+                "<db:result from='two.test' to='one.test'>0123456789abcdef</db:result>",
+                "type=",
+            ),
+        };
+        tls.write_all(send.as_bytes()).await.unwrap();
+        let mut read = String::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !read.contains(until) {
+            match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => read.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => panic!("{case}: timed out; got {read:?}"),
+            }
+        }
+        match case {
+            "unauthenticated" => assert_eq!(stream_error(&read), "not-authorized"),
+            _ => {
+                let start = read.find("<db:result").unwrap();
+                let wrapped = format!(
+                    "<w xmlns:db='jabber:server:dialback'>{}</w>",
+                    &read[start..]
+                );
+                let w = xmppd_xml::parse_fragment(&wrapped, "jabber:server").unwrap();
+                let result = w.children().next().unwrap();
+                assert_eq!(result.attr("type"), Some("invalid"), "{read}");
+            }
+        }
+    }
+
+    // After all that, the real link still works.
+    let mut alice = one.login("alice", "phone").await;
+    let mut bob = two.login("bob", "laptop").await;
+    chat_both_ways(&mut alice, &mut bob).await;
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn a_component_serves_its_domain_and_a_wrong_secret_is_refused() {
+    let (one, two) = pair(Setup::default()).await;
+    let addr = one.server.as_ref().unwrap().component_addrs[0];
+    let header = format!(
+        "<stream:stream xmlns='jabber:component:accept' \
+         xmlns:stream='http://etherx.jabber.org/streams' to='{COMPONENT}'>"
+    );
+    // Wrong secret.
+    let mut bad = Peer::connect(addr).await;
+    bad.send(&header).await;
+    let read = bad.read_until("id='").await;
+    assert!(read.contains("<stream:stream"), "{read}");
+    bad.send("<handshake>0000</handshake>").await;
+    assert_eq!(
+        stream_error(&bad.read_until("</stream:stream>").await),
+        "not-authorized"
+    );
+
+    // The right one.
+    let mut c = Peer::connect(addr).await;
+    c.send(&header).await;
+    let read = c.read_until("id='").await;
+    let id_start = read.find("id='").unwrap() + 4;
+    let id = &read[id_start..id_start + read[id_start..].find('\'').unwrap()];
+    let digest = {
+        use sha1::Digest;
+        sha1::Sha1::digest(format!("{id}{COMPONENT_SECRET}").as_bytes())
+    };
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    c.send(&format!("<handshake>{hex}</handshake>")).await;
+    c.read_until("<handshake/>").await;
+
+    // A user's message reaches the component, and the component's reaches the user.
+    let mut alice = one.login("alice", "phone").await;
+    alice
+        .send("<message to='bot@echo.one.test' id='c1'><body>to the component</body></message>")
+        .await;
+    let got = c.read_until("</message>").await;
+    let start = got.find("<message").unwrap();
+    let m = xmppd_xml::parse_fragment(&got[start..], "jabber:component:accept").unwrap();
+    assert_eq!(m.attr("from"), Some("alice@one.test/phone"));
+    assert!(m.get_child("body", "jabber:component:accept").is_some());
+    c.send("<message from='bot@echo.one.test' to='alice@one.test/phone' id='c2'><body>back</body></message>")
+        .await;
+    let back = parse(&alice.stanza_with(&["id='c2'"]).await);
+    assert_eq!(back.attr("from"), Some("bot@echo.one.test"));
+    // Sending as another domain is refused.
+    c.send("<message from='mallory@one.test' to='alice@one.test'><body>x</body></message>")
+        .await;
+    assert_eq!(
+        stream_error(&c.read_until("</stream:stream>").await),
+        "invalid-from"
+    );
+    one.stop().await;
+    two.stop().await;
+}
