@@ -46,6 +46,7 @@ async fn serve(server: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr) {
         server: server.clone(),
         domain: None,
         handle: None,
+        stream_id: String::new(),
         deadline: Instant::now() + HANDSHAKE_TIMEOUT,
     };
     Driver::new(server, stream, profile).run(false).await;
@@ -66,6 +67,8 @@ pub struct Component {
     domain: Option<String>,
     /// Set once the handshake succeeded.
     handle: Option<Arc<SessionHandle>>,
+    /// The `id` of our stream header: the handshake covers it.
+    stream_id: String,
     deadline: Instant,
 }
 
@@ -79,7 +82,7 @@ impl Component {
             .federation
             .component_secret(&domain)
             .unwrap_or_default();
-        let expected = handshake(&s.stream_id, secret);
+        let expected = handshake(&self.stream_id, secret);
         let offered = el.text().trim().to_ascii_lowercase();
         if self.handle.is_some() || !bool::from(expected.as_bytes().ct_eq(offered.as_bytes())) {
             tracing::info!(peer = %s.peer, %domain, "component handshake refused");
@@ -158,7 +161,7 @@ impl<F: Framing> Profile<F> for Component {
         };
         s.domain = domain.clone();
         self.domain = Some(domain);
-        s.send_header();
+        self.stream_id = s.send_header();
         s.flush_flow().await
     }
 

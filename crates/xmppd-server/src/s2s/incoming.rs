@@ -51,6 +51,8 @@ pub struct S2sIn {
     /// The domain the peer's certificate verified for (its header's `from`).
     certified: Option<String>,
     sasl_done: bool,
+    /// The `id` of our last stream header: dialback keys cover it.
+    stream_id: String,
     deadline: Instant,
     pending: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -67,6 +69,7 @@ impl S2sIn {
             header_from: None,
             certified: None,
             sasl_done: false,
+            stream_id: String::new(),
             deadline: Instant::now() + Duration::from_secs(timeout),
             pending: Arc::default(),
         })
@@ -207,7 +210,7 @@ impl S2sIn {
             return s.flush_flow().await;
         }
         let key = el.text();
-        let stream_id = s.stream_id.clone();
+        let stream_id = self.stream_id.clone();
         let server = self.server.clone();
         let handle = self.handle.clone();
         let authenticated = self.authenticated.clone();
@@ -383,7 +386,7 @@ impl<F: Framing> Profile<F> for S2sIn {
                 .clone()
                 .filter(|from| self.server.federation.tls.verify(chain, from));
         }
-        s.send_header();
+        self.stream_id = s.send_header();
         let features = self.features(s);
         s.send_features(features);
         s.flush_flow().await

@@ -110,9 +110,6 @@ pub struct Stream<F> {
     pub domain: String,
     /// The stream's default language (RFC 6120 §4.7.4).
     pub lang: String,
-    /// The `id` of the last stream header we sent (the dialback key and the component
-    /// handshake are computed over it).
-    pub stream_id: String,
     /// Nothing was read from the peer yet.
     first_read: bool,
     /// The stream ended on input we refused; the peer may still be sending.
@@ -144,7 +141,6 @@ impl<F: Framing> Stream<F> {
             content_ns,
             domain: server.config.server.domains[0].clone(),
             lang: "en".to_string(),
-            stream_id: String::new(),
             first_read: true,
             unread_input: false,
             rate: ByteRate::new(l.max_bytes_per_second, l.burst_bytes),
@@ -160,9 +156,11 @@ impl<F: Framing> Stream<F> {
         self.header_sent = false;
     }
 
-    /// Appends our stream header (as the receiving entity) to the output.
-    pub fn send_header(&mut self) {
-        self.stream_id = random_id(16);
+    /// Appends our stream header (as the receiving entity) to the output; returns its `id`
+    /// (dialback keys and the component handshake are computed over it). Not kept here:
+    /// this struct is in every idle connection's task.
+    pub fn send_header(&mut self) -> String {
+        let id = random_id(16);
         // Server streams declare the dialback prefix (XEP-0220 §2.1: some peers accept
         // only `db:`); XEP-0114 component streams carry no version (XEP-0114 §3).
         let (extra, version) = match self.content_ns {
@@ -174,10 +172,11 @@ impl<F: Framing> Stream<F> {
             "<?xml version='1.0'?><stream:stream xmlns='{}'{extra} \
              xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}'{version} \
              xml:lang='{}'>",
-            self.content_ns, self.stream_id, self.domain, self.lang
+            self.content_ns, id, self.domain, self.lang
         );
         self.out.extend_from_slice(header.as_bytes());
         self.header_sent = true;
+        id
     }
 
     /// Appends the header of a stream we initiate (an outgoing server-to-server link,
