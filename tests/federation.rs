@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use common::{parse, pki, Raw, PASSWORD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -327,22 +328,36 @@ async fn certificates_only_bounces_when_the_peer_cannot_prove_its_name() {
     two.stop().await;
 }
 
-/// A raw server-to-server peer: reads until it has a complete element or stream end.
+/// A raw server-to-server (or component) peer.
 struct Peer {
-    tcp: TcpStream,
+    io: PeerIo,
     buf: String,
+}
+
+enum PeerIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Upgrading,
 }
 
 impl Peer {
     async fn connect(addr: SocketAddr) -> Peer {
         Peer {
-            tcp: TcpStream::connect(addr).await.unwrap(),
+            io: PeerIo::Plain(TcpStream::connect(addr).await.unwrap()),
             buf: String::new(),
         }
     }
 
     async fn send(&mut self, data: &str) {
-        self.tcp.write_all(data.as_bytes()).await.unwrap();
+        let result = match &mut self.io {
+            PeerIo::Plain(s) => s.write_all(data.as_bytes()).await,
+            PeerIo::Tls(s) => match s.write_all(data.as_bytes()).await {
+                Ok(()) => s.flush().await,
+                e => e,
+            },
+            PeerIo::Upgrading => unreachable!(),
+        };
+        result.unwrap();
     }
 
     /// Reads until `needle` appears (or the stream closes); returns everything read.
@@ -350,7 +365,14 @@ impl Peer {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         while !self.buf.contains(needle) {
             let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
+            let read = async {
+                match &mut self.io {
+                    PeerIo::Plain(s) => s.read(&mut chunk).await,
+                    PeerIo::Tls(s) => s.read(&mut chunk).await,
+                    PeerIo::Upgrading => unreachable!(),
+                }
+            };
+            match tokio::time::timeout_at(deadline, read).await {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
                 Ok(Ok(n)) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
                 Err(_) => panic!("timed out waiting for {needle:?}; got {:?}", self.buf),
@@ -358,6 +380,72 @@ impl Peer {
         }
         std::mem::take(&mut self.buf)
     }
+
+    /// Opens a stream from `from` to `to`, upgrades it with STARTTLS (presenting the test
+    /// CA's certificate for `cert_for`, if any) and returns the features after TLS.
+    async fn secure(
+        addr: SocketAddr,
+        from: &str,
+        to: &str,
+        cert_for: Option<&str>,
+    ) -> (Peer, String) {
+        let mut peer = Peer::connect(addr).await;
+        peer.send(&s2s_header(from, to)).await;
+        peer.read_until("</stream:features>").await;
+        peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        peer.read_until("<proceed").await;
+        let PeerIo::Plain(tcp) = std::mem::replace(&mut peer.io, PeerIo::Upgrading) else {
+            unreachable!()
+        };
+        let name = rustls::pki_types::ServerName::try_from(to.to_string()).unwrap();
+        let tls = connector(cert_for).connect(name, tcp).await.unwrap();
+        peer.io = PeerIo::Tls(Box::new(tls));
+        peer.send(&s2s_header(from, to)).await;
+        let features = peer.read_until("</stream:features>").await;
+        (peer, features)
+    }
+}
+
+/// A TLS client trusting the test CA, with a certificate for `cert_for` if given.
+fn connector(cert_for: Option<&str>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let Some(domain) = cert_for else {
+        return common::tls_connector(false);
+    };
+    let (cert, key) = pki().domain_cert(domain);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki().ca_der.clone().into()).unwrap();
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The `type` of the `<db:result/>` in what a peer read.
+fn dialback_type(read: &str) -> String {
+    let start = read
+        .find("<db:result")
+        .unwrap_or_else(|| panic!("no db:result in {read:?}"));
+    let wrapped = format!(
+        "<w xmlns:db='jabber:server:dialback'>{}</w>",
+        &read[start..]
+    );
+    let w = xmppd_xml::parse_fragment(&wrapped, "jabber:server")
+        .unwrap_or_else(|| panic!("not XML: {read:?}"));
+    let result = w.children().next().unwrap();
+    assert!(result.is("result", "jabber:server:dialback"));
+    result.attr("type").unwrap_or_default().to_string()
 }
 
 fn s2s_header(from: &str, to: &str) -> String {
@@ -391,11 +479,7 @@ fn stream_error(read: &str) -> String {
 
 #[tokio::test]
 async fn bad_server_streams_get_the_stream_error_rfc_6120_names_and_links_keep_working() {
-    let (one, two) = pair(Setup {
-        untrusted: true,
-        ..Setup::default()
-    })
-    .await;
+    let (one, two) = pair(Setup::default()).await;
     // Unknown domain in the header.
     let mut p = Peer::connect(one.s2s).await;
     p.send(&s2s_header(TWO, "nowhere.test")).await;
@@ -422,71 +506,69 @@ async fn bad_server_streams_get_the_stream_error_rfc_6120_names_and_links_keep_w
         "policy-violation"
     );
 
-    // Over TLS: a stanza before authentication, then a bad dialback key.
-    let connector = common::tls_connector(false);
-    for case in ["unauthenticated", "bad-key"] {
-        let mut tcp = TcpStream::connect(one.s2s).await.unwrap();
-        tcp.write_all(s2s_header(TWO, ONE).as_bytes())
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut read = String::new();
-        while !read.contains("</stream:features>") {
-            let n = tcp.read(&mut buf).await.unwrap();
-            read.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            .await
-            .unwrap();
-        let mut read = String::new();
-        while !read.contains("<proceed") {
-            let n = tcp.read(&mut buf).await.unwrap();
-            read.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        let name = rustls::pki_types::ServerName::try_from(ONE).unwrap();
-        let mut tls = connector.connect(name, tcp).await.unwrap();
-        tls.write_all(s2s_header(TWO, ONE).as_bytes())
-            .await
-            .unwrap();
-        let mut read = String::new();
-        while !read.contains("</stream:features>") {
-            let n = tls.read(&mut buf).await.unwrap();
-            read.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        let (send, until) = match case {
-            "unauthenticated" => (
-                "<message from='bob@two.test' to='alice@one.test'><body>x</body></message>",
-                "</stream:stream>",
-            ),
-            _ => (
-                "<db:result from='two.test' to='one.test'>0123456789abcdef</db:result>",
-                "type=",
-            ),
-        };
-        tls.write_all(send.as_bytes()).await.unwrap();
-        let mut read = String::new();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !read.contains(until) {
-            match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => read.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(_) => panic!("{case}: timed out; got {read:?}"),
-            }
-        }
-        match case {
-            "unauthenticated" => assert_eq!(stream_error(&read), "not-authorized"),
-            _ => {
-                let start = read.find("<db:result").unwrap();
-                let wrapped = format!(
-                    "<w xmlns:db='jabber:server:dialback'>{}</w>",
-                    &read[start..]
-                );
-                let w = xmppd_xml::parse_fragment(&wrapped, "jabber:server").unwrap();
-                let result = w.children().next().unwrap();
-                assert_eq!(result.attr("type"), Some("invalid"), "{read}");
-            }
-        }
-    }
+    // Over TLS: a stanza before authentication.
+    let (mut p, _) = Peer::secure(one.s2s, TWO, ONE, None).await;
+    p.send("<message from='bob@two.test' to='alice@one.test'><body>x</body></message>")
+        .await;
+    assert_eq!(
+        stream_error(&p.read_until("</stream:stream>").await),
+        "not-authorized"
+    );
+
+    // A dialback key two.test never made: its authoritative server says invalid.
+    let (mut p, features) = Peer::secure(one.s2s, TWO, ONE, None).await;
+    assert!(
+        features.contains("urn:xmpp:features:dialback"),
+        "{features}"
+    );
+    p.send("<db:result from='two.test' to='one.test'>0123456789abcdef</db:result>")
+        .await;
+    assert_eq!(dialback_type(&p.read_until("/>").await), "invalid");
+
+    // A certificate for another domain: no EXTERNAL for two.test, and a forced attempt fails.
+    let (mut p, features) = Peer::secure(one.s2s, TWO, ONE, Some("evil.test")).await;
+    assert!(!features.contains("EXTERNAL"), "{features}");
+    p.send(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>dHdvLnRlc3Q=</auth>",
+    )
+    .await;
+    assert!(p.read_until("</failure>").await.contains("<not-authorized"));
+
+    // Authenticated as evil.test, it may not send as two.test, nor to a domain not served.
+    let (mut p, features) = Peer::secure(one.s2s, "evil.test", ONE, Some("evil.test")).await;
+    assert!(features.contains("EXTERNAL"), "{features}");
+    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    p.read_until("<success").await;
+    p.send(&s2s_header("evil.test", ONE)).await;
+    p.read_until("</stream:features>").await;
+    p.send("<message from='bob@two.test' to='alice@one.test'><body>x</body></message>")
+        .await;
+    assert_eq!(
+        stream_error(&p.read_until("</stream:stream>").await),
+        "invalid-from"
+    );
+    let (mut p, _) = Peer::secure(one.s2s, "evil.test", ONE, Some("evil.test")).await;
+    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    p.read_until("<success").await;
+    p.send(&s2s_header("evil.test", ONE)).await;
+    p.read_until("</stream:features>").await;
+    p.send("<message from='eve@evil.test' to='alice@elsewhere.test'><body>x</body></message>")
+        .await;
+    assert_eq!(
+        stream_error(&p.read_until("</stream:stream>").await),
+        "host-unknown"
+    );
+
+    // A peer that stops after <proceed/> holds nothing up for the others.
+    let mut stalled = Peer::connect(one.s2s).await;
+    stalled.send(&s2s_header(TWO, ONE)).await;
+    stalled.read_until("</stream:features>").await;
+    stalled
+        .send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await;
+    stalled.read_until("<proceed").await;
 
     // After all that, the real link still works.
     let mut alice = one.login("alice", "phone").await;
@@ -552,4 +634,63 @@ async fn a_component_serves_its_domain_and_a_wrong_secret_is_refused() {
     );
     one.stop().await;
     two.stop().await;
+}
+
+/// The stanza error condition of a bounced stanza.
+fn bounce_condition(xml: &str) -> String {
+    let el = parse(xml);
+    assert_eq!(el.attr("type"), Some("error"), "{xml}");
+    let error = el.get_child("error", "jabber:client").unwrap();
+    let condition = error
+        .children()
+        .find(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-stanzas")
+        .unwrap()
+        .name()
+        .to_string();
+    condition
+}
+
+#[tokio::test]
+async fn unreachable_and_silent_servers_bounce_with_their_own_conditions() {
+    let dead = free_port("127.0.0.4");
+    let silent = std::net::TcpListener::bind("127.0.0.4:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let routes = [("dead.test", dead), ("silent.test", silent_addr)];
+    let node = start_node(
+        ONE,
+        free_port("127.0.0.2"),
+        free_port("127.0.0.2"),
+        &routes,
+        Setup::default(),
+        |c| c.s2s.connect_timeout_secs = 2,
+    )
+    .await;
+    let mut alice = node.login("alice", "phone").await;
+    alice
+        .send("<message to='x@dead.test' type='chat' id='d1'><body>?</body></message>")
+        .await;
+    let started = std::time::Instant::now();
+    alice
+        .send("<message to='x@silent.test' type='chat' id='s1'><body>?</body></message>")
+        .await;
+    assert_eq!(
+        bounce_condition(&alice.stanza_with(&["id='d1'"]).await),
+        "remote-server-not-found"
+    );
+    assert_eq!(
+        bounce_condition(&alice.stanza_with(&["id='s1'"]).await),
+        "remote-server-timeout"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+    // Straight after a failure the domain is not tried again: the bounce is immediate.
+    alice
+        .send("<message to='x@dead.test' type='chat' id='d2'><body>?</body></message>")
+        .await;
+    assert_eq!(
+        bounce_condition(&alice.stanza_with(&["id='d2'"]).await),
+        "remote-server-not-found"
+    );
+    assert_eq!(node.state().federation.link_count(), 0);
+    drop(silent);
+    node.stop().await;
 }
