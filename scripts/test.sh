@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs every test: unit and end-to-end tests (cargo), the slixmpp interop scenarios, and the
+# Runs every test: unit and end-to-end tests (cargo), the slixmpp interop scenarios,
+# federation with Prosody, and the
 # benchmark harness in smoke mode (so it cannot rot; it asserts no timings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
 bash interop/run.sh
+bash interop/federation.sh
 bash bench/run.sh --smoke

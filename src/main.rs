@@ -97,9 +97,14 @@ fn log_filter(config: &Config) -> Result<tracing_subscriber::EnvFilter, String> 
 fn init_logging(config: &Config) -> Result<(), String> {
     let configured = log_filter(config)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or(configured);
+    // Colour only for a person at a terminal (https://no-color.org), never in files,
+    // pipes or the journal.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     Ok(())
 }

@@ -96,8 +96,8 @@ impl S2sIn {
             .contains(&(remote.to_string(), local.to_string()))
     }
 
-    fn authenticate(&self, remote: &str, local: &str) {
-        tracing::info!(peer = %self.peer, %remote, %local, "incoming server link authenticated");
+    fn authenticate(&self, remote: &str, local: &str, method: &str) {
+        tracing::info!(peer = %self.peer, %remote, %local, method, "incoming server link authenticated");
         self.authenticated
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -162,7 +162,7 @@ impl S2sIn {
             s.send_element(&failure("invalid-authzid"));
             return s.flush_flow().await;
         }
-        self.authenticate(&domain, &s.domain);
+        self.authenticate(&domain, &s.domain, "sasl-external");
         self.sasl_done = true;
         s.send_element(&Element::new("success", ns::SASL));
         match s.flush().await {
@@ -196,7 +196,7 @@ impl S2sIn {
             Some(answer(Outcome::Valid))
         } else if self.certificate_covers(s, &remote) {
             // XEP-0344 §2.4: a certificate that verifies for the domain settles it.
-            self.authenticate(&remote, &local);
+            self.authenticate(&remote, &local, "certificate");
             Some(answer(Outcome::Valid))
         } else if !self.server.federation.dialback_allowed(&remote) {
             Some(error(StanzaErrorCondition::NotAuthorized))
@@ -221,7 +221,7 @@ impl S2sIn {
             let outcome = super::outgoing::verify(&server, &local, &remote, &stream_id, &key).await;
             match outcome {
                 Outcome::Valid => {
-                    tracing::info!(%peer, %remote, %local, "incoming server link authenticated by dialback");
+                    tracing::info!(%peer, %remote, %local, method = "dialback", "incoming server link authenticated");
                     authenticated
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -210,10 +210,10 @@ impl S2sOut {
         ));
     }
 
-    fn ready(&mut self) {
+    fn ready(&mut self, method: &str) {
         self.step = Step::Ready;
         if let Purpose::Link(link) = &self.purpose {
-            tracing::info!(local = %self.local, remote = %self.remote, "outgoing server link authenticated");
+            tracing::info!(local = %self.local, remote = %self.remote, method, "outgoing server link authenticated");
             self.server.federation.succeeded(&self.remote);
             link.ready();
         }
@@ -246,7 +246,7 @@ impl S2sOut {
             return s.flush_flow().await;
         }
         if self.step == Step::Authenticated {
-            self.ready();
+            self.ready("sasl-external");
             return Flow::Continue;
         }
         if !self.peer_verified && !self.dialback_allowed() {
@@ -335,7 +335,7 @@ impl Profile<TcpFraming> for S2sOut {
             }
             (ns::DIALBACK, "result") => match dialback::outcome_of(&el) {
                 Outcome::Valid => {
-                    self.ready();
+                    self.ready("dialback");
                     Flow::Continue
                 }
                 // XEP-0220 §2.1.2: invalid means internal-server-error for what waited,

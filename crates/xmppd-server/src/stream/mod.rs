@@ -104,6 +104,9 @@ pub struct Stream<F> {
     input: Vec<u8>,
     out: Vec<u8>,
     header_sent: bool,
+    /// We opened this stream (an outgoing server link): our header for a restarted stream
+    /// goes out before the restart, so a restart does not forget it was sent.
+    initiator: bool,
     /// The default namespace of the stream's content (`jabber:client`, `jabber:server`…).
     pub content_ns: &'static str,
     /// The `from` of our stream header: the local domain the peer asked for.
@@ -138,6 +141,7 @@ impl<F: Framing> Stream<F> {
             input: vec![0; framing::READ_BUFFER],
             out: Vec::new(),
             header_sent: false,
+            initiator: false,
             content_ns,
             domain: server.config.server.domains[0].clone(),
             lang: "en".to_string(),
@@ -153,7 +157,7 @@ impl<F: Framing> Stream<F> {
     /// Starts a new stream on the same framing: a new parser, a new response header.
     fn restart(&mut self) {
         self.parser = StreamParser::new(self.limits);
-        self.header_sent = false;
+        self.header_sent = self.initiator;
     }
 
     /// Appends our stream header (as the receiving entity) to the output; returns its `id`
@@ -194,6 +198,7 @@ impl<F: Framing> Stream<F> {
         header.extend_from_slice(b"'>");
         self.out.extend_from_slice(&header);
         self.header_sent = true;
+        self.initiator = true;
     }
 
     /// Appends `<stream:features>` with these children.
