@@ -5,7 +5,8 @@
 #   1. certificates from a test CA both trust: SASL EXTERNAL both ways (XEP-0178);
 #   2. neither trusts the other's certificate: dialback both ways (XEP-0220).
 # Each round checks chat both ways, a subscription handshake, presence and a remote ping,
-# then the servers' logs for how the links authenticated.
+# then the servers' logs for how the links authenticated. The first round also runs an
+# XEP-0114 component written with slixmpp against xmppd (interop/component.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash interop/setup.sh
@@ -50,7 +51,7 @@ done
 cert one.test ca
 cert two.test ca
 
-x_c2s=$(free_port 127.0.0.2); x_s2s=$(free_port 127.0.0.2)
+x_c2s=$(free_port 127.0.0.2); x_s2s=$(free_port 127.0.0.2); x_comp=$(free_port 127.0.0.2)
 p_c2s=$(free_port 127.0.0.3); p_s2s=$(free_port 127.0.0.3)
 password=federation-secret
 
@@ -67,6 +68,9 @@ data_dir = "$work/xmppd-data"
 c2s = ["127.0.0.2:$x_c2s"]
 c2s_direct_tls = []
 s2s = ["127.0.0.2:$x_s2s"]
+component = ["127.0.0.2:$x_comp"]
+[components."echo.one.test"]
+secret = "component-secret"
 [[tls.certificates]]
 domain = "one.test"
 cert = "$work/one.test.crt"
@@ -114,6 +118,12 @@ LUA
         grep -q "outgoing server link authenticated.*method=\"\?$expect_out" "$work/xmppd.log" \
             || { echo "FAIL outgoing link not authenticated by $expect_out"; status=1; }
         [ $status -eq 0 ] && echo "PASS links authenticated by $expect_in (in) and $expect_out (out)"
+    fi
+    if [ $status -eq 0 ] && [ "$name" = "verified certificates" ]; then
+        echo "--- an XEP-0114 component (slixmpp ComponentXMPP) ---"
+        .venv/bin/python interop/component.py --component echo.one.test --secret component-secret \
+            --host 127.0.0.2 --port "$x_comp" --c2s-port "$x_c2s" --user alice@one.test \
+            --password "$password" --cafile "$work/ca.crt" || status=$?
     fi
     stop_all
     if [ $status -ne 0 ]; then
