@@ -694,3 +694,103 @@ async fn unreachable_and_silent_servers_bounce_with_their_own_conditions() {
     drop(silent);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn offline_storage_and_blocking_work_for_remote_senders() {
+    let (one, two) = pair(Setup::default()).await;
+    let mut alice = one.login("alice", "phone").await;
+    // Bob is offline: the message waits on two.test and arrives at his next login.
+    alice
+        .send("<message to='bob@two.test' type='chat' id='o1'><body>while you were out</body></message>")
+        .await;
+    let mut waited = false;
+    for _ in 0..100 {
+        let stored = two
+            .state()
+            .router
+            .storage()
+            .offline
+            .oldest("bob", TWO, 10)
+            .await
+            .unwrap();
+        if !stored.is_empty() {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(waited, "the message from another server was not stored");
+    let mut bob = two.login("bob", "laptop").await;
+    let stored = parse(&bob.stanza_with(&["id='o1'"]).await);
+    assert_eq!(stored.attr("from"), Some("alice@one.test/phone"));
+    assert!(stored.get_child("delay", "urn:xmpp:delay").is_some());
+
+    // Bob blocks alice@one.test (XEP-0191): her next message bounces and never reaches him.
+    let blocked = parse(
+        &bob.iq(
+            "bl",
+            "<iq type='set' id='bl'><block xmlns='urn:xmpp:blocking'><item jid='alice@one.test'/></block></iq>",
+        )
+        .await,
+    );
+    assert_eq!(blocked.attr("type"), Some("result"));
+    alice
+        .send(
+            "<message to='bob@two.test/laptop' type='chat' id='x2'><body>blocked?</body></message>",
+        )
+        .await;
+    let bounce = alice.stanza_with(&["id='x2'"]).await;
+    assert_eq!(bounce_condition(&bounce), "service-unavailable");
+    // After a round trip through two.test nothing from alice arrived.
+    bob.sync().await;
+    let rest = bob.next_stanza_if_any().await;
+    assert!(!rest.contains("id='x2'"), "{rest}");
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn direct_tls_server_streams_authenticate_with_the_certificate() {
+    let (one, two) = {
+        let (c1, s1, t1) = (
+            free_port("127.0.0.2"),
+            free_port("127.0.0.2"),
+            free_port("127.0.0.2"),
+        );
+        let (c2, s2) = (free_port("127.0.0.3"), free_port("127.0.0.3"));
+        let one = start_node(ONE, c1, s1, &[(TWO, s2)], Setup::default(), |c| {
+            c.listen.s2s_direct_tls = vec![t1];
+        })
+        .await;
+        let two = start_node(TWO, c2, s2, &[(ONE, s1)], Setup::default(), |_| {}).await;
+        (one, two)
+    };
+    let addr = one.server.as_ref().unwrap().s2s_direct_tls_addrs[0];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(ONE).unwrap();
+    let tls = connector(Some(TWO)).connect(name, tcp).await.unwrap();
+    let mut p = Peer {
+        io: PeerIo::Tls(Box::new(tls)),
+        buf: String::new(),
+    };
+    p.send(&s2s_header(TWO, ONE)).await;
+    let features = p.read_until("</stream:features>").await;
+    assert!(!features.contains("starttls"), "{features}");
+    assert!(
+        features.contains("<mechanism>EXTERNAL</mechanism>"),
+        "{features}"
+    );
+    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await;
+    p.read_until("<success").await;
+    p.send(&s2s_header(TWO, ONE)).await;
+    p.read_until("</stream:features>").await;
+    // Authenticated as two.test: a message from there reaches alice.
+    let mut alice = one.login("alice", "phone").await;
+    p.send("<message from='bob@two.test/x' to='alice@one.test' type='chat' id='dt'><body>direct</body></message>")
+        .await;
+    let got = parse(&alice.stanza_with(&["id='dt'"]).await);
+    assert_eq!(got.attr("from"), Some("bob@two.test/x"));
+    one.stop().await;
+    two.stop().await;
+}
