@@ -278,6 +278,20 @@ async fn two_servers_federate_with_verified_certificates() {
     // One outgoing link per direction.
     assert_eq!(one.state().federation.link_count(), 1);
     assert_eq!(two.state().federation.link_count(), 1);
+    // Both links authenticated with certificates, and the metrics say so.
+    for node in [&one, &two] {
+        let text = node.state().metrics.render();
+        let counted = |direction: &str| {
+            text.lines().any(|l| {
+                l.starts_with("xmppd_s2s_authenticated_total{")
+                    && l.contains(&format!("direction=\"{direction}\""))
+                    && l.contains("method=\"sasl-external\"")
+                    && l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) >= Some(1)
+            })
+        };
+        assert!(counted("in") && counted("out"), "{text}");
+        assert!(text.contains("xmppd_s2s_links_open 2"), "{text}");
+    }
 
     drop(bob);
     let gone = parse(

@@ -165,7 +165,7 @@ pub async fn start(
     let storage = Storage::open(&config.storage_url()).await?;
     let tls = TlsContext::new(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let federation = Arc::new(s2s::Federation::new(&config, &tls.resolver)?);
+    let federation = Arc::new(s2s::Federation::new(&config, &tls.resolver, &metrics)?);
     let router = Router::new(&config, storage, hooks, metrics.clone(), federation.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut c2s = Vec::new();

@@ -13,6 +13,12 @@ struct KindLabel {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct S2sAuthLabel {
+    direction: &'static str,
+    method: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections_total: Counter,
@@ -28,6 +34,11 @@ pub struct Metrics {
     pub auth_throttled: Counter,
     pub queue_overflows: Counter,
     pub stream_errors: Counter,
+    /// Server-to-server connections open, both directions.
+    pub s2s_links_open: Gauge,
+    s2s_authenticated: Family<S2sAuthLabel, Counter>,
+    /// Stanzas bounced because no authenticated link to their domain came about.
+    pub s2s_bounced: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +66,22 @@ impl Default for Metrics {
             "Sessions disconnected because their outbound queue was full.",
         );
         let stream_errors = counter("stream_errors", "Stream errors sent.");
+        let s2s_bounced = counter(
+            "s2s_bounced",
+            "Stanzas bounced because no link to their server could be set up.",
+        );
+        let s2s_links_open = Gauge::default();
+        registry.register(
+            "s2s_links_open",
+            "Server-to-server connections open now, both directions.",
+            s2s_links_open.clone(),
+        );
+        let s2s_authenticated = Family::<S2sAuthLabel, Counter>::default();
+        registry.register(
+            "s2s_authenticated",
+            "Server-to-server domain pairs authenticated, by direction and method.",
+            s2s_authenticated.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "connections_open",
@@ -88,6 +115,9 @@ impl Default for Metrics {
             auth_throttled,
             queue_overflows,
             stream_errors,
+            s2s_links_open,
+            s2s_authenticated,
+            s2s_bounced,
         }
     }
 }
@@ -100,6 +130,14 @@ impl Metrics {
             StanzaKind::Iq => 2,
         };
         self.stanzas_in[index].inc();
+    }
+
+    /// A server-to-server domain pair authenticated: `direction` is `in` or `out`, `method`
+    /// `sasl-external`, `dialback` or `certificate`.
+    pub fn s2s_authenticated(&self, direction: &'static str, method: &'static str) {
+        self.s2s_authenticated
+            .get_or_create(&S2sAuthLabel { direction, method })
+            .inc();
     }
 
     /// The text exposition of every metric.

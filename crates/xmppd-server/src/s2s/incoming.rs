@@ -96,8 +96,9 @@ impl S2sIn {
             .contains(&(remote.to_string(), local.to_string()))
     }
 
-    fn authenticate(&self, remote: &str, local: &str, method: &str) {
+    fn authenticate(&self, remote: &str, local: &str, method: &'static str) {
         tracing::info!(peer = %self.peer, %remote, %local, method, "incoming server link authenticated");
+        self.server.metrics.s2s_authenticated("in", method);
         self.authenticated
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -222,6 +223,7 @@ impl S2sIn {
             match outcome {
                 Outcome::Valid => {
                     tracing::info!(%peer, %remote, %local, method = "dialback", "incoming server link authenticated");
+                    server.metrics.s2s_authenticated("in", "dialback");
                     authenticated
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

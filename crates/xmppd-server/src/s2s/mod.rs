@@ -145,6 +145,7 @@ impl Link {
         }
         tracing::info!(local = %self.local, remote = %self.remote, condition = why.as_str(),
             bounced = waiting.len(), "no link to remote server");
+        server.metrics.s2s_bounced.inc_by(waiting.len() as u64);
         let mut cx = server.router.context();
         for stanza in waiting {
             cx.bounce(&stanza, StanzaError::new(why));
@@ -171,12 +172,14 @@ pub struct Federation {
     components: Mutex<HashMap<String, Arc<SessionHandle>>>,
     /// Server-to-server connections open, both directions.
     open: AtomicUsize,
+    open_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Federation {
     pub fn new(
         config: &Config,
         resolver: &Arc<crate::tls::CertResolver>,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Self, crate::tls::TlsError> {
         Ok(Federation {
             config: config.s2s.clone(),
@@ -188,6 +191,7 @@ impl Federation {
             component_config: config.components.clone(),
             components: Mutex::default(),
             open: AtomicUsize::new(0),
+            open_gauge: metrics.s2s_links_open.clone(),
         })
     }
 
@@ -207,7 +211,8 @@ impl Federation {
     /// Takes a place for one more server-to-server connection, if under the cap.
     fn admit(&self) -> Option<OpenLink<'_>> {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
-        let guard = OpenLink(&self.open);
+        self.open_gauge.inc();
+        let guard = OpenLink(self);
         (before < self.config.max_links).then_some(guard)
     }
 
@@ -343,11 +348,12 @@ impl Federation {
 }
 
 /// One open server-to-server connection, counted until dropped.
-pub struct OpenLink<'a>(&'a AtomicUsize);
+pub struct OpenLink<'a>(&'a Federation);
 
 impl Drop for OpenLink<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.open_gauge.dec();
     }
 }
 

@@ -210,10 +210,11 @@ impl S2sOut {
         ));
     }
 
-    fn ready(&mut self, method: &str) {
+    fn ready(&mut self, method: &'static str) {
         self.step = Step::Ready;
         if let Purpose::Link(link) = &self.purpose {
             tracing::info!(local = %self.local, remote = %self.remote, method, "outgoing server link authenticated");
+            self.server.metrics.s2s_authenticated("out", method);
             self.server.federation.succeeded(&self.remote);
             link.ready();
         }
