@@ -31,8 +31,13 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
-    /// Check the configuration, the certificates and the storage, then exit.
-    Check,
+    /// Check the configuration, certificates, listen addresses and storage, changing nothing;
+    /// exits non-zero if anything would stop logins or federation.
+    Check {
+        /// One JSON object on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -116,7 +121,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::User { action } => user(action, config).await,
-        Command::Check => check(config).await,
+        Command::Check { json } => check(config, json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,7 +226,7 @@ async fn account_record(
 }
 
 async fn open_storage(config: &Config) -> Result<Storage, String> {
-    std::fs::create_dir_all(&config.server.data_dir)
+    xmppd_server::create_private_dir(&config.server.data_dir)
         .map_err(|e| format!("{}: {e}", config.server.data_dir.display()))?;
     Storage::open(&config.storage_url())
         .await
@@ -289,48 +294,218 @@ async fn user(action: UserAction, path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-async fn check(path: Option<&Path>) -> Result<(), String> {
-    let config = load_config(path)?;
-    let source = path.unwrap_or(Path::new("(defaults)"));
-    log_filter(&config)?;
-    println!("config {}: ok", source.display());
-    xmppd_server::hooks(&config, xmppd_modules::standard).map_err(|e| e.to_string())?;
-    println!("modules: ok");
-    let mut all_present = true;
-    for domain in &config.server.domains {
-        let (cert, key, generated) = xmppd_server::tls::cert_paths(&config, domain);
-        if generated && !cert.exists() {
-            all_present = false;
-            println!(
-                "certificate {domain}: none yet; a self-signed one will be generated at {}",
-                cert.display()
-            );
-            continue;
+/// How long before expiry a certificate fails `check` (and the server warns).
+const CERT_WARNING_DAYS: i64 = 14;
+
+/// What `check` found: one line per item.
+#[derive(Default)]
+struct Report {
+    items: Vec<(&'static str, String, String)>,
+}
+
+impl Report {
+    fn ok(&mut self, what: impl Into<String>, detail: impl Into<String>) {
+        self.items.push(("ok", what.into(), detail.into()));
+    }
+
+    fn warn(&mut self, what: impl Into<String>, detail: impl Into<String>) {
+        self.items.push(("warning", what.into(), detail.into()));
+    }
+
+    fn fail(&mut self, what: impl Into<String>, detail: impl Into<String>) {
+        self.items.push(("fail", what.into(), detail.into()));
+    }
+
+    fn failed(&self) -> bool {
+        self.first_failure().is_some()
+    }
+
+    fn first_failure(&self) -> Option<String> {
+        self.items
+            .iter()
+            .find(|(status, _, _)| *status == "fail")
+            .map(|(_, what, detail)| format!("{what}: {detail}"))
+    }
+
+    fn print(&self, json: bool) {
+        if json {
+            let checks: Vec<_> = self
+                .items
+                .iter()
+                .map(|(status, what, detail)| {
+                    serde_json::json!({ "check": what, "status": status, "detail": detail })
+                })
+                .collect();
+            let out = serde_json::json!({ "ok": !self.failed(), "checks": checks });
+            println!("{out}");
+            return;
         }
-        if !cert.exists() || !key.exists() {
-            return Err(format!(
-                "certificate {domain}: {} or {} is missing",
+        for (status, what, detail) in &self.items {
+            println!("{status:7} {what}: {detail}");
+        }
+    }
+}
+
+/// Checks one domain's certificate: present (or to be generated), the key matching, the
+/// domain and its subdomains in use covered, not expired nor expiring soon.
+fn check_certificate(report: &mut Report, config: &Config, domain: &str, subdomains: &[&str]) {
+    let what = format!("certificate {domain}");
+    let (cert, key, generated) = xmppd_server::tls::cert_paths(config, domain);
+    if generated && !cert.exists() {
+        report.ok(
+            what,
+            format!(
+                "none yet; a self-signed one will be generated at {}",
+                cert.display()
+            ),
+        );
+        return;
+    }
+    let info = match xmppd_server::tls::inspect_certificate(&cert, &key) {
+        Ok(info) => info,
+        Err(e) => return report.fail(what, e.to_string()),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days_left = (info.not_after - now).div_euclid(86_400);
+    let uncovered: Vec<&str> = std::iter::once(domain)
+        .chain(subdomains.iter().copied())
+        .filter(|name| !info.covers(name))
+        .collect();
+    if !uncovered.is_empty() {
+        report.fail(
+            what,
+            format!(
+                "{} does not cover {} (it names {})",
                 cert.display(),
-                key.display()
+                uncovered.join(", "),
+                info.names.join(", ")
+            ),
+        );
+    } else if info.not_after <= now {
+        report.fail(what, format!("{} has expired", cert.display()));
+    } else if days_left < CERT_WARNING_DAYS && !generated {
+        report.fail(
+            what,
+            format!("{} expires in {days_left} days: renew it", cert.display()),
+        );
+    } else if days_left < CERT_WARNING_DAYS {
+        report.ok(
+            what,
+            "self-signed and expiring: a new one is generated at start",
+        );
+    } else {
+        report.ok(what, format!("valid for {days_left} more days"));
+    }
+}
+
+/// Whether each listen address can be bound (bound and released at once).
+fn check_listeners(report: &mut Report, config: &Config, server_running: bool) {
+    let l = &config.listen;
+    let addrs = [
+        ("c2s", &l.c2s),
+        ("c2s_direct_tls", &l.c2s_direct_tls),
+        ("s2s", &l.s2s),
+        ("s2s_direct_tls", &l.s2s_direct_tls),
+        ("component", &l.component),
+    ];
+    let metrics = l.metrics.map(|a| vec![a]).unwrap_or_default();
+    for (name, list) in addrs.into_iter().chain([("metrics", &metrics)]) {
+        for addr in list {
+            let what = format!("listen.{name} {addr}");
+            match std::net::TcpListener::bind(addr) {
+                Ok(_) => report.ok(what, "free"),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && server_running => {
+                    report.ok(what, "in use by the running xmppd")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    report.fail(what, "in use by another program")
+                }
+                Err(e) => report.fail(what, e.to_string()),
+            }
+        }
+    }
+}
+
+async fn check(path: Option<&Path>, json: bool) -> Result<(), String> {
+    let mut report = Report::default();
+    let source = path
+        .unwrap_or(Path::new("(defaults)"))
+        .display()
+        .to_string();
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(e) => {
+            report.fail(format!("config {source}"), e);
+            report.print(json);
+            return Err(format!(
+                "check failed: {}",
+                report.first_failure().unwrap_or_default()
             ));
         }
+    };
+    report.ok(format!("config {source}"), "loads");
+    match log_filter(&config) {
+        Ok(_) => report.ok("log.level", config.log.level.clone()),
+        Err(e) => report.fail("log.level", e),
     }
-    if all_present {
-        xmppd_server::tls::TlsContext::new(&config).map_err(|e| e.to_string())?;
-        println!("certificates: ok");
+    match xmppd_server::hooks(&config, xmppd_modules::standard) {
+        Ok(hooks) => {
+            report.ok("modules", "load");
+            for domain in &config.server.domains {
+                let suffix = format!(".{domain}");
+                let subdomains: Vec<&str> = hooks
+                    .host_domains()
+                    .filter(|h| h.ends_with(&suffix))
+                    .collect();
+                check_certificate(&mut report, &config, domain, &subdomains);
+            }
+        }
+        Err(e) => report.fail("modules", e.to_string()),
     }
-    let storage = open_storage(&config).await?;
-    for domain in &config.server.domains {
-        let n = storage
-            .accounts
-            .list(domain)
-            .await
-            .map_err(|e| e.to_string())?
-            .len();
-        println!(
-            "storage {}: ok ({n} accounts on {domain})",
-            config.storage_url()
-        );
+    #[cfg(unix)]
+    let running = matches!(
+        xmppd_server::admin::request(&config.server.data_dir, "ping").await,
+        Ok(Some(_))
+    );
+    #[cfg(not(unix))]
+    let running = false;
+    check_listeners(&mut report, &config, running);
+    let data_dir = &config.server.data_dir;
+    match std::fs::metadata(data_dir) {
+        Err(_) => report.ok(
+            format!("data_dir {}", data_dir.display()),
+            "none yet; created (mode 0700) at first start",
+        ),
+        #[cfg(unix)]
+        Ok(meta) if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 => {
+            report.warn(
+                format!("data_dir {}", data_dir.display()),
+                "readable by other users: chmod 700 it",
+            )
+        }
+        Ok(_) => report.ok(format!("data_dir {}", data_dir.display()), "private"),
     }
-    Ok(())
+    let url = config.storage_url();
+    match Storage::open_accounts_read_only(&url).await {
+        Ok(None) => report.ok(format!("storage {url}"), "none yet; created at first start"),
+        Ok(Some(accounts)) => {
+            for domain in &config.server.domains {
+                match accounts.list(domain).await {
+                    Ok(list) => report.ok(
+                        format!("storage {url}"),
+                        format!("{} accounts on {domain}", list.len()),
+                    ),
+                    Err(e) => report.fail(format!("storage {url}"), e.to_string()),
+                }
+            }
+        }
+        Err(e) => report.fail(format!("storage {url}"), e.to_string()),
+    }
+    report.print(json);
+    match report.first_failure() {
+        Some(failure) => Err(format!("check failed: {failure}")),
+        None => Ok(()),
+    }
 }

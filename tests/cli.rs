@@ -20,6 +20,7 @@ fn check_refuses_a_bad_log_level_and_user_add_explains_the_missing_terminal() {
     std::fs::write(&bad, text).unwrap();
     let (ok, _, err) = xmppd(&bad, &["check"]);
     assert!(!ok && err.contains("log.level"), "{err}");
+    assert_eq!(status_of(&check_json(&bad), "log.level"), "fail");
     // No terminal (stdin is not one here) and no password given: say how to give it.
     let (ok, _, err) = xmppd(&config, &["user", "add", "eve@localhost"]);
     assert!(!ok && err.contains("--password-stdin"), "{err}");
@@ -29,9 +30,13 @@ fn check_refuses_a_bad_log_level_and_user_add_explains_the_missing_terminal() {
 fn user_commands_and_check() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), free_port(), free_port());
-    let (ok, out, err) = xmppd(&config, &["check"]);
-    assert!(ok, "{out}{err}");
-    assert!(out.contains("certificates: ok"), "{out}");
+    let report = check_json(&config);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        status_of(&report, "certificate localhost"),
+        "ok",
+        "{report}"
+    );
 
     let (ok, out, _) = xmppd(
         &config,
@@ -109,6 +114,127 @@ fn user_commands_and_check() {
     assert!(!ok && err.contains("unknown field"), "{err}");
 }
 
+/// `xmppd check --json`, parsed.
+fn check_json(config: &std::path::Path) -> serde_json::Value {
+    let (_, out, err) = xmppd(config, &["check", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}{err}"))
+}
+
+/// The status of the first check whose name starts with `name`.
+fn status_of(report: &serde_json::Value, name: &str) -> String {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"].as_str().unwrap().starts_with(name))
+        .map(|c| c["status"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no check {name:?} in {report}"))
+}
+
+/// Writes a certificate for `names` valid until `not_after` (and its key) into `dir`.
+fn certificate(
+    dir: &std::path::Path,
+    names: &[&str],
+    not_after: (i32, u8, u8),
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let cert = params.self_signed(&key).unwrap();
+    let tag = names[0].replace('*', "star");
+    let (c, k) = (
+        dir.join(format!("{tag}.crt")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+/// A config serving localhost with this certificate, on free ports, data under `dir/data`.
+fn config_with(
+    dir: &std::path::Path,
+    name: &str,
+    (cert, key): (String, String),
+    c2s: u16,
+) -> std::path::PathBuf {
+    let text = format!(
+        "[server]\ndomains = [\"localhost\"]\ndata_dir = {data:?}\n\
+         [listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = []\nmetrics = \"127.0.0.1:{metrics}\"\n\
+         [tls]\ncertificates = [{{ domain = \"localhost\", cert = {cert:?}, key = {key:?} }}]\n",
+        data = dir.join("data"),
+        metrics = free_port(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_catches_wrong_and_expired_certificates_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A certificate for another domain fails.
+    let wrong = config_with(
+        d,
+        "wrong",
+        certificate(d, &["other.example"], (2099, 1, 1)),
+        free_port(),
+    );
+    let report = check_json(&wrong);
+    assert_eq!(report["ok"], false);
+    assert_eq!(
+        status_of(&report, "certificate localhost"),
+        "fail",
+        "{report}"
+    );
+    // So does one for the domain alone while the MUC and pubsub services use subdomains.
+    let bare = config_with(
+        d,
+        "bare",
+        certificate(d, &["localhost"], (2099, 1, 1)),
+        free_port(),
+    );
+    let report = check_json(&bare);
+    let hosts_in_use = report.to_string().contains(".localhost");
+    let expected = if hosts_in_use { "fail" } else { "ok" };
+    assert_eq!(
+        status_of(&report, "certificate localhost"),
+        expected,
+        "{report}"
+    );
+    // An expired one fails; a valid one for the domain and its subdomains passes.
+    let both = ["localhost", "*.localhost"];
+    let expired = config_with(
+        d,
+        "expired",
+        certificate(d, &both, (2021, 1, 1)),
+        free_port(),
+    );
+    assert_eq!(
+        status_of(&check_json(&expired), "certificate localhost"),
+        "fail"
+    );
+    let good = config_with(d, "good", certificate(d, &both, (2099, 1, 1)), free_port());
+    let report = check_json(&good);
+    assert_eq!(report["ok"], true, "{report}");
+    // A listen address another program holds is reported.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let busy = config_with(d, "busy", certificate(d, &both, (2099, 1, 1)), port);
+    let report = check_json(&busy);
+    assert_eq!(
+        status_of(&report, &format!("listen.c2s 127.0.0.1:{port}")),
+        "fail",
+        "{report}"
+    );
+    // None of this created the data directory, a database or a certificate.
+    assert!(!d.join("data").exists(), "check left files behind");
+}
+
 #[tokio::test]
 async fn serve_logs_in_accounts_added_while_running_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,6 +308,28 @@ async fn serve_logs_in_accounts_added_while_running_and_stops_on_sigterm() {
     assert!(!list.contains("dave"), "{list}");
     let (ok, _, err) = xmppd(&config, &["user", "del", "dave@localhost"]);
     assert!(!ok && err.contains("does not exist"), "{err}");
+    // What the server created is readable by its own user only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let data = dir.path().join("data");
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&data), 0o700, "data directory");
+        for file in [
+            "xmppd.sqlite",
+            "xmppd.sqlite-wal",
+            "server.secret",
+            "xmppd.sock",
+        ] {
+            assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+        }
+    }
     // A second server on the same data directory refuses to start.
     let (ok, _, err) = xmppd(&config, &["serve"]);
     assert!(

@@ -74,7 +74,9 @@ pub fn pki() -> &'static Pki {
         let issuer = Issuer::new(ca, ca_key);
 
         let server_key = KeyPair::generate().unwrap();
-        let mut server = CertificateParams::new(vec![DOMAIN.to_string()]).unwrap();
+        // With the wildcard: the MUC and pubsub services live on subdomains.
+        let mut server =
+            CertificateParams::new(vec![DOMAIN.to_string(), format!("*.{DOMAIN}")]).unwrap();
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = server.signed_by(&server_key, &issuer).unwrap();
 

@@ -83,6 +83,9 @@ async fn answer(stream: UnixStream, state: Arc<ServerState>) {
 
 async fn execute(state: &ServerState, command: &str) -> String {
     let router = &state.router;
+    if command == "ping" {
+        return "pong".to_string();
+    }
     match command.split_once(' ') {
         Some(("delete-account", jid)) => {
             let user = match BareJid::new(jid) {

@@ -102,6 +102,16 @@ fn io_error(what: &'static str, addr: impl ToString) -> impl FnOnce(std::io::Err
     move |source| StartError::Io { what, addr, source }
 }
 
+/// Creates `path` and its missing parents readable by this user only (0700): the data
+/// directory holds the database, keys and the admin socket.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
 /// Reads the server secret from the data directory, creating it on first start.
 fn load_secret(data_dir: &Path) -> Result<Vec<u8>, StartError> {
     use rand::RngCore;
@@ -146,7 +156,7 @@ pub async fn start(
 ) -> Result<RunningServer, StartError> {
     let hooks = hooks(&config, modules)?;
     let data_dir = &config.server.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(io_error("creating", data_dir.display()))?;
+    create_private_dir(data_dir).map_err(io_error("creating", data_dir.display()))?;
     let secret = load_secret(data_dir)?;
     #[cfg(unix)]
     let admin = match admin::bind(data_dir).await {

@@ -126,7 +126,7 @@ pub fn ensure_self_signed(domain: &str, cert: &Path, key: &Path) -> Result<bool,
         return Ok(false);
     }
     if let Some(dir) = cert.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+        crate::create_private_dir(dir).map_err(|e| file_error(dir, e))?;
     }
     let mut params =
         rcgen::CertificateParams::new(vec![domain.to_string(), format!("*.{domain}")])?;
@@ -186,6 +186,54 @@ fn load_domain_cert(cert: &Path, key: &Path) -> Result<DomainCert, TlsError> {
     Ok(DomainCert {
         key: Arc::new(CertifiedKey::new(chain, signing)),
         end_point_hash,
+    })
+}
+
+/// What `xmppd check` reports of one certificate file.
+pub struct CertificateInfo {
+    /// DNS names in its subjectAltNames (`*.example.org` for a wildcard).
+    pub names: Vec<String>,
+    /// Unix time it stops being valid.
+    pub not_after: i64,
+}
+
+impl CertificateInfo {
+    /// Whether it covers `domain`: a name equal to it, or a wildcard one label up.
+    pub fn covers(&self, domain: &str) -> bool {
+        let parent = domain.split_once('.').map(|(_, p)| p);
+        self.names.iter().any(|n| {
+            n.eq_ignore_ascii_case(domain)
+                || n.strip_prefix("*.").is_some_and(|p| {
+                    Some(p.to_ascii_lowercase().as_str())
+                        == parent.map(str::to_ascii_lowercase).as_deref()
+                })
+        })
+    }
+}
+
+/// Loads a certificate chain and key as the server would (without generating anything),
+/// checks that the key belongs to the certificate, and reads the leaf's names and expiry.
+pub fn inspect_certificate(cert: &Path, key: &Path) -> Result<CertificateInfo, TlsError> {
+    let loaded = load_domain_cert(cert, key)?;
+    if loaded.key.keys_match().is_err() {
+        return Err(file_error(
+            key,
+            "the key does not belong to the certificate",
+        ));
+    }
+    let leaf = &loaded.key.cert[0];
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| file_error(cert, e))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_string());
+            }
+        }
+    }
+    Ok(CertificateInfo {
+        names,
+        not_after: parsed.validity().not_after.timestamp(),
     })
 }
 

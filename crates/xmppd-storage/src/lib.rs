@@ -59,4 +59,14 @@ impl Storage {
         }
         Err(StorageError::UnsupportedUrl(url.to_string()))
     }
+
+    /// The accounts of an existing store, opened read-only (nothing is created or
+    /// migrated); `None` when there is no store yet.
+    pub async fn open_accounts_read_only(url: &str) -> Result<Option<Arc<dyn AccountStore>>> {
+        if url.starts_with("sqlite:") {
+            let db = SqliteStorage::open_read_only(url).await?;
+            return Ok(db.map(|db| Arc::new(db) as Arc<dyn AccountStore>));
+        }
+        Err(StorageError::UnsupportedUrl(url.to_string()))
+    }
 }

@@ -32,12 +32,14 @@ impl SqliteStorage {
         // deferred; sqlx takes no lock on SQLite). An exclusive lock on a file beside the
         // database makes them take turns until the schema is in place.
         let lock_path = format!("{}.migrate-lock", options.get_filename().display());
+        let db_path = options.get_filename().to_path_buf();
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)?;
+            // Readable by the server's user only: SQLite gives its -wal and -shm files the
+            // database file's mode, so creating it first with 0600 covers all three.
+            if db_path != std::path::Path::new(":memory:") {
+                private_file(&db_path)?;
+            }
+            let file = private_file(std::path::Path::new(&lock_path))?;
             file.lock()?;
             Ok(file)
         })
@@ -51,6 +53,33 @@ impl SqliteStorage {
         drop(lock);
         Ok(SqliteStorage { pool })
     }
+}
+
+impl SqliteStorage {
+    /// Opens an existing database without changing anything (no creation, no migrations):
+    /// for `xmppd check`. `None` when there is no database yet.
+    pub async fn open_read_only(url: &str) -> Result<Option<Self>> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .read_only(true)
+            .create_if_missing(false);
+        if !options.get_filename().exists() {
+            return Ok(None);
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        Ok(Some(SqliteStorage { pool }))
+    }
+}
+
+/// Opens (creating if missing, mode 0600) a file for writing without truncating it.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 /// Every table holding data of one account, cleared when the account is deleted.

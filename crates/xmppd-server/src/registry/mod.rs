@@ -554,6 +554,11 @@ impl Hooks {
         self.hosts.get(domain)
     }
 
+    /// The subdomains modules serve (their certificates are checked by `xmppd check`).
+    pub fn host_domains(&self) -> impl Iterator<Item = &str> {
+        self.hosts.keys().map(String::as_str)
+    }
+
     pub fn disco_providers(&self, on: On) -> &[Arc<dyn DiscoProvider>] {
         self.disco.get(&on).map(Vec::as_slice).unwrap_or_default()
     }
