@@ -369,3 +369,99 @@ async fn serve_logs_in_accounts_added_while_running_and_stops_on_sigterm() {
     assert!(!log.contains(common::PASSWORD), "password in the log");
     assert!(!log.contains(&payload), "SASL payload in the log");
 }
+
+/// The log lines whose message is `message`, each as its `key=value` fields.
+fn log_events(log: &str, message: &str) -> Vec<std::collections::HashMap<String, String>> {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|field| field.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_default_log_level_tells_an_admin_what_happened_to_each_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let c2s = free_port();
+    let config = write_config(dir.path(), c2s, free_port());
+    let (ok, _, err) = xmppd(
+        &config,
+        &[
+            "user",
+            "add",
+            "carol@localhost",
+            "--password",
+            common::PASSWORD,
+        ],
+    );
+    assert!(ok, "{err}");
+    let log_path = dir.path().join("server.log");
+    let server =
+        common::binary::serve(&config, c2s, std::fs::File::create(&log_path).unwrap()).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{c2s}").parse().unwrap();
+    // A login that closes its stream.
+    let (mut raw, _) = Raw::login(addr, "carol", "logs").await;
+    raw.sync().await;
+    raw.send("</stream:stream>").await;
+    raw.read_to_close().await;
+    // A wrong password, named account.
+    let (mut raw, _) = Raw::secure(addr).await;
+    let reply = raw.auth_plain("carol", "not the password").await;
+    assert!(reply.contains("<not-authorized"), "{reply}");
+    drop(raw);
+    // A client that sends garbage gets a stream error.
+    let mut raw = Raw::connect(addr).await;
+    raw.open().await;
+    raw.send("<a><b></a>").await;
+    raw.read_to_close().await;
+
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&log_path).unwrap();
+        if log_events(&log, "connection closed").len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+    let opened = log_events(&log, "connection opened");
+    assert!(
+        opened.len() >= 3
+            && opened
+                .iter()
+                .all(|e| e.get("kind").map(String::as_str) == Some("c2s")),
+        "{log}"
+    );
+    let closed = log_events(&log, "connection closed");
+    let by_reason = |reason: &str| {
+        closed
+            .iter()
+            .find(|e| e.get("reason").map(String::as_str) == Some(reason))
+    };
+    let clean = by_reason("peer-closed").unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(
+        clean.get("account").map(String::as_str),
+        Some("carol@localhost/logs"),
+        "{log}"
+    );
+    assert!(clean.contains_key("secs"), "{log}");
+    assert!(by_reason("not-well-formed").is_some(), "{log}");
+    let failed = log_events(&log, "authentication failed");
+    assert_eq!(
+        failed
+            .first()
+            .and_then(|e| e.get("account"))
+            .map(String::as_str),
+        Some("carol"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("not the password") && !log.contains(common::PASSWORD),
+        "a password in the log"
+    );
+}

@@ -304,7 +304,8 @@ impl C2s {
         if counts && failure != sasl::Failure::Aborted {
             self.server.metrics.auth_failures.inc();
             let detail = failure.text().unwrap_or_default();
-            tracing::info!(peer = %s.peer, reason = failure.as_str(), detail, "authentication failed");
+            let account = self.attempt.as_deref().unwrap_or("-");
+            tracing::info!(peer = %s.peer, account, reason = failure.as_str(), detail, "authentication failed");
             if failure.is_credential_failure() {
                 self.record_credential_failure(s.peer.ip()).await;
             }
@@ -453,6 +454,8 @@ fn sasl_element<F: Framing>(s: &mut Stream<F>, name: &str, data: &[u8]) {
 }
 
 impl<F: Framing> Profile<F> for C2s {
+    const KIND: &'static str = "c2s";
+
     async fn on_header(&mut self, s: &mut Stream<F>, header: StreamHeader) -> Flow {
         if header.ns != ns::STREAM {
             return s.stream_error(StreamError::InvalidNamespace, None).await;

@@ -140,6 +140,8 @@ impl Component {
 }
 
 impl<F: Framing> Profile<F> for Component {
+    const KIND: &'static str = "component";
+
     async fn on_header(&mut self, s: &mut Stream<F>, header: StreamHeader) -> Flow {
         if header.default_ns.as_deref() != Some(ns::COMPONENT) {
             return s

@@ -347,6 +347,8 @@ fn is_domain(name: &str) -> bool {
 }
 
 impl<F: Framing> Profile<F> for S2sIn {
+    const KIND: &'static str = "s2s-in";
+
     fn acceptor<'a>(&self, tls: &'a TlsContext) -> &'a tokio_rustls::TlsAcceptor {
         &tls.s2s_acceptor
     }

@@ -285,6 +285,8 @@ impl S2sOut {
 }
 
 impl Profile<TcpFraming> for S2sOut {
+    const KIND: &'static str = "s2s-out";
+
     async fn on_start(&mut self, s: &mut Stream<TcpFraming>) -> Flow {
         if self.direct_tls && !self.secure(s).await {
             self.failure = Some(StanzaErrorCondition::RemoteServerNotFound);

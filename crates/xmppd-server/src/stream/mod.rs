@@ -41,6 +41,37 @@ pub enum Flow {
     Close,
 }
 
+/// Why a connection ended, for the line the log gets when it closes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Open,
+    /// The peer closed its stream (`</stream:stream>`).
+    PeerClosed,
+    /// The connection dropped without a closing tag.
+    PeerGone,
+    /// A write did not complete within `limits.write_timeout_secs`.
+    WriteFailed,
+    /// Closed by us for lack of use.
+    Idle,
+    /// We sent this stream error.
+    Error(StreamError),
+}
+
+impl Ended {
+    /// One word each, so log searches need no quoting.
+    fn describe(self) -> &'static str {
+        match self {
+            // The profile ended it by closing the stream (a failed outgoing link, say).
+            Ended::Open => "closed",
+            Ended::PeerClosed => "peer-closed",
+            Ended::PeerGone => "connection-lost",
+            Ended::WriteFailed => "write-timeout",
+            Ended::Idle => "idle",
+            Ended::Error(e) => e.as_str(),
+        }
+    }
+}
+
 /// How long final writes (errors, closing tags) may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outbound stanzas coalesced into one write.
@@ -117,6 +148,7 @@ pub struct Stream<F> {
     first_read: bool,
     /// The stream ended on input we refused; the peer may still be sending.
     unread_input: bool,
+    ended: Ended,
     rate: ByteRate,
     /// Until when reading is paused by the byte-rate limit.
     paused_until: Option<Instant>,
@@ -147,6 +179,7 @@ impl<F: Framing> Stream<F> {
             lang: "en".to_string(),
             first_read: true,
             unread_input: false,
+            ended: Ended::Open,
             rate: ByteRate::new(l.max_bytes_per_second, l.burst_bytes),
             paused_until: None,
             write_timeout: Duration::from_secs(l.write_timeout_secs),
@@ -259,6 +292,7 @@ impl<F: Framing> Stream<F> {
     /// none was sent yet, then the error, then the closing tag.
     pub async fn stream_error(&mut self, err: StreamError, text: Option<&str>) -> Flow {
         self.metrics.stream_errors.inc();
+        self.ended = Ended::Error(err);
         tracing::debug!(peer = %self.peer, condition = err.as_str(), "stream error");
         if !self.header_sent {
             self.send_header();
@@ -299,6 +333,9 @@ impl<F: Framing> Stream<F> {
 
 /// What makes a stream c2s, s2s or a component: what the header and each element mean.
 pub trait Profile<F: Framing>: Send {
+    /// What the logs call this kind of stream (`c2s`, `s2s-in`, …).
+    const KIND: &'static str;
+
     /// Before anything is read: a stream we initiate sends its header here.
     fn on_start(&mut self, _s: &mut Stream<F>) -> impl Future<Output = Flow> + Send {
         async { Flow::Continue }
@@ -390,9 +427,13 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             let metrics = self.server.metrics.clone();
             metrics.connections_total.inc();
             metrics.connections_open.inc();
+            // Seconds since start in 32 bits: this future is every connection's task.
+            let opened = self.server.router.uptime_secs() as u32;
+            tracing::info!(peer = %self.stream.peer, kind = P::KIND, "connection opened");
             if (!direct_tls || self.start_tls().await) && self.start().await {
                 self.serve().await;
             }
+            self.log_closed(opened);
             self.profile.close().await;
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.io.shutdown()).await;
             if self.stream.unread_input {
@@ -400,6 +441,19 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             }
             metrics.connections_open.dec();
         }
+    }
+
+    /// One line per connection when it ends: who, for how long, and why.
+    fn log_closed(&self, opened: u32) {
+        let who = self.profile.session().map(|s| s.jid.to_string());
+        tracing::info!(
+            peer = %self.stream.peer,
+            kind = P::KIND,
+            account = who.as_deref().unwrap_or("-"),
+            secs = self.server.router.uptime_secs() - i64::from(opened),
+            reason = self.stream.ended.describe(),
+            "connection closed"
+        );
     }
 
     /// Reads and discards what the peer still sends, briefly, after our side is shut down.
@@ -460,6 +514,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                 }
                 kick = wait_kick(session.as_deref()) => {
                     if kick == Kick::Idle {
+                        stream.ended = Ended::Idle;
                         stream.write(b"</stream:stream>").await;
                         return;
                     }
@@ -487,6 +542,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                 }
                 Some(first) = recv(session.as_deref()) => {
                     if !stream.write_queued(session.as_deref(), first).await {
+                        stream.ended = Ended::WriteFailed;
                         return;
                     }
                 }
@@ -502,7 +558,10 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                     read
                 }), if can_read => {
                     let n = match read {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => {
+                            self.stream.ended = Ended::PeerGone;
+                            return;
+                        }
                         Ok(n) => n,
                     };
                     self.last_read = Instant::now();
@@ -607,6 +666,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                 StreamEvent::Header(header) => self.profile.on_header(stream, header).await,
                 StreamEvent::Stanza(el) => self.profile.on_element(stream, el).await,
                 StreamEvent::Close => {
+                    stream.ended = Ended::PeerClosed;
                     stream.write(b"</stream:stream>").await;
                     Flow::Close
                 }
