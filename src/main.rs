@@ -31,6 +31,9 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Tell the running server to re-read its configuration and certificates (as SIGHUP
+    /// does), e.g. after an ACME client renewed them. Sessions stay connected.
+    Reload,
     /// Check the configuration, certificates, listen addresses and storage, changing nothing;
     /// exits non-zero if anything would stop logins or federation.
     Check {
@@ -122,6 +125,7 @@ async fn main() -> ExitCode {
         Command::Serve => serve(config).await,
         Command::User { action } => user(action, config).await,
         Command::Check { json } => check(config, json).await,
+        Command::Reload => reload(config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -138,30 +142,89 @@ async fn serve(path: Option<&Path>) -> Result<(), String> {
     let server = xmppd_server::start(config, xmppd_modules::standard)
         .await
         .map_err(|e| e.to_string())?;
-    wait_for_signal().await;
+    // Under systemd (Type=notify): ready now, and alive as long as the runtime runs.
+    systemd_notify(&[sd_notify::NotifyState::Ready]);
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        tokio::spawn(watchdog(std::time::Duration::from_micros(usec / 2)));
+    }
+    let daily = server.state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+            xmppd_server::tls::warn_expiring(&daily.config, xmppd_server::CERT_WARNING_DAYS);
+        }
+    });
+    run_until_stopped(&server.state).await;
+    systemd_notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+fn systemd_notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "telling systemd failed");
+    }
+}
+
+/// Pings the systemd watchdog from the runtime: if the runtime stalls, systemd notices.
+async fn watchdog(every: std::time::Duration) {
+    loop {
+        systemd_notify(&[sd_notify::NotifyState::Watchdog]);
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C; SIGHUP reloads the configuration and certificates.
+async fn run_until_stopped(state: &xmppd_server::ServerState) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => {
+                    systemd_notify(&[sd_notify::NotifyState::Reloading]);
+                    if let Err(e) = xmppd_server::reload(state) {
+                        tracing::error!(error = %e, "reload failed; the old configuration stays");
+                    }
+                    systemd_notify(&[sd_notify::NotifyState::Ready]);
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = state;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn reload(path: Option<&Path>) -> Result<(), String> {
+    let config = load_config(path)?;
+    #[cfg(unix)]
+    match xmppd_server::admin::request(&config.server.data_dir, "reload").await {
+        Ok(Some(reply)) => match reply.strip_prefix("ok ") {
+            Some(summary) => {
+                println!("{summary}");
+                Ok(())
+            }
+            None => Err(reply.strip_prefix("error ").unwrap_or(&reply).to_string()),
+        },
+        Ok(None) => Err("no server is running on this data directory".into()),
+        Err(e) => Err(format!("asking the running server: {e}")),
+    }
+    #[cfg(not(unix))]
+    Err("reload needs the admin socket (Unix only)".into())
 }
 
 /// Splits `user@domain`, checking the domain is served and the JID is valid.

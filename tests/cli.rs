@@ -465,3 +465,205 @@ async fn the_default_log_level_tells_an_admin_what_happened_to_each_connection()
         "a password in the log"
     );
 }
+
+/// The leaf certificate's SHA-256 as a new client sees it.
+async fn served_certificate(addr: std::net::SocketAddr) -> Vec<u8> {
+    let (raw, _) = Raw::secure(addr).await;
+    raw.tls_server_end_point()
+}
+
+#[tokio::test]
+async fn sighup_and_reload_swap_the_certificate_and_keep_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let c2s = free_port();
+    let (cert, key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
+    let install = || {
+        let (c, k) = common::pki().domain_cert("localhost");
+        std::fs::copy(c, &cert).unwrap();
+        std::fs::copy(k, &key).unwrap();
+    };
+    install();
+    let config = dir.path().join("xmppd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {data:?}\n[listen]\nc2s = [\"127.0.0.1:{c2s}\"]\n\
+             c2s_direct_tls = []\nmetrics = \"127.0.0.1:{metrics}\"\n\
+             [tls]\ncertificates = [{{ domain = \"localhost\", cert = {cert:?}, key = {key:?} }}]\n\
+             [sasl]\nscram_iterations = 4096\n",
+            data = dir.path().join("data"),
+            metrics = free_port(),
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = xmppd(
+        &config,
+        &[
+            "user",
+            "add",
+            "carol@localhost",
+            "--password",
+            common::PASSWORD,
+        ],
+    );
+    assert!(ok, "{err}");
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let server = common::binary::serve(&config, c2s, log).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{c2s}").parse().unwrap();
+    let (mut session, _) = Raw::login(addr, "carol", "stays").await;
+    session.sync().await;
+    let first = served_certificate(addr).await;
+
+    // The ACME client renews; SIGHUP makes new connections get the new certificate.
+    install();
+    let status = Command::new("kill")
+        .args(["-HUP", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut second = first.clone();
+    for _ in 0..100 {
+        second = served_certificate(addr).await;
+        if second != first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(first, second, "SIGHUP did not swap the certificate");
+    session.sync().await;
+
+    // `xmppd reload` does the same through the admin socket, and says what it did.
+    install();
+    let (ok, out, err) = xmppd(&config, &["reload"]);
+    assert!(ok && out.contains("reloaded 1 certificates"), "{out}{err}");
+    assert_ne!(served_certificate(addr).await, second);
+    session.sync().await;
+    drop(server);
+}
+
+#[tokio::test]
+async fn under_systemd_it_reports_ready_reloading_stopping_and_pings_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let c2s = free_port();
+    let config = write_config(dir.path(), c2s, free_port());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    // systemd names the watched process: a shell that execs keeps its pid for xmppd.
+    let server = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg("WATCHDOG_PID=$$ exec \"$0\" serve --config \"$1\"")
+            .arg(env!("CARGO_BIN_EXE_xmppd"))
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "200000")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen = Vec::new();
+    let mut receive_until = |want: &str, seen: &mut Vec<String>| {
+        let mut buf = [0u8; 512];
+        for _ in 0..200 {
+            let n = socket.recv(&mut buf).expect("a notification");
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            seen.push(msg.clone());
+            if msg.lines().any(|l| l == want) {
+                return;
+            }
+        }
+        panic!("no {want} among {seen:?}");
+    };
+    receive_until("READY=1", &mut seen);
+    receive_until("WATCHDOG=1", &mut seen);
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    receive_until("RELOADING=1", &mut seen);
+    receive_until("READY=1", &mut seen);
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    receive_until("STOPPING=1", &mut seen);
+    drop(server);
+}
+
+#[tokio::test]
+async fn the_container_entrypoint_serves_outside_a_container() {
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/container/Containerfile"
+    ))
+    .unwrap();
+    let array = |directive: &str| -> Vec<String> {
+        let line = file
+            .lines()
+            .find(|l| l.starts_with(directive))
+            .unwrap_or_else(|| panic!("no {directive}"));
+        serde_json::from_str(line[directive.len()..].trim()).unwrap()
+    };
+    let command: Vec<String> = array("ENTRYPOINT")
+        .into_iter()
+        .chain(array("CMD"))
+        .collect();
+    // The image's config, with its paths and ports moved somewhere a test may use.
+    let dir = tempfile::tempdir().unwrap();
+    let (c2s, tls, metrics) = (free_port(), free_port(), free_port());
+    let image_config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/container/xmppd.toml"
+    ))
+    .unwrap()
+    .replace(
+        "/var/lib/xmppd",
+        &dir.path().join("data").display().to_string(),
+    )
+    .replace("0.0.0.0:5222", &format!("127.0.0.1:{c2s}"))
+    .replace("0.0.0.0:5223", &format!("127.0.0.1:{tls}"))
+    .replace("0.0.0.0:5280", &format!("127.0.0.1:{metrics}"));
+    let config = dir.path().join("xmppd.toml");
+    std::fs::write(&config, image_config).unwrap();
+    let args: Vec<String> = command[1..]
+        .iter()
+        .map(|a| {
+            if a == "/etc/xmppd/xmppd.toml" {
+                config.display().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    assert_eq!(command[0], "/usr/local/bin/xmppd");
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let _server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_xmppd"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{c2s}").parse().unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the image's command did not serve");
+    let mut raw = Raw::connect(addr).await;
+    let features = raw.open().await;
+    assert!(features.contains("starttls"), "{features}");
+}

@@ -83,8 +83,15 @@ async fn answer(stream: UnixStream, state: Arc<ServerState>) {
 
 async fn execute(state: &ServerState, command: &str) -> String {
     let router = &state.router;
-    if command == "ping" {
-        return "pong".to_string();
+    match command {
+        "ping" => return "pong".to_string(),
+        "reload" => {
+            return match crate::reload(state) {
+                Ok(summary) => format!("ok {summary}"),
+                Err(e) => format!("error {e}"),
+            }
+        }
+        _ => {}
     }
     match command.split_once(' ') {
         Some(("delete-account", jid)) => {

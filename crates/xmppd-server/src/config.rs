@@ -22,6 +22,9 @@ pub struct Config {
     pub components: std::collections::BTreeMap<String, ComponentConfig>,
     /// `[modules.NAME]` sections, each read by its module (see `crate::modules`).
     pub modules: std::collections::BTreeMap<String, toml::Table>,
+    /// The file this was read from (re-read on reload); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -350,11 +353,12 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source: Box::new(source),
         })?;
         config.validate()?;
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -411,6 +415,33 @@ impl Config {
             return invalid("limits.outbound_queue and limits.max_depth must be positive".into());
         }
         Ok(())
+    }
+
+    /// The sections that differ between `self` and `other`, other than `[tls]` (which a
+    /// reload applies): what a reload cannot change without a restart.
+    pub fn changed_sections(&self, other: &Config) -> Vec<&'static str> {
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let sections: [(&'static str, bool); 10] = [
+            ("server", differs(&self.server, &other.server)),
+            ("listen", differs(&self.listen, &other.listen)),
+            ("sasl", differs(&self.sasl, &other.sasl)),
+            ("limits", differs(&self.limits, &other.limits)),
+            ("im", differs(&self.im, &other.im)),
+            ("log", differs(&self.log, &other.log)),
+            ("s2s", differs(&self.s2s, &other.s2s)),
+            ("components", differs(&self.components, &other.components)),
+            ("modules", differs(&self.modules, &other.modules)),
+            (
+                "tls.client_ca",
+                differs(&self.tls.client_ca, &other.tls.client_ca),
+            ),
+        ];
+        sections
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// The storage URL, defaulting to SQLite under `data_dir`.

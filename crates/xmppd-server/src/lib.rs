@@ -137,6 +137,36 @@ fn load_secret(data_dir: &Path) -> Result<Vec<u8>, StartError> {
     Ok(secret)
 }
 
+/// Days before expiry from which certificates are warned about (at start, on reload, daily).
+pub const CERT_WARNING_DAYS: i64 = 14;
+
+/// Re-reads the configuration file and the certificates it names, without dropping any
+/// session: connections made from now on get the new certificates. Other changed sections
+/// are reported (they take a restart). Returns a one-line summary.
+pub fn reload(state: &ServerState) -> Result<String, String> {
+    let Some(path) = &state.config.source else {
+        return Err("the server was started without a configuration file".into());
+    };
+    let fresh = Config::load(path).map_err(|e| e.to_string())?;
+    let certificates = state
+        .tls
+        .resolver
+        .reload(&fresh)
+        .map_err(|e| e.to_string())?;
+    tls::warn_expiring(&fresh, CERT_WARNING_DAYS);
+    let restart = fresh.changed_sections(&state.config);
+    let summary = if restart.is_empty() {
+        format!("reloaded {certificates} certificates")
+    } else {
+        format!(
+            "reloaded {certificates} certificates; changes to [{}] take effect after a restart",
+            restart.join("], [")
+        )
+    };
+    tracing::info!(path = %path.display(), "{summary}");
+    Ok(summary)
+}
+
 /// Checks the configuration and builds the registry from what `modules` registers (the
 /// binary passes the standard feature modules, tests add their own).
 pub fn hooks(
@@ -174,6 +204,7 @@ pub async fn start(
     };
     let storage = Storage::open(&config.storage_url()).await?;
     let tls = TlsContext::new(&config)?;
+    tls::warn_expiring(&config, CERT_WARNING_DAYS);
     let metrics = Arc::new(Metrics::default());
     let federation = Arc::new(s2s::Federation::new(&config, &tls.resolver, &metrics)?);
     let router = Router::new(&config, storage, hooks, metrics.clone(), federation.clone());

@@ -33,9 +33,11 @@ struct DomainCert {
 
 /// Picks a certificate by SNI: the exact domain, else its parent (so `conference.example.org`
 /// gets the certificate of `example.org`, which carries `*.example.org`), else the first.
+/// The certificates can be replaced while the server runs ([`CertResolver::reload`], on
+/// SIGHUP): connections made afterwards get the new ones, open ones keep theirs.
 #[derive(Debug)]
 pub struct CertResolver {
-    certs: HashMap<String, Arc<DomainCertDebug>>,
+    certs: std::sync::RwLock<HashMap<String, Arc<DomainCertDebug>>>,
     default: String,
 }
 
@@ -49,8 +51,9 @@ impl std::fmt::Debug for DomainCertDebug {
 }
 
 impl CertResolver {
-    fn lookup(&self, sni: Option<&str>) -> Option<&DomainCert> {
-        let by_name = |name: &str| self.certs.get(name).map(|c| &c.0);
+    fn lookup(&self, sni: Option<&str>) -> Option<Arc<DomainCertDebug>> {
+        let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
+        let by_name = |name: &str| certs.get(name).cloned();
         if let Some(name) = sni {
             let name = name.to_ascii_lowercase();
             if let Some(c) = by_name(&name) {
@@ -68,18 +71,61 @@ impl CertResolver {
     /// The certificate and key served for `domain` (also presented as the client
     /// certificate of outgoing server-to-server links).
     pub fn certified_key(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
-        self.lookup(Some(domain)).map(|c| c.key.clone())
+        self.lookup(Some(domain)).map(|c| c.0.key.clone())
     }
 
     /// The `tls-server-end-point` channel binding for a connection that sent `sni`.
     pub fn end_point_hash(&self, sni: Option<&str>) -> Option<Vec<u8>> {
-        self.lookup(sni).map(|c| c.end_point_hash.clone())
+        self.lookup(sni).map(|c| c.0.end_point_hash.clone())
+    }
+
+    /// Reads every domain's certificate again (from the paths `config` names): the files an
+    /// ACME client renewed. All or nothing: on an error the old ones stay.
+    pub fn reload(&self, config: &Config) -> Result<usize, TlsError> {
+        let fresh = load_all(config)?;
+        let n = fresh.len();
+        *self.certs.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(n)
+    }
+}
+
+/// Loads (or generates, for domains without a configured one) every domain's certificate.
+fn load_all(config: &Config) -> Result<HashMap<String, Arc<DomainCertDebug>>, TlsError> {
+    let mut certs = HashMap::new();
+    for domain in &config.server.domains {
+        let (cert, key, generated) = cert_paths(config, domain);
+        if generated && ensure_self_signed(domain, &cert, &key)? {
+            tracing::warn!(%domain, path = %cert.display(),
+                "generated a self-signed certificate; clients will have to accept it");
+        }
+        let loaded = load_domain_cert(&cert, &key)?;
+        certs.insert(
+            domain.to_ascii_lowercase(),
+            Arc::new(DomainCertDebug(loaded)),
+        );
+    }
+    Ok(certs)
+}
+
+/// Logs a warning for each certificate that expires within `days` (or has expired).
+pub fn warn_expiring(config: &Config, days: i64) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for domain in &config.server.domains {
+        let (cert, key, generated) = cert_paths(config, domain);
+        let Ok(info) = inspect_certificate(&cert, &key) else {
+            continue;
+        };
+        let left = (info.not_after - now).div_euclid(86_400);
+        if left < days && !generated {
+            tracing::warn!(%domain, path = %cert.display(), days_left = left,
+                "certificate expires soon: renew it, then reload (SIGHUP or `xmppd reload`)");
+        }
     }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.lookup(hello.server_name()).map(|c| c.key.clone())
+        self.lookup(hello.server_name()).map(|c| c.0.key.clone())
     }
 }
 
@@ -255,19 +301,7 @@ fn end_point_hash(cert: &CertificateDer) -> Vec<u8> {
 impl TlsContext {
     /// Loads (or generates) a certificate for every served domain.
     pub fn new(config: &Config) -> Result<TlsContext, TlsError> {
-        let mut certs = HashMap::new();
-        for domain in &config.server.domains {
-            let (cert, key, generated) = cert_paths(config, domain);
-            if generated && ensure_self_signed(domain, &cert, &key)? {
-                tracing::warn!(%domain, path = %cert.display(),
-                    "generated a self-signed certificate; clients will have to accept it");
-            }
-            let loaded = load_domain_cert(&cert, &key)?;
-            certs.insert(
-                domain.to_ascii_lowercase(),
-                Arc::new(DomainCertDebug(loaded)),
-            );
-        }
+        let certs = std::sync::RwLock::new(load_all(config)?);
         let resolver = Arc::new(CertResolver {
             certs,
             default: config.server.domains[0].to_ascii_lowercase(),

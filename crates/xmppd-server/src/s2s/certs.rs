@@ -128,13 +128,17 @@ impl ServerCertVerifier for CheckedLater {
     }
 }
 
-/// Presents one served domain's certificate as the client certificate.
+/// Presents one served domain's certificate as the client certificate (the current one:
+/// the resolver's certificates are replaced on reload).
 #[derive(Debug)]
-struct OwnCertificate(Arc<CertifiedKey>);
+struct OwnCertificate {
+    resolver: Arc<CertResolver>,
+    domain: String,
+}
 
 impl ResolvesClientCert for OwnCertificate {
     fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+        self.resolver.certified_key(&self.domain)
     }
 
     fn has_certs(&self) -> bool {
@@ -172,14 +176,15 @@ impl PeerTls {
         let checked_later = Arc::new(CheckedLater(algorithms));
         let mut connectors = std::collections::HashMap::new();
         for domain in &config.server.domains {
-            let Some(key) = resolver.certified_key(domain) else {
-                continue;
+            let own = OwnCertificate {
+                resolver: resolver.clone(),
+                domain: domain.clone(),
             };
             let client = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()?
                 .dangerous()
                 .with_custom_certificate_verifier(checked_later.clone())
-                .with_client_cert_resolver(Arc::new(OwnCertificate(key)));
+                .with_client_cert_resolver(Arc::new(own));
             connectors.insert(domain.clone(), TlsConnector::from(Arc::new(client)));
         }
         Ok(PeerTls {
