@@ -567,7 +567,7 @@ async fn under_systemd_it_reports_ready_reloading_stopping_and_pings_the_watchdo
             .unwrap(),
     );
     let mut seen = Vec::new();
-    let mut receive_until = |want: &str, seen: &mut Vec<String>| {
+    let receive_until = |want: &str, seen: &mut Vec<String>| {
         let mut buf = [0u8; 512];
         for _ in 0..200 {
             let n = socket.recv(&mut buf).expect("a notification");
