@@ -1,0 +1,1485 @@
+//! One room of XEP-0045 as a state machine without I/O: a stanza in, the stanzas to send
+//! and the changes to store out. The room's task (`actor.rs`) does the routing and storage,
+//! so everything here is tested without a server.
+
+use std::collections::{HashMap, VecDeque};
+
+use xmppd_core::{BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition};
+
+use super::config::{self, AllowPm, RoomConfig, Whois};
+use super::nick;
+use crate::forms::{Form, FormKind};
+
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+pub const NS_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const NS_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const NS_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+const NS_DELAY: &str = "urn:xmpp:delay";
+const NS_PING: &str = "urn:xmpp:ping";
+const NS_CLIENT: &str = "jabber:client";
+
+type Cond = StanzaErrorCondition;
+
+/// §5.2, ordered by privilege.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Affiliation {
+    Outcast,
+    None,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Affiliation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Affiliation::Outcast => "outcast",
+            Affiliation::None => "none",
+            Affiliation::Member => "member",
+            Affiliation::Admin => "admin",
+            Affiliation::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Affiliation> {
+        Some(match s {
+            "outcast" => Affiliation::Outcast,
+            "none" => Affiliation::None,
+            "member" => Affiliation::Member,
+            "admin" => Affiliation::Admin,
+            "owner" => Affiliation::Owner,
+            _ => return None,
+        })
+    }
+}
+
+/// §5.1, ordered by privilege.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    None,
+    Visitor,
+    Participant,
+    Moderator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::None => "none",
+            Role::Visitor => "visitor",
+            Role::Participant => "participant",
+            Role::Moderator => "moderator",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "none" => Role::None,
+            "visitor" => Role::Visitor,
+            "participant" => Role::Participant,
+            "moderator" => Role::Moderator,
+            _ => return None,
+        })
+    }
+}
+
+/// What the service allows every room (from `[modules.muc]`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_occupants: usize,
+    pub max_history: usize,
+    pub max_nick_chars: usize,
+    /// Groupchat and private messages per second per occupant (a burst of twice that).
+    pub messages_per_second: f64,
+    /// Mixed into occupant ids (XEP-0421) so they cannot be computed from a JID.
+    pub secret: [u8; 16],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffiliationEntry {
+    pub affiliation: Affiliation,
+    pub nick: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// What the room's task must store after a stanza.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Configuration or subject.
+    Room,
+    /// The affiliation of this bare JID (read it back with [`Room::affiliation_entry`]).
+    Affiliation(String),
+    History(i64, Element),
+    Destroyed,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Stanzas to route, `from` and `to` set.
+    pub out: Vec<Element>,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Clone)]
+struct Occupant {
+    nick: String,
+    bare: BareJid,
+    /// Full JIDs joined under this nick (multi-session, §7.2.x of the XEP's 1.25 text).
+    sessions: Vec<String>,
+    role: Role,
+    /// The last presence the occupant sent, without its MUC payloads.
+    presence: Element,
+    /// XEP-0421.
+    id: String,
+    tokens: f64,
+    tokens_at: i64,
+}
+
+/// Extras of the `<item/>` in a presence: a new nick (303), who acted and why.
+#[derive(Default)]
+struct ItemInfo<'a> {
+    nick: Option<&'a str>,
+    actor: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+pub struct Room {
+    jid: BareJid,
+    pub config: RoomConfig,
+    /// A new room stays locked until its owner configures it (§10.1).
+    locked: bool,
+    /// Set at creation, consumed by the creator's join (201).
+    created: bool,
+    destroyed: bool,
+    subject: Option<Element>,
+    affiliations: HashMap<String, AffiliationEntry>,
+    /// By nick key (see [`nick::key`]).
+    occupants: HashMap<String, Occupant>,
+    /// Full JID → nick key.
+    sessions: HashMap<String, String>,
+    history: VecDeque<(i64, Element)>,
+    limits: Limits,
+    /// The time of the stanza being handled (Unix milliseconds).
+    now_ms: i64,
+}
+
+fn err(c: Cond) -> StanzaError {
+    StanzaError::new(c)
+}
+
+impl Room {
+    /// A room that `owner` creates by joining it: locked until configured.
+    pub fn create(jid: BareJid, owner: &BareJid, config: RoomConfig, limits: Limits) -> Room {
+        let mut room = Room::restore(jid, config, None, Vec::new(), Vec::new(), limits);
+        room.locked = true;
+        room.created = true;
+        room.set_affiliation(owner.as_str(), Affiliation::Owner, None);
+        room
+    }
+
+    /// A persistent room read back from storage.
+    pub fn restore(
+        jid: BareJid,
+        config: RoomConfig,
+        subject: Option<Element>,
+        affiliations: Vec<(String, AffiliationEntry)>,
+        history: Vec<(i64, Element)>,
+        limits: Limits,
+    ) -> Room {
+        Room {
+            jid,
+            config,
+            locked: false,
+            created: false,
+            destroyed: false,
+            subject,
+            affiliations: affiliations.into_iter().collect(),
+            occupants: HashMap::new(),
+            sessions: HashMap::new(),
+            history: history.into(),
+            limits,
+            now_ms: 0,
+        }
+    }
+
+    pub fn jid(&self) -> &BareJid {
+        &self.jid
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.occupants.is_empty()
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    pub fn affiliations(&self) -> impl Iterator<Item = (&str, &AffiliationEntry)> {
+        self.affiliations.iter().map(|(j, e)| (j.as_str(), e))
+    }
+
+    pub fn is_destroyed(&self) -> bool {
+        self.destroyed
+    }
+
+    pub fn occupant_count(&self) -> usize {
+        self.occupants.len()
+    }
+
+    pub fn subject(&self) -> Option<&Element> {
+        self.subject.as_ref()
+    }
+
+    pub fn affiliation_entry(&self, jid: &str) -> Option<&AffiliationEntry> {
+        self.affiliations.get(jid)
+    }
+
+    /// Every full JID in the room (for the task's check of sessions that are gone).
+    pub fn session_jids(&self) -> impl Iterator<Item = &str> {
+        self.sessions.keys().map(String::as_str)
+    }
+
+    pub fn affiliation(&self, bare: &BareJid) -> Affiliation {
+        self.affiliations
+            .get(bare.as_str())
+            .or_else(|| self.affiliations.get(bare.domain().as_str()))
+            .map(|e| e.affiliation)
+            .unwrap_or(Affiliation::None)
+    }
+
+    fn set_affiliation(&mut self, jid: &str, affiliation: Affiliation, reason: Option<&str>) {
+        if affiliation == Affiliation::None {
+            self.affiliations.remove(jid);
+        } else {
+            let entry = self
+                .affiliations
+                .entry(jid.to_string())
+                .or_insert(AffiliationEntry {
+                    affiliation,
+                    nick: None,
+                    reason: None,
+                });
+            entry.affiliation = affiliation;
+            entry.reason = reason.map(str::to_string);
+        }
+    }
+
+    fn occupant_jid(&self, nick: &str) -> String {
+        format!("{}/{}", self.jid, nick)
+    }
+
+    /// §5.1.2: the role an affiliation starts with.
+    fn default_role(&self, a: Affiliation) -> Role {
+        match a {
+            Affiliation::Owner | Affiliation::Admin => Role::Moderator,
+            Affiliation::Member => Role::Participant,
+            Affiliation::None if self.config.moderated => Role::Visitor,
+            Affiliation::None => Role::Participant,
+            Affiliation::Outcast => Role::None,
+        }
+    }
+
+    fn occupant_id(&self, bare: &BareJid) -> String {
+        use base64::Engine;
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        h.update(self.limits.secret);
+        h.update(self.jid.as_str().as_bytes());
+        h.update([0]);
+        h.update(bare.as_str().as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(&h.finalize()[..15])
+    }
+
+    fn by_session(&self, from: &str) -> Option<&Occupant> {
+        self.occupants.get(self.sessions.get(from)?)
+    }
+
+    fn sees_jids(&self, viewer: &Occupant) -> bool {
+        self.config.whois == Whois::Anyone || viewer.role == Role::Moderator
+    }
+
+    /// `subject`'s presence for `to` (one of the viewer's sessions).
+    fn presence_for(
+        &self,
+        subject: &Occupant,
+        to: &str,
+        with_jid: bool,
+        unavailable: bool,
+        codes: &[u16],
+        info: &ItemInfo,
+    ) -> Element {
+        let mut p = if unavailable {
+            let mut p = Element::new("presence", NS_CLIENT).with_attr("type", "unavailable");
+            // The status text of a leave goes to everyone (§7.14).
+            for s in subject
+                .presence
+                .children()
+                .filter(|c| c.is("status", NS_CLIENT))
+            {
+                p.push_child(s.clone());
+            }
+            p
+        } else {
+            subject.presence.clone()
+        };
+        p.set_attr("from", self.occupant_jid(&subject.nick));
+        p.set_attr("to", to);
+        let affiliation = self.affiliation(&subject.bare);
+        let mut item = Element::new("item", NS_USER)
+            .with_attr("affiliation", affiliation.as_str())
+            .with_attr("role", subject.role.as_str());
+        if with_jid {
+            item.set_attr("jid", to_jid_of(subject, to));
+        }
+        if let Some(nick) = info.nick {
+            item.set_attr("nick", nick);
+        }
+        if let Some(actor) = info.actor {
+            item.push_child(Element::new("actor", NS_USER).with_attr("nick", actor));
+        }
+        if let Some(reason) = info.reason {
+            item.push_child(Element::new("reason", NS_USER).with_text(reason));
+        }
+        let mut x = Element::new("x", NS_USER).with_child(item);
+        for code in codes {
+            x.push_child(Element::new("status", NS_USER).with_attr("code", code.to_string()));
+        }
+        p.push_child(x);
+        p.push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", &subject.id));
+        p
+    }
+
+    /// `subject`'s presence to every other occupant (and to `subject`'s own sessions with
+    /// `own` codes and 110, when `own` is given). Presence of a role the room does not
+    /// broadcast reaches only the occupant itself.
+    fn broadcast_presence(
+        &self,
+        out: &mut Vec<Element>,
+        subject: &Occupant,
+        unavailable: bool,
+        others: &[u16],
+        own: Option<&[u16]>,
+        info: &ItemInfo,
+    ) {
+        let key = nick::key(&subject.nick);
+        if self.config.broadcasts(subject.role.as_str()) || unavailable {
+            for (k, viewer) in &self.occupants {
+                if *k == key && viewer.bare == subject.bare {
+                    continue;
+                }
+                let with_jid = self.sees_jids(viewer);
+                for s in &viewer.sessions {
+                    out.push(self.presence_for(subject, s, with_jid, unavailable, others, info));
+                }
+            }
+        }
+        if let Some(own) = own {
+            let mut codes = own.to_vec();
+            codes.push(110);
+            for s in &subject.sessions {
+                out.push(self.presence_for(subject, s, true, unavailable, &codes, info));
+            }
+        }
+    }
+
+    /// Handles one stanza addressed to the room or to one of its occupants.
+    pub fn handle(&mut self, stanza: &Stanza, now_ms: i64) -> Outcome {
+        let mut o = Outcome::default();
+        self.now_ms = now_ms;
+        let Some(from) = stanza
+            .from
+            .as_ref()
+            .and_then(|f| f.try_as_full().ok().cloned())
+        else {
+            return o;
+        };
+        let result = match stanza.kind {
+            xmppd_core::StanzaKind::Presence => self.presence(&mut o, stanza, &from),
+            xmppd_core::StanzaKind::Message => self.message(&mut o, stanza, &from, now_ms),
+            xmppd_core::StanzaKind::Iq => self.iq(&mut o, stanza, &from),
+        };
+        if let Err(e) = result {
+            if let Some(reply) = stanza.error_reply(&e) {
+                o.out.push(reply);
+            }
+        }
+        o
+    }
+
+    /// Removes a session that is gone without a word (its stream closed, or an error came
+    /// back from it): the others hear it left, with 333 (§15.6.2: removed for a technical
+    /// reason).
+    pub fn remove_session(&mut self, full: &str) -> Outcome {
+        let mut o = Outcome::default();
+        self.leave(&mut o, full, &[333], false);
+        o
+    }
+
+    // ---- presence (§7.2 join, §7.6 nick change, §7.7 update, §7.14 leave) ----
+
+    fn presence(
+        &mut self,
+        o: &mut Outcome,
+        stanza: &Stanza,
+        from: &FullJid,
+    ) -> Result<(), StanzaError> {
+        let f = from.as_str();
+        match stanza.stanza_type() {
+            "error" => {
+                if stanza
+                    .element()
+                    .get_child("error", NS_CLIENT)
+                    .is_some_and(means_gone)
+                {
+                    self.leave(o, f, &[333], false);
+                }
+                Ok(())
+            }
+            "unavailable" => {
+                self.leave(o, f, &[], true);
+                Ok(())
+            }
+            "" => {
+                let requested = stanza
+                    .to
+                    .as_ref()
+                    .and_then(|t| t.resource())
+                    .map(|r| r.as_str().to_string())
+                    // §7.2.1: no nickname is a malformed occupant JID.
+                    .ok_or_else(|| err(Cond::JidMalformed))?;
+                let (nick, modified) = nick::prepare(&requested, self.limits.max_nick_chars)
+                    .ok_or_else(|| {
+                        err(Cond::JidMalformed).with_text("not an acceptable nickname")
+                    })?;
+                if self.sessions.contains_key(f) {
+                    self.change_presence(o, stanza, from, &nick)
+                } else {
+                    self.join(o, stanza, from, &nick, modified)
+                }
+            }
+            // Subscriptions and probes mean nothing to a room.
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `nick` belongs to someone other than `bare` (in the room or reserved).
+    fn nick_taken(&self, nick: &str, bare: &BareJid) -> bool {
+        let key = nick::key(nick);
+        self.occupants.get(&key).is_some_and(|o| o.bare != *bare)
+            || self.affiliations.iter().any(|(jid, e)| {
+                jid != bare.as_str() && e.nick.as_deref().is_some_and(|n| nick::key(n) == key)
+            })
+    }
+
+    fn join(
+        &mut self,
+        o: &mut Outcome,
+        stanza: &Stanza,
+        from: &FullJid,
+        nick: &str,
+        modified: bool,
+    ) -> Result<(), StanzaError> {
+        let bare = from.to_bare();
+        let affiliation = self.affiliation(&bare);
+        // §10.1.1: until the owner configures it, nobody else may enter.
+        if self.locked && affiliation != Affiliation::Owner {
+            return Err(err(Cond::ItemNotFound).with_text("the room is locked"));
+        }
+        if affiliation == Affiliation::Outcast {
+            return Err(err(Cond::Forbidden)); // §7.2.7
+        }
+        if self.config.members_only && affiliation < Affiliation::Member {
+            return Err(err(Cond::RegistrationRequired)); // §7.2.6
+        }
+        if let Some(password) = &self.config.password {
+            let given = stanza
+                .element()
+                .get_child("x", NS_MUC)
+                .and_then(|x| x.get_child("password", NS_MUC))
+                .map(Element::text);
+            if given.as_deref() != Some(password.as_str()) && affiliation < Affiliation::Admin {
+                return Err(err(Cond::NotAuthorized)); // §7.2.5
+            }
+        }
+        if self.nick_taken(nick, &bare) {
+            return Err(err(Cond::Conflict)); // §7.2.8
+        }
+        let key = nick::key(nick);
+        let existing = self.occupants.contains_key(&key);
+        let cap = match self.config.max_users {
+            0 => self.limits.max_occupants,
+            n => n.min(self.limits.max_occupants),
+        };
+        // §7.2.9: admins and owners may enter a full room.
+        if !existing && self.occupants.len() >= cap && affiliation < Affiliation::Admin {
+            return Err(err(Cond::ServiceUnavailable).with_text("the room is full"));
+        }
+        let f = from.to_string();
+        let presence = strip_muc(stanza.element());
+        if existing {
+            // Another session of the same user under the same nick: one occupant.
+            let occ = self.occupants.get_mut(&key).expect("checked");
+            occ.sessions.push(f.clone());
+            occ.presence = presence;
+        } else {
+            let occ = Occupant {
+                nick: nick.to_string(),
+                bare: bare.clone(),
+                sessions: vec![f.clone()],
+                role: self.default_role(affiliation),
+                presence,
+                id: self.occupant_id(&bare),
+                tokens: 2.0 * self.limits.messages_per_second,
+                tokens_at: 0,
+            };
+            self.occupants.insert(key.clone(), occ);
+        }
+        self.sessions.insert(f.clone(), key.clone());
+        let occ = &self.occupants[&key];
+        // §7.2.3: the others first, then the newcomer to them, self-presence last.
+        let with_jid = self.sees_jids(occ);
+        for (k, other) in &self.occupants {
+            if *k != key && self.config.broadcasts(other.role.as_str()) {
+                o.out.push(self.presence_for(
+                    other,
+                    &f,
+                    with_jid,
+                    false,
+                    &[],
+                    &ItemInfo::default(),
+                ));
+            }
+        }
+        if !existing {
+            self.broadcast_presence(&mut o.out, occ, false, &[], None, &ItemInfo::default());
+        }
+        let mut codes = vec![];
+        if self.config.whois == Whois::Anyone {
+            codes.push(100);
+        }
+        if self.config.logging {
+            codes.push(170);
+        }
+        if self.created {
+            codes.push(201);
+        }
+        if modified {
+            codes.push(210);
+        }
+        codes.push(110);
+        o.out
+            .push(self.presence_for(occ, &f, true, false, &codes, &ItemInfo::default()));
+        self.created = false;
+        self.send_history(o, stanza, &f);
+        // §7.2.15: the subject comes last, empty when none was set.
+        let mut subject = self.subject.clone().unwrap_or_else(|| {
+            Element::new("message", NS_CLIENT)
+                .with_attr("type", "groupchat")
+                .with_attr("from", self.jid.as_str())
+                .with_child(Element::new("subject", NS_CLIENT))
+        });
+        subject.set_attr("to", f);
+        o.out.push(subject);
+        Ok(())
+    }
+
+    /// §7.2.14: the history the newcomer asked for (all that is kept by default).
+    fn send_history(&self, o: &mut Outcome, stanza: &Stanza, to: &str) {
+        let request = stanza
+            .element()
+            .get_child("x", NS_MUC)
+            .and_then(|x| x.get_child("history", NS_MUC));
+        let number = |name: &str| request.and_then(|h| h.attr(name)?.trim().parse::<i64>().ok());
+        let max_stanzas = number("maxstanzas").map(|n| n.max(0) as usize);
+        let max_chars = number("maxchars").map(|n| n.max(0) as usize);
+        let mut since = number("seconds").map(|s| self.now_ms / 1000 - s);
+        if let Some(t) = request
+            .and_then(|h| h.attr("since"))
+            .and_then(parse_iso8601)
+        {
+            since = Some(since.map_or(t, |s| s.max(t)));
+        }
+        let mut chars = 0;
+        let mut picked = Vec::new();
+        for (stamp, el) in self.history.iter().rev() {
+            if max_stanzas.is_some_and(|m| picked.len() >= m) || since.is_some_and(|s| *stamp < s) {
+                break;
+            }
+            let mut copy = el.clone();
+            copy.set_attr("to", to);
+            copy.push_child(
+                Element::new("delay", NS_DELAY)
+                    .with_attr("from", self.jid.as_str())
+                    .with_attr("stamp", xmppd_server::time::iso8601(*stamp)),
+            );
+            chars += copy.to_xml().chars().count();
+            if max_chars.is_some_and(|m| chars > m) {
+                break;
+            }
+            picked.push(copy);
+        }
+        o.out.extend(picked.into_iter().rev());
+    }
+
+    /// A presence from an occupant's session: an update, or a nick change (§7.6).
+    fn change_presence(
+        &mut self,
+        o: &mut Outcome,
+        stanza: &Stanza,
+        from: &FullJid,
+        nick: &str,
+    ) -> Result<(), StanzaError> {
+        let old_key = self.sessions[from.as_str()].clone();
+        let new_key = nick::key(nick);
+        let presence = strip_muc(stanza.element());
+        if self.occupants[&old_key].nick == nick {
+            let occ = self.occupants.get_mut(&old_key).expect("indexed");
+            occ.presence = presence;
+            let occ = &self.occupants[&old_key];
+            self.broadcast_presence(&mut o.out, occ, false, &[], Some(&[]), &ItemInfo::default());
+            return Ok(());
+        }
+        let bare = from.to_bare();
+        // The same user's other occupant under the new nick would merge two; refuse.
+        if self.nick_taken(nick, &bare)
+            || (new_key != old_key && self.occupants.contains_key(&new_key))
+        {
+            return Err(err(Cond::Conflict));
+        }
+        let mut occ = self.occupants.remove(&old_key).expect("indexed");
+        // Unavailable from the old nick with 303 and the new nick, then available (§7.6.3).
+        let info = ItemInfo {
+            nick: Some(nick),
+            ..ItemInfo::default()
+        };
+        self.broadcast_presence(&mut o.out, &occ, true, &[303], Some(&[303]), &info);
+        occ.nick = nick.to_string();
+        occ.presence = presence;
+        for s in &occ.sessions {
+            self.sessions.insert(s.clone(), new_key.clone());
+        }
+        self.broadcast_presence(
+            &mut o.out,
+            &occ,
+            false,
+            &[],
+            Some(&[]),
+            &ItemInfo::default(),
+        );
+        self.occupants.insert(new_key, occ);
+        Ok(())
+    }
+
+    /// A session leaves (§7.14); the occupant goes when its last session does. `tell_self`:
+    /// whether the session is there to hear its own unavailable presence.
+    fn leave(&mut self, o: &mut Outcome, full: &str, codes: &[u16], tell_self: bool) {
+        let Some(key) = self.sessions.remove(full) else {
+            return;
+        };
+        let Some(occ) = self.occupants.get_mut(&key) else {
+            return;
+        };
+        occ.sessions.retain(|s| s != full);
+        let last = occ.sessions.is_empty();
+        let mut gone = if last {
+            self.occupants.remove(&key).expect("present")
+        } else {
+            // Only this session hears of it; for the others the occupant stays.
+            let occ = &self.occupants[&key];
+            if tell_self {
+                let mut c = codes.to_vec();
+                c.push(110);
+                let mut leaving = occ.clone();
+                leaving.role = Role::None;
+                o.out
+                    .push(self.presence_for(&leaving, full, true, true, &c, &ItemInfo::default()));
+            }
+            return;
+        };
+        gone.role = Role::None;
+        if tell_self {
+            gone.sessions = vec![full.to_string()];
+        }
+        let own = tell_self.then_some(codes);
+        self.broadcast_presence(&mut o.out, &gone, true, codes, own, &ItemInfo::default());
+    }
+
+    // ---- messages (§7.4 groupchat, §7.5 private, §7.8 invitations, §8.1 subject) ----
+
+    fn message(
+        &mut self,
+        o: &mut Outcome,
+        stanza: &Stanza,
+        from: &FullJid,
+        now_ms: i64,
+    ) -> Result<(), StanzaError> {
+        let f = from.as_str();
+        let kind = stanza.stanza_type();
+        if kind == "error" {
+            if stanza
+                .element()
+                .get_child("error", NS_CLIENT)
+                .is_some_and(means_gone)
+            {
+                self.leave(o, f, &[333], false);
+            }
+            return Ok(());
+        }
+        let to_nick = stanza
+            .to
+            .as_ref()
+            .and_then(|t| t.resource())
+            .map(|r| r.as_str().to_string());
+        if to_nick.is_none() && kind != "groupchat" {
+            if let Some(x) = stanza.element().get_child("x", NS_USER) {
+                return self.invitation(o, x, from);
+            }
+        }
+        let Some(key) = self.sessions.get(f).cloned() else {
+            return Err(err(Cond::NotAcceptable).with_text("you are not in the room"));
+        };
+        self.take_token(&key, now_ms)?;
+        let sender = &self.occupants[&key];
+        let sender_jid = self.occupant_jid(&sender.nick);
+        if let Some(nick) = to_nick {
+            return self.private_message(o, stanza, &key, &nick);
+        }
+        if kind != "groupchat" {
+            return Err(
+                err(Cond::BadRequest).with_text("messages to the room are of type groupchat")
+            );
+        }
+        let el = stanza.element();
+        let is_subject = el.has_child("subject", NS_CLIENT) && !el.has_child("body", NS_CLIENT);
+        if is_subject {
+            // §8.1: moderators, and participants when the room lets them.
+            let may = sender.role == Role::Moderator
+                || (self.config.change_subject && sender.role == Role::Participant);
+            if !may {
+                return Err(err(Cond::Forbidden));
+            }
+        } else if sender.role < Role::Participant {
+            return Err(err(Cond::Forbidden)); // §7.4: visitors have no voice
+        }
+        let mut reflected = el.clone();
+        reflected.remove_children("occupant-id", NS_OCCUPANT_ID);
+        reflected.remove_attr("to");
+        reflected.set_attr("from", sender_jid);
+        reflected
+            .push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", &sender.id));
+        self.fan_out(o, &reflected);
+        if is_subject {
+            self.subject = Some(reflected);
+            o.changes.push(Change::Room);
+        } else if el.has_child("body", NS_CLIENT) && self.config.history_length > 0 {
+            let stamp = now_ms / 1000;
+            self.history.push_back((stamp, reflected.clone()));
+            while self.history.len() > self.config.history_length {
+                self.history.pop_front();
+            }
+            o.changes.push(Change::History(stamp, reflected));
+        }
+        Ok(())
+    }
+
+    /// A copy of `el` to every session in the room.
+    fn fan_out(&self, o: &mut Outcome, el: &Element) {
+        for occ in self.occupants.values() {
+            for s in &occ.sessions {
+                let mut copy = el.clone();
+                copy.set_attr("to", s);
+                o.out.push(copy);
+            }
+        }
+    }
+
+    /// The per-occupant message rate: a bucket of twice the rate per second.
+    fn take_token(&mut self, key: &str, now_ms: i64) -> Result<(), StanzaError> {
+        let rate = self.limits.messages_per_second;
+        let occ = self.occupants.get_mut(key).expect("indexed");
+        let elapsed = (now_ms - occ.tokens_at).max(0) as f64 / 1000.0;
+        occ.tokens = (occ.tokens + elapsed * rate).min(2.0 * rate);
+        occ.tokens_at = now_ms;
+        if occ.tokens < 1.0 {
+            return Err(err(Cond::ResourceConstraint).with_text("too many messages; slow down"));
+        }
+        occ.tokens -= 1.0;
+        Ok(())
+    }
+
+    fn private_message(
+        &self,
+        o: &mut Outcome,
+        stanza: &Stanza,
+        sender_key: &str,
+        nick: &str,
+    ) -> Result<(), StanzaError> {
+        if stanza.stanza_type() == "groupchat" {
+            return Err(err(Cond::BadRequest)); // §7.5
+        }
+        let sender = &self.occupants[sender_key];
+        let allowed = match self.config.allow_pm {
+            AllowPm::Anyone => true,
+            AllowPm::Participants => sender.role >= Role::Participant,
+            AllowPm::Moderators => sender.role == Role::Moderator,
+            AllowPm::Nobody => false,
+        };
+        if !allowed {
+            return Err(err(Cond::Forbidden).with_text("private messages are not allowed here"));
+        }
+        let target = self
+            .occupants
+            .get(&nick::key(nick))
+            .ok_or_else(|| err(Cond::ItemNotFound))?;
+        let mut copy = stanza.element().clone();
+        copy.remove_children("occupant-id", NS_OCCUPANT_ID);
+        copy.set_attr("from", self.occupant_jid(&sender.nick));
+        if !copy.has_child("x", NS_USER) {
+            copy.push_child(Element::new("x", NS_USER));
+        }
+        copy.push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", &sender.id));
+        for s in &target.sessions {
+            let mut c = copy.clone();
+            c.set_attr("to", s);
+            o.out.push(c);
+        }
+        Ok(())
+    }
+
+    /// §7.8.2 mediated invitations and §7.8.3 declines.
+    fn invitation(
+        &mut self,
+        o: &mut Outcome,
+        x: &Element,
+        from: &FullJid,
+    ) -> Result<(), StanzaError> {
+        let bare = from.to_bare();
+        if let Some(decline) = x.get_child("decline", NS_USER) {
+            let to = decline
+                .attr("to")
+                .and_then(|t| Jid::new(t).ok())
+                .ok_or_else(|| err(Cond::BadRequest))?;
+            let mut d = Element::new("decline", NS_USER).with_attr("from", bare.as_str());
+            if let Some(reason) = decline.get_child("reason", NS_USER) {
+                d.push_child(reason.clone());
+            }
+            o.out.push(
+                Element::new("message", NS_CLIENT)
+                    .with_attr("from", self.jid.as_str())
+                    .with_attr("to", to.as_str())
+                    .with_child(Element::new("x", NS_USER).with_child(d)),
+            );
+            return Ok(());
+        }
+        let Some(key) = self.sessions.get(from.as_str()) else {
+            return Err(err(Cond::NotAcceptable).with_text("you are not in the room"));
+        };
+        let inviter = &self.occupants[key];
+        let affiliation = self.affiliation(&bare);
+        if self.config.members_only
+            && affiliation < Affiliation::Admin
+            && !(self.config.allow_invites && affiliation >= Affiliation::Member)
+        {
+            return Err(err(Cond::Forbidden)); // §9.4
+        }
+        if !self.config.members_only && !self.config.allow_invites && inviter.role < Role::Moderator
+        {
+            return Err(err(Cond::Forbidden));
+        }
+        let invites: Vec<&Element> = x.children().filter(|c| c.is("invite", NS_USER)).collect();
+        if invites.is_empty() {
+            return Err(err(Cond::BadRequest));
+        }
+        let mut targets = Vec::new();
+        for invite in invites {
+            let to = invite
+                .attr("to")
+                .and_then(|t| Jid::new(t).ok())
+                .ok_or_else(|| err(Cond::JidMalformed))?;
+            targets.push((to, invite));
+        }
+        for (to, invite) in targets {
+            let mut i = Element::new("invite", NS_USER).with_attr("from", bare.as_str());
+            for child in invite
+                .children()
+                .filter(|c| c.is("reason", NS_USER) || c.is("continue", NS_USER))
+            {
+                i.push_child(child.clone());
+            }
+            let mut ux = Element::new("x", NS_USER).with_child(i);
+            if let Some(password) = &self.config.password {
+                ux.push_child(Element::new("password", NS_USER).with_text(password.clone()));
+            }
+            let body = format!("{bare} invites you to the room {}", self.jid);
+            o.out.push(
+                Element::new("message", NS_CLIENT)
+                    .with_attr("from", self.jid.as_str())
+                    .with_attr("to", to.as_str())
+                    .with_child(ux)
+                    .with_child(Element::new("body", NS_CLIENT).with_text(body)),
+            );
+            let invitee = to.to_bare();
+            // §7.8.2: in a members-only room the invitee becomes a member.
+            if self.config.members_only
+                && self.affiliation(&invitee) < Affiliation::Member
+                && self.affiliation(&invitee) != Affiliation::Outcast
+            {
+                self.set_affiliation(invitee.as_str(), Affiliation::Member, None);
+                o.changes.push(Change::Affiliation(invitee.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- iq (disco, §8–§10 admin and owner, XEP-0410 self-ping) ----
+
+    fn iq(&mut self, o: &mut Outcome, stanza: &Stanza, from: &FullJid) -> Result<(), StanzaError> {
+        if !stanza.is_iq_request() {
+            return Ok(());
+        }
+        let payload = stanza.iq_payload().ok_or_else(|| err(Cond::BadRequest))?;
+        let get = stanza.stanza_type() == "get";
+        let to_nick = stanza
+            .to
+            .as_ref()
+            .and_then(|t| t.resource())
+            .map(|r| r.as_str().to_string());
+        if let Some(nick) = to_nick {
+            // XEP-0410 §4: the service answers a self-ping for the occupant.
+            let me = self
+                .by_session(from.as_str())
+                .ok_or_else(|| err(Cond::NotAcceptable))?;
+            if payload.is("ping", NS_PING) && nick::key(&me.nick) == nick::key(&nick) {
+                o.out.push(stanza.iq_result(None));
+                return Ok(());
+            }
+            return Err(err(Cond::ServiceUnavailable));
+        }
+        let result = match (payload.ns(), payload.name(), get) {
+            (NS_DISCO_INFO, "query", true) if payload.attr("node").is_none() => {
+                Some(self.disco_info())
+            }
+            (NS_DISCO_ITEMS, "query", true) => Some(Element::new("query", NS_DISCO_ITEMS)),
+            (NS_PING, "ping", true) => None,
+            (NS_ADMIN, "query", true) => Some(self.admin_list(payload, from)?),
+            (NS_ADMIN, "query", false) => {
+                self.admin_set(o, payload, from)?;
+                None
+            }
+            (NS_OWNER, "query", true) => {
+                self.require_owner(from)?;
+                Some(
+                    Element::new("query", NS_OWNER)
+                        .with_child(self.config.to_form(FormKind::Form).to_element()),
+                )
+            }
+            (NS_OWNER, "query", false) => {
+                self.require_owner(from)?;
+                // The reply goes first: after a destroy, the owner's client still expects it.
+                return self.owner_set(o, stanza, payload);
+            }
+            _ => return Err(err(Cond::ServiceUnavailable)),
+        };
+        o.out.push(stanza.iq_result(result));
+        Ok(())
+    }
+
+    /// The room's disco#info: identity, `muc_*` features and the roominfo form (§6.4).
+    pub fn disco_info(&self) -> Element {
+        let mut q = Element::new("query", NS_DISCO_INFO).with_child(
+            Element::new("identity", NS_DISCO_INFO)
+                .with_attr("category", "conference")
+                .with_attr("type", "text")
+                .with_attr(
+                    "name",
+                    if self.config.name.is_empty() {
+                        self.jid.node().map(|n| n.as_str()).unwrap_or_default()
+                    } else {
+                        &self.config.name
+                    },
+                ),
+        );
+        let mut features = vec![NS_MUC, NS_OCCUPANT_ID, NS_SELF_PING, NS_DISCO_INFO];
+        features.extend(self.config.features());
+        for f in features {
+            q.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
+        }
+        let subject = self
+            .subject
+            .as_ref()
+            .and_then(|s| s.get_child("subject", NS_CLIENT))
+            .map(Element::text)
+            .unwrap_or_default();
+        use crate::forms::Field;
+        let form = Form::new(FormKind::Result)
+            .field(Field::form_type(config::ROOMINFO))
+            .field(
+                Field::new("muc#roominfo_description", "text-single")
+                    .label("Description")
+                    .value(self.config.description.clone()),
+            )
+            .field(
+                Field::new("muc#roominfo_occupants", "text-single")
+                    .label("Number of occupants")
+                    .value(self.occupants.len().to_string()),
+            )
+            .field(
+                Field::new("muc#roominfo_subject", "text-single")
+                    .label("Subject")
+                    .value(subject),
+            )
+            .field(
+                Field::new("muc#roominfo_subjectmod", "boolean")
+                    .label("Occupants may change the subject")
+                    .boolean_value(self.config.change_subject),
+            )
+            .field(
+                Field::new("muc#roomconfig_roomname", "text-single")
+                    .label("Name")
+                    .value(self.config.name.clone()),
+            )
+            .field(
+                Field::new("muc#maxhistoryfetch", "text-single")
+                    .label("Maximum history")
+                    .value(self.config.history_length.to_string()),
+            );
+        q.push_child(form.to_element());
+        q
+    }
+
+    fn require_owner(&self, from: &FullJid) -> Result<(), StanzaError> {
+        if self.affiliation(&from.to_bare()) == Affiliation::Owner {
+            Ok(())
+        } else {
+            Err(err(Cond::Forbidden))
+        }
+    }
+
+    /// §10.1.2 instant room, §10.1.3 reserved room, §10.2 configuration, §10.9 destroy.
+    fn owner_set(
+        &mut self,
+        o: &mut Outcome,
+        stanza: &Stanza,
+        payload: &Element,
+    ) -> Result<(), StanzaError> {
+        if let Some(destroy) = payload.get_child("destroy", NS_OWNER) {
+            o.out.push(stanza.iq_result(None));
+            self.destroy(o, destroy);
+            return Ok(());
+        }
+        let form = match Form::find_in(payload) {
+            None => return Err(err(Cond::BadRequest)),
+            Some(Err(e)) => return Err(err(Cond::BadRequest).with_text(e.0)),
+            Some(Ok(f)) => f,
+        };
+        match form.kind {
+            FormKind::Cancel => {
+                o.out.push(stanza.iq_result(None));
+                // §10.1.3: cancelling the configuration of a new room destroys it.
+                if self.locked {
+                    self.destroy(o, &Element::new("destroy", NS_OWNER));
+                }
+                return Ok(());
+            }
+            FormKind::Submit => {}
+            _ => return Err(err(Cond::BadRequest)),
+        }
+        let new = self
+            .config
+            .apply(&form, self.limits.max_history)
+            .map_err(|e| err(Cond::NotAcceptable).with_text(e.0))?;
+        let old = std::mem::replace(&mut self.config, new);
+        while self.history.len() > self.config.history_length {
+            self.history.pop_front();
+        }
+        o.out.push(stanza.iq_result(None));
+        o.changes.push(Change::Room);
+        if self.locked {
+            self.locked = false;
+            return Ok(());
+        }
+        // §10.2.1: occupants hear what changed.
+        let mut x = Element::new("x", NS_USER);
+        for code in config::change_codes(&old, &self.config) {
+            x.push_child(Element::new("status", NS_USER).with_attr("code", code.to_string()));
+        }
+        let notice = Element::new("message", NS_CLIENT)
+            .with_attr("type", "groupchat")
+            .with_attr("from", self.jid.as_str())
+            .with_child(x);
+        self.fan_out(o, &notice);
+        if self.config.members_only && !old.members_only {
+            // §9.10 (322): those who are not members leave.
+            let out: Vec<String> = self
+                .occupants
+                .iter()
+                .filter(|(_, occ)| self.affiliation(&occ.bare) < Affiliation::Member)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in out {
+                self.remove_occupant(o, &key, 322, &ItemInfo::default());
+            }
+        }
+        if old.whois != self.config.whois {
+            // Who sees real JIDs changed: everyone gets the list again with or without them.
+            let keys: Vec<String> = self.occupants.keys().cloned().collect();
+            for k in keys {
+                let occ = &self.occupants[&k];
+                self.broadcast_presence(&mut o.out, occ, false, &[], None, &ItemInfo::default());
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self, o: &mut Outcome, destroy: &Element) {
+        let mut d = Element::new("destroy", NS_USER);
+        if let Some(alt) = destroy.attr("jid") {
+            d.set_attr("jid", alt);
+        }
+        for c in destroy
+            .children()
+            .filter(|c| c.name() == "reason" || c.name() == "password")
+        {
+            d.push_child(Element::new(c.name(), NS_USER).with_text(c.text()));
+        }
+        for occ in self.occupants.values() {
+            for s in &occ.sessions {
+                let item = Element::new("item", NS_USER)
+                    .with_attr("affiliation", "none")
+                    .with_attr("role", "none");
+                o.out.push(
+                    Element::new("presence", NS_CLIENT)
+                        .with_attr("type", "unavailable")
+                        .with_attr("from", self.occupant_jid(&occ.nick))
+                        .with_attr("to", s)
+                        .with_child(
+                            Element::new("x", NS_USER)
+                                .with_child(item)
+                                .with_child(d.clone()),
+                        ),
+                );
+            }
+        }
+        self.occupants.clear();
+        self.sessions.clear();
+        self.destroyed = true;
+        o.changes.push(Change::Destroyed);
+    }
+
+    /// Takes an occupant out with a status code (307 kick, 301 ban, 321, 322): unavailable
+    /// to everyone, itself included with 110.
+    fn remove_occupant(&mut self, o: &mut Outcome, key: &str, code: u16, info: &ItemInfo) {
+        let Some(mut occ) = self.occupants.remove(key) else {
+            return;
+        };
+        for s in &occ.sessions {
+            self.sessions.remove(s);
+        }
+        occ.role = Role::None;
+        self.broadcast_presence(&mut o.out, &occ, true, &[code], Some(&[code]), info);
+    }
+
+    /// Role (by nick) and affiliation (by JID) lists (§8.5, §9.2, §9.5, §10.5).
+    fn admin_list(&self, payload: &Element, from: &FullJid) -> Result<Element, StanzaError> {
+        let item = payload
+            .get_child("item", NS_ADMIN)
+            .ok_or_else(|| err(Cond::BadRequest))?;
+        let me = from.to_bare();
+        let mut q = Element::new("query", NS_ADMIN);
+        if let Some(role) = item.attr("role") {
+            let role = Role::parse(role).ok_or_else(|| err(Cond::BadRequest))?;
+            let viewer = self
+                .by_session(from.as_str())
+                .filter(|v| v.role == Role::Moderator)
+                .ok_or_else(|| err(Cond::Forbidden))?;
+            for occ in self.occupants.values().filter(|o| o.role == role) {
+                let mut i = Element::new("item", NS_ADMIN)
+                    .with_attr("nick", &occ.nick)
+                    .with_attr("role", role.as_str())
+                    .with_attr("affiliation", self.affiliation(&occ.bare).as_str());
+                if self.sees_jids(viewer) {
+                    i.set_attr("jid", occ.bare.as_str());
+                }
+                q.push_child(i);
+            }
+            return Ok(q);
+        }
+        let affiliation = item
+            .attr("affiliation")
+            .and_then(Affiliation::parse)
+            .ok_or_else(|| err(Cond::BadRequest))?;
+        if self.affiliation(&me) < Affiliation::Admin {
+            return Err(err(Cond::Forbidden));
+        }
+        let mut list: Vec<(&String, &AffiliationEntry)> = self
+            .affiliations
+            .iter()
+            .filter(|(_, e)| e.affiliation == affiliation)
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(b.0));
+        for (jid, e) in list {
+            let mut i = Element::new("item", NS_ADMIN)
+                .with_attr("jid", jid)
+                .with_attr("affiliation", affiliation.as_str());
+            if let Some(nick) = &e.nick {
+                i.set_attr("nick", nick);
+            }
+            if let Some(reason) = &e.reason {
+                i.push_child(Element::new("reason", NS_ADMIN).with_text(reason.clone()));
+            }
+            q.push_child(i);
+        }
+        Ok(q)
+    }
+
+    /// Role and affiliation changes (§8.2–§8.4, §9.1–§9.8, §10.3–§10.8), all or none.
+    fn admin_set(
+        &mut self,
+        o: &mut Outcome,
+        payload: &Element,
+        from: &FullJid,
+    ) -> Result<(), StanzaError> {
+        let items: Vec<&Element> = payload
+            .children()
+            .filter(|c| c.is("item", NS_ADMIN))
+            .collect();
+        if items.is_empty() {
+            return Err(err(Cond::BadRequest));
+        }
+        let me = from.to_bare();
+        let mine = self.affiliation(&me);
+        let actor = self
+            .by_session(from.as_str())
+            .map(|a| (a.nick.clone(), a.role));
+        let mut plan = Vec::new();
+        for item in &items {
+            let reason = item.get_child("reason", NS_ADMIN).map(Element::text);
+            if let Some(role) = item.attr("role") {
+                let role = Role::parse(role).ok_or_else(|| err(Cond::BadRequest))?;
+                let nick = item.attr("nick").ok_or_else(|| err(Cond::BadRequest))?;
+                let key = nick::key(nick);
+                let target = self
+                    .occupants
+                    .get(&key)
+                    .ok_or_else(|| err(Cond::ItemNotFound))?;
+                let theirs = self.affiliation(&target.bare);
+                let (_, my_role) = actor.clone().ok_or_else(|| err(Cond::Forbidden))?;
+                if my_role != Role::Moderator {
+                    return Err(err(Cond::Forbidden));
+                }
+                // §9.6/§9.7: moderator status comes and goes with admins only.
+                if (role == Role::Moderator || target.role == Role::Moderator)
+                    && mine < Affiliation::Admin
+                {
+                    return Err(err(Cond::Forbidden));
+                }
+                // §8.2–§8.4: admins and owners keep their role against moderators.
+                if theirs >= Affiliation::Admin && role != Role::Moderator && theirs >= mine {
+                    return Err(err(Cond::NotAllowed));
+                }
+                plan.push(Plan::Role(key, role, reason));
+            } else if let Some(affiliation) = item.attr("affiliation") {
+                let affiliation =
+                    Affiliation::parse(affiliation).ok_or_else(|| err(Cond::BadRequest))?;
+                let jid = item
+                    .attr("jid")
+                    .and_then(|j| Jid::new(j).ok())
+                    .ok_or_else(|| err(Cond::JidMalformed))?;
+                let jid = jid.to_bare();
+                let theirs = self.affiliation(&jid);
+                // §10.3–§10.8: owners manage owners and admins; admins the rest (§9).
+                let needed = if affiliation >= Affiliation::Admin || theirs >= Affiliation::Admin {
+                    Affiliation::Owner
+                } else {
+                    Affiliation::Admin
+                };
+                if mine < needed {
+                    return Err(if mine >= Affiliation::Admin {
+                        err(Cond::NotAllowed)
+                    } else {
+                        err(Cond::Forbidden)
+                    });
+                }
+                plan.push(Plan::Affiliation(jid, affiliation, reason));
+            } else {
+                return Err(err(Cond::BadRequest));
+            }
+        }
+        // §10.6: a room keeps at least one owner.
+        let mut owners: Vec<String> = self
+            .affiliations
+            .iter()
+            .filter(|(_, e)| e.affiliation == Affiliation::Owner)
+            .map(|(j, _)| j.clone())
+            .collect();
+        for p in &plan {
+            if let Plan::Affiliation(jid, a, _) = p {
+                owners.retain(|j| j != jid.as_str());
+                if *a == Affiliation::Owner {
+                    owners.push(jid.to_string());
+                }
+            }
+        }
+        if owners.is_empty() {
+            return Err(err(Cond::Conflict).with_text("a room needs an owner"));
+        }
+        let actor_nick = actor.map(|a| a.0);
+        for p in plan {
+            match p {
+                Plan::Role(key, role, reason) => {
+                    self.apply_role(o, &key, role, actor_nick.as_deref(), reason.as_deref())
+                }
+                Plan::Affiliation(jid, a, reason) => {
+                    self.apply_affiliation(o, &jid, a, actor_nick.as_deref(), reason.as_deref())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_role(
+        &mut self,
+        o: &mut Outcome,
+        key: &str,
+        role: Role,
+        actor: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        let info = ItemInfo {
+            nick: None,
+            actor,
+            reason,
+        };
+        if role == Role::None {
+            return self.remove_occupant(o, key, 307, &info); // §8.2 kick
+        }
+        let Some(occ) = self.occupants.get_mut(key) else {
+            return;
+        };
+        occ.role = role;
+        let occ = &self.occupants[key];
+        self.broadcast_presence(&mut o.out, occ, false, &[], Some(&[]), &info);
+    }
+
+    fn apply_affiliation(
+        &mut self,
+        o: &mut Outcome,
+        jid: &BareJid,
+        a: Affiliation,
+        actor: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        self.set_affiliation(jid.as_str(), a, reason);
+        o.changes.push(Change::Affiliation(jid.to_string()));
+        let info = ItemInfo {
+            nick: None,
+            actor,
+            reason,
+        };
+        let keys: Vec<String> = self
+            .occupants
+            .iter()
+            .filter(|(_, occ)| occ.bare == *jid)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if a == Affiliation::Outcast {
+                self.remove_occupant(o, &key, 301, &info); // §9.1 ban
+            } else if a < Affiliation::Member && self.config.members_only {
+                self.remove_occupant(o, &key, 321, &info); // §9.5
+            } else {
+                let role = self.default_role(a);
+                let occ = self.occupants.get_mut(&key).expect("listed");
+                occ.role = role;
+                let occ = &self.occupants[&key];
+                self.broadcast_presence(&mut o.out, occ, false, &[], Some(&[]), &info);
+            }
+        }
+    }
+}
+
+enum Plan {
+    Role(String, Role, Option<String>),
+    Affiliation(BareJid, Affiliation, Option<String>),
+}
+
+/// The real JID shown for `subject` to a viewer: the session the presence is about when
+/// it goes to that session itself, else the occupant's first session.
+fn to_jid_of<'a>(subject: &'a Occupant, to: &'a str) -> &'a str {
+    if subject.sessions.iter().any(|s| s == to) {
+        to
+    } else {
+        subject
+            .sessions
+            .first()
+            .map(String::as_str)
+            .unwrap_or(subject.bare.as_str())
+    }
+}
+
+/// The presence as the room rebroadcasts it: its own children without MUC payloads or a
+/// forged occupant id (XEP-0421 §4), and no addressing.
+fn strip_muc(el: &Element) -> Element {
+    let mut p = Element::new("presence", NS_CLIENT);
+    for c in el.children() {
+        if c.ns() != NS_MUC && c.ns() != NS_USER && c.ns() != NS_OCCUPANT_ID {
+            p.push_child(c.clone());
+        }
+    }
+    p
+}
+
+/// Error conditions that say the occupant's session is no longer there (ghosts).
+fn means_gone(error: &Element) -> bool {
+    const GONE: [&str; 8] = [
+        "gone",
+        "item-not-found",
+        "not-acceptable",
+        "recipient-unavailable",
+        "redirect",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    ];
+    error.children().any(|c| GONE.contains(&c.name()))
+}
+
+/// `YYYY-MM-DDThh:mm:ss[.fff](Z|±hh:mm)` (XEP-0082) as Unix seconds.
+pub fn parse_iso8601(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if s.get(4..5) != Some("-") || s.get(10..11) != Some("T") || !(1..=12).contains(&mo) {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    let offset = match rest {
+        "Z" => 0,
+        _ => {
+            let sign = match rest.get(0..1)? {
+                "+" => 1,
+                "-" => -1,
+                _ => return None,
+            };
+            sign * (rest.get(1..3)?.parse::<i64>().ok()? * 3600
+                + rest.get(4..6)?.parse::<i64>().ok()? * 60)
+        }
+    };
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se - offset)
+}
