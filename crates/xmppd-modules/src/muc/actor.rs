@@ -75,7 +75,11 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A stored element; `None` for the empty string (no subject).
 fn parse_xml(xml: &str) -> Option<Element> {
+    if xml.trim().is_empty() {
+        return None;
+    }
     xmppd_xml::parse_fragment(xml, ns::CLIENT)
 }
 
