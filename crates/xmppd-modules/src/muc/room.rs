@@ -21,6 +21,10 @@ pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 const NS_DELAY: &str = "urn:xmpp:delay";
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_CLIENT: &str = "jabber:client";
+const NS_REGISTER: &str = "jabber:iq:register";
+const NS_REGISTER_FORM: &str = "http://jabber.org/protocol/muc#register";
+/// Iqs forwarded to occupants whose answers the room waits for; the oldest is forgotten.
+const MAX_FORWARDS: usize = 256;
 
 type Cond = StanzaErrorCondition;
 
@@ -165,6 +169,18 @@ pub struct Room {
     limits: Limits,
     /// The time of the stanza being handled (Unix milliseconds).
     now_ms: i64,
+    /// Iqs forwarded to occupants, by the id the room gave them.
+    forwards: VecDeque<(String, Forwarded)>,
+    next_forward: u64,
+}
+
+/// Where the answer to a forwarded iq goes back to.
+struct Forwarded {
+    /// Who was asked: only its answer counts.
+    asked: String,
+    id: String,
+    to: String,
+    from: String,
 }
 
 fn err(c: Cond) -> StanzaError {
@@ -203,6 +219,8 @@ impl Room {
             history: history.into(),
             limits,
             now_ms: 0,
+            forwards: VecDeque::new(),
+            next_forward: 0,
         }
     }
 
@@ -390,6 +408,11 @@ impl Room {
     pub fn handle(&mut self, stanza: &Stanza, now_ms: i64) -> Outcome {
         let mut o = Outcome::default();
         self.now_ms = now_ms;
+        // Answers to forwarded iqs may come from a bare JID.
+        if stanza.kind == xmppd_core::StanzaKind::Iq && !stanza.is_iq_request() {
+            self.forwarded_answer(&mut o, stanza);
+            return o;
+        }
         let Some(from) = stanza
             .from
             .as_ref()
@@ -945,9 +968,6 @@ impl Room {
     // ---- iq (disco, §8–§10 admin and owner, XEP-0410 self-ping) ----
 
     fn iq(&mut self, o: &mut Outcome, stanza: &Stanza, from: &FullJid) -> Result<(), StanzaError> {
-        if !stanza.is_iq_request() {
-            return Ok(());
-        }
         let payload = stanza.iq_payload().ok_or_else(|| err(Cond::BadRequest))?;
         let get = stanza.stanza_type() == "get";
         let to_nick = stanza
@@ -964,7 +984,7 @@ impl Room {
                 o.out.push(stanza.iq_result(None));
                 return Ok(());
             }
-            return Err(err(Cond::ServiceUnavailable));
+            return self.forward_iq(o, stanza, from, &nick);
         }
         let result = match (payload.ns(), payload.name(), get) {
             (NS_DISCO_INFO, "query", true) if payload.attr("node").is_none() => {
@@ -975,6 +995,11 @@ impl Room {
             (NS_ADMIN, "query", true) => Some(self.admin_list(payload, from)?),
             (NS_ADMIN, "query", false) => {
                 self.admin_set(o, payload, from)?;
+                None
+            }
+            (NS_REGISTER, "query", true) => Some(self.registration_form(from)),
+            (NS_REGISTER, "query", false) => {
+                self.register(o, payload, from)?;
                 None
             }
             (NS_OWNER, "query", true) => {
@@ -995,6 +1020,144 @@ impl Room {
         Ok(())
     }
 
+    /// An iq for another occupant goes to its first session from the sender's occupant
+    /// JID, under an id of the room's own so the answer finds its way back without either
+    /// side learning the other's real JID.
+    fn forward_iq(
+        &mut self,
+        o: &mut Outcome,
+        stanza: &Stanza,
+        from: &FullJid,
+        nick: &str,
+    ) -> Result<(), StanzaError> {
+        let sender = self
+            .by_session(from.as_str())
+            .ok_or_else(|| err(Cond::NotAcceptable))?;
+        let target = self
+            .occupants
+            .get(&nick::key(nick))
+            .ok_or_else(|| err(Cond::ItemNotFound))?;
+        let to = target
+            .sessions
+            .first()
+            .cloned()
+            .ok_or_else(|| err(Cond::ItemNotFound))?;
+        let (sender_jid, target_jid) = (
+            self.occupant_jid(&sender.nick),
+            self.occupant_jid(&target.nick),
+        );
+        self.next_forward += 1;
+        let id = format!("muc-fwd-{}", self.next_forward);
+        let mut el = stanza.element().clone();
+        el.set_attr("id", id.as_str());
+        el.set_attr("from", sender_jid);
+        el.set_attr("to", to.as_str());
+        let back = Forwarded {
+            asked: to.clone(),
+            id: stanza.id().unwrap_or_default().to_string(),
+            to: from.to_string(),
+            from: target_jid,
+        };
+        if self.forwards.len() >= MAX_FORWARDS {
+            self.forwards.pop_front();
+        }
+        self.forwards.push_back((id, back));
+        o.out.push(el);
+        Ok(())
+    }
+
+    /// The answer to an iq the room forwarded, back to whoever asked.
+    fn forwarded_answer(&mut self, o: &mut Outcome, stanza: &Stanza) {
+        let Some(id) = stanza.id() else {
+            return;
+        };
+        let from = stanza.from.as_ref().map(|f| f.as_str());
+        let Some(pos) = self
+            .forwards
+            .iter()
+            .position(|(i, f)| i == id && Some(f.asked.as_str()) == from)
+        else {
+            return;
+        };
+        let (_, back) = self.forwards.remove(pos).expect("found");
+        let mut el = stanza.element().clone();
+        el.set_attr("id", back.id);
+        el.set_attr("from", back.from);
+        el.set_attr("to", back.to);
+        o.out.push(el);
+    }
+
+    /// §7.10: the form to reserve a nick, or `<registered/>` with it when there is one.
+    fn registration_form(&self, from: &FullJid) -> Element {
+        use crate::forms::Field;
+        let mut q = Element::new("query", NS_REGISTER);
+        let reserved = self
+            .affiliations
+            .get(from.to_bare().as_str())
+            .and_then(|e| e.nick.clone());
+        if let Some(nick) = &reserved {
+            q.push_child(Element::new("registered", NS_REGISTER));
+            q.push_child(Element::new("username", NS_REGISTER).with_text(nick.clone()));
+        }
+        let form = Form::new(FormKind::Form)
+            .title("Reserve a nickname")
+            .field(Field::form_type(NS_REGISTER_FORM))
+            .field(
+                Field::new("muc#register_roomnick", "text-single")
+                    .label("Nickname")
+                    .values(reserved)
+                    .required(),
+            );
+        q.push_child(form.to_element());
+        q
+    }
+
+    /// §7.10: reserving a nick makes the user a member; `<remove/>` cancels both.
+    fn register(
+        &mut self,
+        o: &mut Outcome,
+        payload: &Element,
+        from: &FullJid,
+    ) -> Result<(), StanzaError> {
+        let bare = from.to_bare();
+        let mine = self.affiliation(&bare);
+        if mine == Affiliation::Outcast {
+            return Err(err(Cond::Forbidden));
+        }
+        if payload.has_child("remove", NS_REGISTER) {
+            if mine >= Affiliation::Admin {
+                return Err(err(Cond::NotAllowed).with_text("admins and owners stay"));
+            }
+            self.set_affiliation(bare.as_str(), Affiliation::None, None);
+            o.changes.push(Change::Affiliation(bare.to_string()));
+            return Ok(());
+        }
+        let form = match Form::find_in(payload) {
+            Some(Ok(f)) if f.kind == FormKind::Submit => f,
+            Some(Err(e)) => return Err(err(Cond::BadRequest).with_text(e.0)),
+            _ => return Err(err(Cond::BadRequest)),
+        };
+        if form.form_type().is_some_and(|t| t != NS_REGISTER_FORM) {
+            return Err(err(Cond::BadRequest).with_text("FORM_TYPE is not muc#register"));
+        }
+        let requested = form.single("muc#register_roomnick").ok_or_else(|| {
+            err(Cond::NotAcceptable).with_text("muc#register_roomnick is required")
+        })?;
+        let (nick, _) = nick::prepare(requested, self.limits.max_nick_chars)
+            .ok_or_else(|| err(Cond::NotAcceptable).with_text("not an acceptable nickname"))?;
+        if self.nick_taken(&nick, &bare) {
+            return Err(err(Cond::Conflict));
+        }
+        if mine < Affiliation::Member {
+            self.set_affiliation(bare.as_str(), Affiliation::Member, None);
+        }
+        if let Some(e) = self.affiliations.get_mut(bare.as_str()) {
+            e.nick = Some(nick);
+        }
+        o.changes.push(Change::Affiliation(bare.to_string()));
+        Ok(())
+    }
+
     /// The room's disco#info: identity, `muc_*` features and the roominfo form (§6.4).
     pub fn disco_info(&self) -> Element {
         let mut q = Element::new("query", NS_DISCO_INFO).with_child(
@@ -1010,7 +1173,13 @@ impl Room {
                     },
                 ),
         );
-        let mut features = vec![NS_MUC, NS_OCCUPANT_ID, NS_SELF_PING, NS_DISCO_INFO];
+        let mut features = vec![
+            NS_MUC,
+            NS_OCCUPANT_ID,
+            NS_SELF_PING,
+            NS_DISCO_INFO,
+            NS_REGISTER,
+        ];
         features.extend(self.config.features());
         for f in features {
             q.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
@@ -1810,6 +1979,53 @@ mod tests {
         assert_eq!(d.attr("jid"), Some("other@conference.x"));
         assert!(room.is_destroyed() && room.is_empty());
         assert!(o.changes.contains(&Change::Destroyed));
+    }
+
+    #[test]
+    fn a_registered_nick_is_reserved_and_makes_a_member() {
+        let mut room = open_room();
+        let o = send(&mut room, "<iq from='bob@x/b' to='room@conference.x' type='get' id='r'><query xmlns='jabber:iq:register'/></iq>");
+        let form = o.out[0]
+            .get_child("query", NS_REGISTER)
+            .and_then(|q| q.get_child("x", crate::forms::NS));
+        assert!(form.is_some(), "{o:?}");
+        let register = |nick: &str| {
+            format!("<iq from='bob@x/b' to='room@conference.x' type='set' id='r'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field><field var='muc#register_roomnick'><value>{nick}</value></field></x></query></iq>")
+        };
+        assert_eq!(error(&send(&mut room, &register("Owner"))), "conflict");
+        let o = send(&mut room, &register("thebob"));
+        assert_eq!(o.out[0].attr("type"), Some("result"));
+        assert_eq!(room.affiliation(&bare("bob@x")), Affiliation::Member);
+        assert_eq!(error(&join(&mut room, "carol@x/c", "TheBob")), "conflict");
+        assert_eq!(
+            codes(to(&join(&mut room, "bob@x/b", "thebob"), "bob@x/b")[1]),
+            ["110"]
+        );
+    }
+
+    #[test]
+    fn iqs_to_occupants_are_forwarded_and_answered_through_the_room() {
+        let mut room = open_room();
+        join(&mut room, "bob@x/b", "bob");
+        let o = send(&mut room, "<iq from='alice@x/a' to='room@conference.x/bob' type='get' id='v1'><vCard xmlns='vcard-temp'/></iq>");
+        let fwd = &o.out[0];
+        assert_eq!(fwd.attr("to"), Some("bob@x/b"));
+        assert_eq!(fwd.attr("from"), Some("room@conference.x/owner"));
+        let id = fwd.attr("id").unwrap().to_string();
+        // A forged answer from someone else is ignored.
+        let forged = send(
+            &mut room,
+            &format!("<iq from='eve@x/e' to='room@conference.x/owner' type='result' id='{id}'/>"),
+        );
+        assert!(forged.out.is_empty());
+        let o = send(&mut room, &format!("<iq from='bob@x/b' to='room@conference.x/owner' type='result' id='{id}'><vCard xmlns='vcard-temp'/></iq>"));
+        let back = &o.out[0];
+        assert_eq!(
+            (back.attr("to"), back.attr("from"), back.attr("id")),
+            (Some("alice@x/a"), Some("room@conference.x/bob"), Some("v1"))
+        );
+        let o = send(&mut room, "<iq from='alice@x/a' to='room@conference.x/nobody' type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>");
+        assert_eq!(error(&o), "item-not-found");
     }
 
     #[test]
