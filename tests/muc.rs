@@ -726,3 +726,84 @@ async fn two_hundred_occupants_all_end_with_the_full_list() {
         }
     }
 }
+
+#[tokio::test]
+async fn rooms_per_user_and_message_rate_are_limited_and_the_room_still_works() {
+    let server = TestServer::start_with(|c| {
+        c.modules.insert(
+            "muc".into(),
+            toml::toml! { max_rooms_per_user = 2
+            messages_per_second = 1.0 },
+        );
+    })
+    .await;
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    create(&mut alice, "one").await;
+    create(&mut alice, "two").await;
+    assert_eq!(
+        refused(&mut alice, "three", "alice", "").await,
+        "policy-violation"
+    );
+    // A burst of two, then the third message at once is refused.
+    for i in 0..3 {
+        alice
+            .send(&format!(
+                "<message to='one@{SERVICE}' type='groupchat' id='r{i}'><body>{i}</body></message>"
+            ))
+            .await;
+    }
+    for i in 0..2 {
+        let m = parse(&alice.stanza_with(&[&format!("id='r{i}'")]).await);
+        assert_eq!(m.attr("type"), Some("groupchat"));
+    }
+    let refused_msg = parse(&alice.stanza_with(&["id='r2'"]).await);
+    assert_eq!(error_condition(&refused_msg), "resource-constraint");
+    let info = iq(
+        &mut alice,
+        "ri",
+        &format!("one@{SERVICE}"),
+        "get",
+        &format!("<query xmlns='{DISCO_INFO}'/>"),
+    )
+    .await;
+    assert_eq!(info.attr("type"), Some("result"));
+}
+
+#[tokio::test]
+async fn two_sessions_are_one_occupant_and_a_closed_stream_leaves() {
+    let server = TestServer::start().await;
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    let mut phone = Raw::login_quiet(server.c2s, "bob", "phone").await;
+    let mut laptop = Raw::login_quiet(server.c2s, "bob", "laptop").await;
+    create(&mut alice, "multi").await;
+    join(&mut phone, "multi", "bob", "").await;
+    alice.stanza_with(&["multi@conference.localhost/bob"]).await;
+    let got = join(&mut laptop, "multi", "bob", "").await;
+    assert_eq!(codes(self_presence(&got)), ["110"]);
+    // Both sessions get the room's messages.
+    alice
+        .send(&format!(
+            "<message to='multi@{SERVICE}' type='groupchat' id='both'><body>hi</body></message>"
+        ))
+        .await;
+    for raw in [&mut phone, &mut laptop] {
+        raw.stanza_with(&["id='both'"]).await;
+    }
+    // The phone's stream closes: bob is still there through the laptop.
+    drop(phone);
+    laptop.sync().await;
+    alice
+        .send(&format!(
+            "<message to='multi@{SERVICE}' type='groupchat' id='still'><body>?</body></message>"
+        ))
+        .await;
+    laptop.stanza_with(&["id='still'"]).await;
+    // The laptop's goes too: now alice hears bob leave.
+    drop(laptop);
+    let gone = parse(
+        &alice
+            .stanza_with(&["multi@conference.localhost/bob", "type='unavailable'"])
+            .await,
+    );
+    assert_eq!(item(&gone).attr("role"), Some("none"));
+}
