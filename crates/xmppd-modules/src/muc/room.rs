@@ -23,6 +23,7 @@ const NS_PING: &str = "urn:xmpp:ping";
 const NS_CLIENT: &str = "jabber:client";
 const NS_REGISTER: &str = "jabber:iq:register";
 const NS_REGISTER_FORM: &str = "http://jabber.org/protocol/muc#register";
+const NS_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 /// Iqs forwarded to occupants whose answers the room waits for; the oldest is forgotten.
 const MAX_FORWARDS: usize = 256;
 
@@ -773,6 +774,14 @@ impl Room {
             return Err(err(Cond::NotAcceptable).with_text("you are not in the room"));
         };
         self.take_token(&key, now_ms)?;
+        if to_nick.is_none() && kind != "groupchat" {
+            if let Some(form) = Form::find_in(stanza.element()) {
+                let form = form.map_err(|e| err(Cond::BadRequest).with_text(e.0))?;
+                if form.form_type() == Some(NS_REQUEST) {
+                    return self.voice_request(o, &form, &key);
+                }
+            }
+        }
         let sender = &self.occupants[&key];
         let sender_jid = self.occupant_jid(&sender.nick);
         if let Some(nick) = to_nick {
@@ -876,6 +885,88 @@ impl Room {
             let mut c = copy.clone();
             c.set_attr("to", s);
             o.out.push(c);
+        }
+        Ok(())
+    }
+
+    /// §8.6: a visitor asks for voice (the form goes to the moderators), or a moderator
+    /// answers such a request (`muc#request_allow`).
+    fn voice_request(
+        &mut self,
+        o: &mut Outcome,
+        form: &Form,
+        key: &str,
+    ) -> Result<(), StanzaError> {
+        use crate::forms::Field;
+        let sender = &self.occupants[key];
+        if form.kind == FormKind::Submit && form.get("muc#request_allow").is_some() {
+            if sender.role != Role::Moderator {
+                return Err(err(Cond::Forbidden));
+            }
+            let allow = form
+                .boolean("muc#request_allow")
+                .map_err(|e| err(Cond::BadRequest).with_text(e.0))?;
+            let nick = form
+                .single("muc#roomnick")
+                .ok_or_else(|| err(Cond::BadRequest))?;
+            let target = nick::key(nick);
+            let visitor = self
+                .occupants
+                .get(&target)
+                .is_some_and(|t| t.role == Role::Visitor);
+            if allow == Some(true) && visitor {
+                let actor = sender.nick.clone();
+                self.apply_role(o, &target, Role::Participant, Some(&actor), None);
+            }
+            return Ok(());
+        }
+        if form
+            .choice("muc#role", &["participant"])
+            .map_err(|e| err(Cond::BadRequest).with_text(e.0))?
+            .is_none()
+        {
+            return Err(err(Cond::BadRequest).with_text("muc#role must be participant"));
+        }
+        if sender.role != Role::Visitor {
+            return Ok(()); // Nothing to ask for.
+        }
+        let request = Form::new(FormKind::Form)
+            .title("Voice request")
+            .instructions("To approve this request for voice, select \"Grant voice\" and submit.")
+            .field(Field::form_type(NS_REQUEST))
+            .field(
+                Field::new("muc#role", "list-single")
+                    .label("Requested role")
+                    .value("participant"),
+            )
+            .field(
+                Field::new("muc#jid", "jid-single")
+                    .label("User ID")
+                    .value(sender.bare.to_string()),
+            )
+            .field(
+                Field::new("muc#roomnick", "text-single")
+                    .label("Room nickname")
+                    .value(sender.nick.clone()),
+            )
+            .field(
+                Field::new("muc#request_allow", "boolean")
+                    .label("Grant voice")
+                    .boolean_value(false),
+            );
+        let message = Element::new("message", NS_CLIENT)
+            .with_attr("from", self.jid.as_str())
+            .with_child(request.to_element());
+        for moderator in self
+            .occupants
+            .values()
+            .filter(|m| m.role == Role::Moderator)
+        {
+            for s in &moderator.sessions {
+                let mut m = message.clone();
+                m.set_attr("to", s);
+                o.out.push(m);
+            }
         }
         Ok(())
     }
@@ -2026,6 +2117,30 @@ mod tests {
         );
         let o = send(&mut room, "<iq from='alice@x/a' to='room@conference.x/nobody' type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>");
         assert_eq!(error(&o), "item-not-found");
+    }
+
+    #[test]
+    fn a_visitor_asks_for_voice_and_a_moderator_grants_it() {
+        let mut room = open_room();
+        send(&mut room, "<iq from='alice@x/a' to='room@conference.x' type='set' id='c'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_moderatedroom'><value>1</value></field></x></query></iq>");
+        join(&mut room, "bob@x/b", "bob");
+        let o = send(&mut room, "<message from='bob@x/b' to='room@conference.x'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#role'><value>participant</value></field></x></message>");
+        let request = to(&o, "alice@x/a")[0];
+        let form = Form::parse(request.get_child("x", crate::forms::NS).unwrap()).unwrap();
+        assert_eq!(form.single("muc#roomnick"), Some("bob"));
+        assert_eq!(form.single("muc#jid"), Some("bob@x"));
+        let o = send(&mut room, "<message from='alice@x/a' to='room@conference.x'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#roomnick'><value>bob</value></field><field var='muc#request_allow'><value>true</value></field></x></message>");
+        assert_eq!(item(to(&o, "bob@x/b")[0]).attr("role"), Some("participant"));
+    }
+
+    #[test]
+    fn a_nick_the_service_maps_is_announced_with_210() {
+        let mut room = open_room();
+        // RFC 8266 §2.2: inner runs of spaces become one.
+        let o = join(&mut room, "bob@x/b", "bob   smith");
+        let own = to(&o, "bob@x/b")[1];
+        assert_eq!(codes(own), ["210", "110"]);
+        assert_eq!(own.attr("from"), Some("room@conference.x/bob smith"));
     }
 
     #[test]
