@@ -26,6 +26,8 @@ const NS_REGISTER_FORM: &str = "http://jabber.org/protocol/muc#register";
 const NS_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 /// Iqs forwarded to occupants whose answers the room waits for; the oldest is forgotten.
 const MAX_FORWARDS: usize = 256;
+/// Affiliations one room keeps: anyone may register a nick (§7.10), so the list is capped.
+const MAX_AFFILIATIONS: usize = 10_000;
 
 type Cond = StanzaErrorCondition;
 
@@ -268,6 +270,14 @@ impl Room {
             .or_else(|| self.affiliations.get(bare.domain().as_str()))
             .map(|e| e.affiliation)
             .unwrap_or(Affiliation::None)
+    }
+
+    /// Whether `jid` may get an affiliation it does not have yet.
+    fn has_room_for(&self, jid: &str) -> Result<(), StanzaError> {
+        if self.affiliations.len() >= MAX_AFFILIATIONS && !self.affiliations.contains_key(jid) {
+            return Err(err(Cond::ResourceConstraint).with_text("the room's lists are full"));
+        }
+        Ok(())
     }
 
     fn set_affiliation(&mut self, jid: &str, affiliation: Affiliation, reason: Option<&str>) {
@@ -1048,6 +1058,7 @@ impl Room {
             if self.config.members_only
                 && self.affiliation(&invitee) < Affiliation::Member
                 && self.affiliation(&invitee) != Affiliation::Outcast
+                && self.has_room_for(invitee.as_str()).is_ok()
             {
                 self.set_affiliation(invitee.as_str(), Affiliation::Member, None);
                 o.changes.push(Change::Affiliation(invitee.to_string()));
@@ -1239,6 +1250,7 @@ impl Room {
         if self.nick_taken(&nick, &bare) {
             return Err(err(Cond::Conflict));
         }
+        self.has_room_for(bare.as_str())?;
         if mine < Affiliation::Member {
             self.set_affiliation(bare.as_str(), Affiliation::Member, None);
         }
@@ -1570,6 +1582,9 @@ impl Room {
                     } else {
                         err(Cond::Forbidden)
                     });
+                }
+                if affiliation != Affiliation::None {
+                    self.has_room_for(jid.as_str())?;
                 }
                 plan.push(Plan::Affiliation(jid, affiliation, reason));
             } else {
