@@ -216,6 +216,11 @@ async fn enter_talk_change_nick_and_leave_with_their_status_codes() {
         assert_eq!(m.get_child("body", CLIENT).unwrap().text(), "hello");
     }
 
+    // The metrics count the room, its occupants and the two copies.
+    assert_eq!(server.metric("xmppd_muc_rooms_active").await, 1);
+    assert_eq!(server.metric("xmppd_muc_occupants").await, 2);
+    assert_eq!(server.metric("xmppd_muc_messages_out_total").await, 2);
+
     // Room disco#info carries muc_* features and the roominfo form.
     let info = iq(
         &mut bob,

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub auth_throttled: Counter,
     pub queue_overflows: Counter,
     pub stream_errors: Counter,
+    /// Multi-user chat (set by the MUC module): rooms with a task now, their occupants,
+    /// and copies of groupchat messages fanned out to occupants.
+    pub muc_rooms_active: Gauge,
+    pub muc_occupants: Gauge,
+    pub muc_messages_out: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +60,10 @@ impl Default for Metrics {
             "Sessions disconnected because their outbound queue was full.",
         );
         let stream_errors = counter("stream_errors", "Stream errors sent.");
+        let muc_messages_out = counter(
+            "muc_messages_out",
+            "Copies of groupchat messages (and subject changes) sent to room occupants.",
+        );
         let connections_open = Gauge::default();
         registry.register(
             "connections_open",
@@ -67,6 +76,13 @@ impl Default for Metrics {
             "Sessions with a bound resource.",
             sessions_bound.clone(),
         );
+        let mut gauge = |name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let muc_rooms_active = gauge("muc_rooms_active", "Multi-user chat rooms active now.");
+        let muc_occupants = gauge("muc_occupants", "Occupants of the active rooms.");
         let family = Family::<KindLabel, Counter>::default();
         registry.register(
             "stanzas_in",
@@ -88,6 +104,9 @@ impl Default for Metrics {
             auth_throttled,
             queue_overflows,
             stream_errors,
+            muc_rooms_active,
+            muc_occupants,
+            muc_messages_out,
         }
     }
 }

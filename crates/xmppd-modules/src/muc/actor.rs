@@ -5,13 +5,43 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use xmppd_core::{ns, BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
+use xmppd_server::metrics::Metrics;
 use xmppd_server::registry::{Ctx, ServerHandle};
 use xmppd_storage::{StoredAffiliation, StoredRoom};
 
 use super::config::RoomConfig;
-use super::room::{Affiliation, AffiliationEntry, Change, Outcome, Room};
+use super::room::{Affiliation, AffiliationEntry, Change, Limits, Outcome, Room};
 use super::{Creators, Shared};
 use crate::forms::{Form, FormKind};
+
+/// Counts the task in the metrics while it runs (whichever way it ends).
+struct Counted {
+    metrics: Arc<Metrics>,
+    occupants: i64,
+}
+
+impl Counted {
+    fn new(metrics: Arc<Metrics>) -> Counted {
+        metrics.muc_rooms_active.inc();
+        Counted {
+            metrics,
+            occupants: 0,
+        }
+    }
+
+    fn occupants(&mut self, now: usize) {
+        let now = now as i64;
+        self.metrics.muc_occupants.inc_by(now - self.occupants);
+        self.occupants = now;
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.metrics.muc_rooms_active.dec();
+        self.metrics.muc_occupants.dec_by(self.occupants);
+    }
+}
 
 pub(super) async fn run(
     shared: Arc<Shared>,
@@ -19,6 +49,9 @@ pub(super) async fn run(
     mut rx: mpsc::Receiver<Stanza>,
     server: ServerHandle,
 ) {
+    let Some(mut counted) = server.upgrade().map(|s| Counted::new(s.metrics.clone())) else {
+        return;
+    };
     let mut room: Option<Room> = None;
     // Whether the room is in storage (it is persistent, or was loaded from there).
     let mut stored = false;
@@ -28,18 +61,25 @@ pub(super) async fn run(
             return;
         };
         let mut cx = state.router.context();
-        if !loaded {
-            loaded = true;
-            room = load(&cx, &shared, &name).await;
-            stored = room.is_some();
-        }
         if room.is_none() {
-            room = create(&mut cx, &shared, &name, &stanza);
+            let limits = Limits {
+                secret: Arc::from(state.secret.as_slice()),
+                ..shared.limits.clone()
+            };
+            if !loaded {
+                loaded = true;
+                room = load(&cx, &shared, &name, limits.clone()).await;
+                stored = room.is_some();
+            }
+            if room.is_none() {
+                room = create(&mut cx, &shared, &name, &stanza, limits);
+            }
         }
         if let Some(r) = room.as_mut() {
             let outcome = r.handle(&stanza, now_ms());
             save(&cx, &shared, r, &outcome.changes, &mut stored).await;
-            deliver(&mut cx, r, outcome).await;
+            deliver(&mut cx, &state.metrics, r, outcome).await;
+            counted.occupants(r.occupant_count());
             let summary = super::Summary {
                 listed: r.config.public && !r.is_destroyed() && !r.is_locked(),
                 name: r.config.name.clone(),
@@ -84,7 +124,7 @@ fn parse_xml(xml: &str) -> Option<Element> {
 }
 
 /// A persistent room from storage, or `None` when it is not there.
-async fn load(cx: &Ctx<'_>, shared: &Shared, name: &str) -> Option<Room> {
+async fn load(cx: &Ctx<'_>, shared: &Shared, name: &str, limits: Limits) -> Option<Room> {
     let store = &cx.storage().muc;
     let service = shared.domain.as_str();
     let read = async {
@@ -132,13 +172,19 @@ async fn load(cx: &Ctx<'_>, shared: &Shared, name: &str) -> Option<Room> {
         subject,
         affiliations,
         history,
-        shared.limits.clone(),
+        limits,
     ))
 }
 
 /// A new room for the presence that enters it (§10.1.1), if its sender may create one;
 /// else the stanza gets its error.
-fn create(cx: &mut Ctx<'_>, shared: &Shared, name: &str, stanza: &Stanza) -> Option<Room> {
+fn create(
+    cx: &mut Ctx<'_>,
+    shared: &Shared,
+    name: &str,
+    stanza: &Stanza,
+    limits: Limits,
+) -> Option<Room> {
     let joins = stanza.kind == xmppd_core::StanzaKind::Presence && stanza.stanza_type().is_empty();
     let from = stanza.from.as_ref()?.to_bare();
     if !joins {
@@ -201,7 +247,7 @@ fn create(cx: &mut Ctx<'_>, shared: &Shared, name: &str, stanza: &Stanza) -> Opt
         jid,
         &from,
         RoomConfig::new(config.default_history),
-        shared.limits.clone(),
+        limits,
     ))
 }
 
@@ -285,7 +331,8 @@ fn stored_affiliation(jid: &str, e: Option<&AffiliationEntry>) -> StoredAffiliat
 /// Delivers the room's stanzas: straight into local sessions (through their delivery
 /// filters), routed otherwise. A local occupant session that no longer exists is a ghost:
 /// it is removed from the room, and the others hear it left.
-async fn deliver(cx: &mut Ctx<'_>, room: &mut Room, mut outcome: Outcome) {
+async fn deliver(cx: &mut Ctx<'_>, metrics: &Metrics, room: &mut Room, mut outcome: Outcome) {
+    metrics.muc_messages_out.inc_by(outcome.fanned_out as u64);
     // Each round removes the ghosts it found, so this ends.
     loop {
         let mut ghosts = Vec::new();

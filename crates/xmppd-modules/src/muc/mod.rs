@@ -106,7 +106,9 @@ impl Module for Muc {
             max_history: config.max_history,
             max_nick_chars: config.max_nick_length,
             messages_per_second: config.messages_per_second,
-            secret: rand::random(),
+            // Each room's task puts the server's secret here (it is read at start-up,
+            // after the modules registered).
+            secret: Arc::from(&[][..]),
         };
         let config = Arc::new(config);
         let mut services = HashMap::new();

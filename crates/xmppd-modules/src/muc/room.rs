@@ -102,8 +102,9 @@ pub struct Limits {
     pub max_nick_chars: usize,
     /// Groupchat and private messages per second per occupant (a burst of twice that).
     pub messages_per_second: f64,
-    /// Mixed into occupant ids (XEP-0421) so they cannot be computed from a JID.
-    pub secret: [u8; 16],
+    /// Mixed into occupant ids (XEP-0421) so they cannot be computed from a JID; the
+    /// server's persistent secret, so they stay the same across restarts.
+    pub secret: std::sync::Arc<[u8]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +129,8 @@ pub enum Change {
 pub struct Outcome {
     /// Stanzas to route, `from` and `to` set.
     pub out: Vec<Element>,
+    /// How many of them are copies of one message to every occupant (for the metrics).
+    pub fanned_out: usize,
     pub changes: Vec<Change>,
 }
 
@@ -316,7 +319,7 @@ impl Room {
         use base64::Engine;
         use sha1::{Digest, Sha1};
         let mut h = Sha1::new();
-        h.update(self.limits.secret);
+        h.update(&self.limits.secret);
         h.update(self.jid.as_str().as_bytes());
         h.update([0]);
         h.update(bare.as_str().as_bytes());
@@ -842,6 +845,7 @@ impl Room {
                 let mut copy = el.clone();
                 copy.set_attr("to", s);
                 o.out.push(copy);
+                o.fanned_out += 1;
             }
         }
     }
@@ -1778,7 +1782,7 @@ mod tests {
             max_history: 50,
             max_nick_chars: 20,
             messages_per_second: 100.0,
-            secret: [7; 16],
+            secret: std::sync::Arc::from(&[7u8; 16][..]),
         }
     }
 
