@@ -812,3 +812,25 @@ async fn two_sessions_are_one_occupant_and_a_closed_stream_leaves() {
     );
     assert_eq!(item(&gone).attr("role"), Some("none"));
 }
+
+#[tokio::test]
+async fn each_copy_of_a_groupchat_message_is_addressed_to_its_session() {
+    let server = TestServer::start().await;
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    // A resource that needs escaping in the spliced `to` attribute.
+    // (written escaped: the helper puts it into the bind request as it is)
+    let mut bob = Raw::login_quiet(server.c2s, "bob", "o'neil &amp; &lt;co&gt;").await;
+    create(&mut alice, "quotes").await;
+    join(&mut bob, "quotes", "bob", "").await;
+    alice
+        .send(&format!(
+            "<message to='quotes@{SERVICE}' type='groupchat' id='q1'><body>a &amp; b</body></message>"
+        ))
+        .await;
+    let copy = parse(&bob.stanza_with(&["id='q1'"]).await);
+    assert_eq!(copy.attr("to"), Some("bob@localhost/o'neil & <co>"));
+    assert_eq!(copy.attr("from"), Some("quotes@conference.localhost/alice"));
+    assert_eq!(copy.get_child("body", CLIENT).unwrap().text(), "a & b");
+    let own = parse(&alice.stanza_with(&["id='q1'"]).await);
+    assert_eq!(own.attr("to"), Some("alice@localhost/home"));
+}

@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
-use xmppd_core::{ns, BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
+use xmppd_core::{ns, BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition};
 use xmppd_server::metrics::Metrics;
 use xmppd_server::registry::{Ctx, ServerHandle};
 use xmppd_storage::{StoredAffiliation, StoredRoom};
 
 use super::config::RoomConfig;
-use super::room::{Affiliation, AffiliationEntry, Change, Limits, Outcome, Room};
+use super::room::{Affiliation, AffiliationEntry, Change, Fanned, Limits, Outcome, Room};
 use super::{Creators, Shared};
 use crate::forms::{Form, FormKind};
 
@@ -332,31 +333,26 @@ fn stored_affiliation(jid: &str, e: Option<&AffiliationEntry>) -> StoredAffiliat
 /// filters), routed otherwise. A local occupant session that no longer exists is a ghost:
 /// it is removed from the room, and the others hear it left.
 async fn deliver(cx: &mut Ctx<'_>, metrics: &Metrics, room: &mut Room, mut outcome: Outcome) {
-    metrics.muc_messages_out.inc_by(outcome.fanned_out as u64);
     // Each round removes the ghosts it found, so this ends.
     loop {
         let mut ghosts = Vec::new();
-        for el in outcome.out {
+        let mut fanned = std::mem::take(&mut outcome.fanned).into_iter().peekable();
+        for (i, el) in outcome.out.into_iter().enumerate() {
+            while let Some(f) = fanned.next_if(|f| f.before <= i) {
+                fan_out(cx, metrics, f, &mut ghosts).await;
+            }
             let Ok(stanza) = Stanza::parse(el) else {
                 continue;
             };
-            let Some(to) = stanza.to.clone() else {
-                continue;
-            };
-            if cx.is_local_domain(to.domain().as_str()) {
-                if let Ok(full) = to.try_as_full() {
-                    match cx.sessions().get(full) {
-                        Some(session) => {
-                            cx.deliver(&session, &stanza, &to).await;
-                        }
-                        None => ghosts.push(full.to_string()),
-                    }
-                    continue;
-                }
+            if let Some(to) = &stanza.to {
+                deliver_one(cx, &stanza, to, None, &mut ghosts).await;
             }
-            cx.route(stanza);
+        }
+        for f in fanned {
+            fan_out(cx, metrics, f, &mut ghosts).await;
         }
         ghosts.retain(|g| room.session_jids().any(|s| s == g));
+        ghosts.sort_unstable();
         ghosts.dedup();
         if ghosts.is_empty() {
             return;
@@ -365,5 +361,59 @@ async fn deliver(cx: &mut Ctx<'_>, metrics: &Metrics, room: &mut Room, mut outco
         for g in ghosts {
             outcome.out.extend(room.remove_session(&g).out);
         }
+    }
+}
+
+/// One stanza to `to`: into the local session (`data`: its bytes when already
+/// serialised), or routed. A local full JID without a session is noted as a ghost.
+async fn deliver_one(
+    cx: &mut Ctx<'_>,
+    stanza: &Stanza,
+    to: &Jid,
+    data: Option<Bytes>,
+    ghosts: &mut Vec<String>,
+) {
+    if cx.is_local_domain(to.domain().as_str()) {
+        if let Ok(full) = to.try_as_full() {
+            match cx.sessions().get(full) {
+                Some(session) => {
+                    cx.deliver_encoded(&session, stanza, to, data.as_ref())
+                        .await;
+                }
+                None => ghosts.push(full.to_string()),
+            }
+            return;
+        }
+    }
+    let mut remote = stanza.clone();
+    remote.set_to(to.clone());
+    cx.route(remote);
+}
+
+/// A message to every session in the room, serialised once: each copy is those bytes
+/// with its own `to` spliced in after `<message`.
+async fn fan_out(cx: &mut Ctx<'_>, metrics: &Metrics, f: Fanned, ghosts: &mut Vec<String>) {
+    const HEAD: &[u8] = b"<message";
+    let Ok(mut stanza) = Stanza::parse(f.message) else {
+        return;
+    };
+    let bytes = xmppd_server::router::encode(stanza.element());
+    if !bytes.starts_with(HEAD) {
+        return;
+    }
+    metrics.muc_messages_out.inc_by(f.to.len() as u64);
+    for to in f.to {
+        let Ok(jid) = Jid::new(&to) else {
+            continue;
+        };
+        let mut data = Vec::with_capacity(bytes.len() + to.len() + 6);
+        data.extend_from_slice(HEAD);
+        data.extend_from_slice(b" to='");
+        xmppd_xml::escape_attr(&mut data, &to);
+        data.push(b'\'');
+        data.extend_from_slice(&bytes[HEAD.len()..]);
+        // Filters see the recipient as `to`, as they would on a copy of its own.
+        stanza.to = Some(jid.clone());
+        deliver_one(cx, &stanza, &jid, Some(Bytes::from(data)), ghosts).await;
     }
 }

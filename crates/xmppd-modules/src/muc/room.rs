@@ -125,12 +125,22 @@ pub enum Change {
     Destroyed,
 }
 
+#[derive(Debug)]
+pub struct Fanned {
+    /// Sent after the first `before` elements of [`Outcome::out`].
+    pub before: usize,
+    pub message: Element,
+    /// The full JIDs it goes to.
+    pub to: Vec<String>,
+}
+
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Stanzas to route, `from` and `to` set.
     pub out: Vec<Element>,
-    /// How many of them are copies of one message to every occupant (for the metrics).
-    pub fanned_out: usize,
+    /// One message for every session in the room (without `to`, which the task adds to
+    /// the bytes it serialised once), and its place among `out`.
+    pub fanned: Vec<Fanned>,
     pub changes: Vec<Change>,
 }
 
@@ -838,16 +848,19 @@ impl Room {
         Ok(())
     }
 
-    /// A copy of `el` to every session in the room.
+    /// `el` to every session in the room.
     fn fan_out(&self, o: &mut Outcome, el: &Element) {
-        for occ in self.occupants.values() {
-            for s in &occ.sessions {
-                let mut copy = el.clone();
-                copy.set_attr("to", s);
-                o.out.push(copy);
-                o.fanned_out += 1;
-            }
-        }
+        let mut message = el.clone();
+        message.remove_attr("to");
+        o.fanned.push(Fanned {
+            before: o.out.len(),
+            message,
+            to: self
+                .occupants
+                .values()
+                .flat_map(|occ| occ.sessions.iter().cloned())
+                .collect(),
+        });
     }
 
     /// The per-occupant message rate: a bucket of twice the rate per second.
@@ -1815,7 +1828,25 @@ mod tests {
     }
 
     fn to<'a>(o: &'a Outcome, jid: &str) -> Vec<&'a Element> {
-        o.out.iter().filter(|e| e.attr("to") == Some(jid)).collect()
+        o.out
+            .iter()
+            .filter(|e| e.attr("to") == Some(jid))
+            .chain(
+                o.fanned
+                    .iter()
+                    .filter(|f| f.to.iter().any(|t| t == jid))
+                    .map(|f| &f.message),
+            )
+            .collect()
+    }
+
+    /// Every stanza, fan-outs counted once per recipient.
+    fn all(o: &Outcome) -> Vec<&Element> {
+        let copies = o
+            .fanned
+            .iter()
+            .flat_map(|f| f.to.iter().map(move |_| &f.message));
+        o.out.iter().chain(copies).collect()
     }
 
     fn codes(el: &Element) -> Vec<String> {
@@ -1959,8 +1990,8 @@ mod tests {
         let mut room = open_room();
         join(&mut room, "bob@x/b", "bob");
         let o = send(&mut room, "<message from='bob@x/b' to='room@conference.x' type='groupchat' id='m1'><body>one</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='forged'/></message>");
-        assert_eq!(o.out.len(), 2);
-        for m in &o.out {
+        assert_eq!(all(&o).len(), 2);
+        for m in all(&o) {
             assert_eq!(m.attr("id"), Some("m1"));
             assert_eq!(m.attr("from"), Some("room@conference.x/bob"));
             let ids: Vec<_> = m
@@ -1982,7 +2013,7 @@ mod tests {
         let delay = history[0].get_child("delay", NS_DELAY).unwrap();
         assert_eq!(delay.attr("from"), Some(ROOM));
         let o = send(&mut room, "<presence from='dave@x/d' to='room@conference.x/dave'><x xmlns='http://jabber.org/protocol/muc'><history maxchars='0'/></x></presence>");
-        assert!(!o.out.iter().any(|m| m.has_child("body", NS_CLIENT)));
+        assert!(!all(&o).iter().any(|m| m.has_child("body", NS_CLIENT)));
         let o = send(&mut room, "<message from='eve@x/e' to='room@conference.x' type='groupchat'><body>spam</body></message>");
         assert_eq!(error(&o), "not-acceptable");
         let o = send(&mut room, "<message from='bob@x/b' to='room@conference.x/carol' type='groupchat'><body>pm</body></message>");
@@ -2065,7 +2096,7 @@ mod tests {
         let o = send(&mut room, "<message from='carol@x/c' to='room@conference.x' type='groupchat'><subject>new</subject></message>");
         assert_eq!(error(&o), "forbidden");
         let o = send(&mut room, "<message from='alice@x/a' to='room@conference.x' type='groupchat'><subject>new</subject></message>");
-        assert_eq!(o.out.len(), 3);
+        assert_eq!(all(&o).len(), 3);
         assert_eq!(o.changes, [Change::Room]);
     }
 
