@@ -390,28 +390,30 @@ async fn deliver_one(
     cx.route(remote);
 }
 
-/// A message to every session in the room, serialised once: each copy is those bytes
-/// with its own `to` spliced in after `<message`.
+/// A stanza for many sessions, serialised once: each copy is those bytes with its own
+/// `to` spliced in after the element's name.
 async fn fan_out(cx: &mut Ctx<'_>, metrics: &Metrics, f: Fanned, ghosts: &mut Vec<String>) {
-    const HEAD: &[u8] = b"<message";
-    let Ok(mut stanza) = Stanza::parse(f.message) else {
+    let Ok(mut stanza) = Stanza::parse(f.stanza) else {
         return;
     };
+    let head = format!("<{}", stanza.element().name());
     let bytes = xmppd_server::router::encode(stanza.element());
-    if !bytes.starts_with(HEAD) {
+    if !bytes.starts_with(head.as_bytes()) {
         return;
     }
-    metrics.muc_messages_out.inc_by(f.to.len() as u64);
+    if stanza.kind == xmppd_core::StanzaKind::Message {
+        metrics.muc_messages_out.inc_by(f.to.len() as u64);
+    }
     for to in f.to {
         let Ok(jid) = Jid::new(&to) else {
             continue;
         };
         let mut data = Vec::with_capacity(bytes.len() + to.len() + 6);
-        data.extend_from_slice(HEAD);
+        data.extend_from_slice(head.as_bytes());
         data.extend_from_slice(b" to='");
         xmppd_xml::escape_attr(&mut data, &to);
         data.push(b'\'');
-        data.extend_from_slice(&bytes[HEAD.len()..]);
+        data.extend_from_slice(&bytes[head.len()..]);
         // Filters see the recipient as `to`, as they would on a copy of its own.
         stanza.to = Some(jid.clone());
         deliver_one(cx, &stanza, &jid, Some(Bytes::from(data)), ghosts).await;

@@ -129,7 +129,7 @@ pub enum Change {
 pub struct Fanned {
     /// Sent after the first `before` elements of [`Outcome::out`].
     pub before: usize,
-    pub message: Element,
+    pub stanza: Element,
     /// The full JIDs it goes to.
     pub to: Vec<String>,
 }
@@ -138,8 +138,8 @@ pub struct Fanned {
 pub struct Outcome {
     /// Stanzas to route, `from` and `to` set.
     pub out: Vec<Element>,
-    /// One message for every session in the room (without `to`, which the task adds to
-    /// the bytes it serialised once), and its place among `out`.
+    /// Stanzas for many sessions (without `to`, which the task splices into the bytes it
+    /// serialised once), each with its place among `out`.
     pub fanned: Vec<Fanned>,
     pub changes: Vec<Change>,
 }
@@ -400,7 +400,7 @@ impl Room {
     /// broadcast reaches only the occupant itself.
     fn broadcast_presence(
         &self,
-        out: &mut Vec<Element>,
+        o: &mut Outcome,
         subject: &Occupant,
         unavailable: bool,
         others: &[u16],
@@ -409,13 +409,28 @@ impl Room {
     ) {
         let key = nick::key(&subject.nick);
         if self.config.broadcasts(subject.role.as_str()) || unavailable {
+            // Two versions: with the real JID for those who may see it, without for the rest.
+            let (mut seeing, mut blind) = (Vec::new(), Vec::new());
             for (k, viewer) in &self.occupants {
                 if *k == key && viewer.bare == subject.bare {
                     continue;
                 }
-                let with_jid = self.sees_jids(viewer);
-                for s in &viewer.sessions {
-                    out.push(self.presence_for(subject, s, with_jid, unavailable, others, info));
+                let list = if self.sees_jids(viewer) {
+                    &mut seeing
+                } else {
+                    &mut blind
+                };
+                list.extend(viewer.sessions.iter().cloned());
+            }
+            for (to, with_jid) in [(seeing, true), (blind, false)] {
+                if !to.is_empty() {
+                    let mut p = self.presence_for(subject, "", with_jid, unavailable, others, info);
+                    p.remove_attr("to");
+                    o.fanned.push(Fanned {
+                        before: o.out.len(),
+                        stanza: p,
+                        to,
+                    });
                 }
             }
         }
@@ -423,7 +438,8 @@ impl Room {
             let mut codes = own.to_vec();
             codes.push(110);
             for s in &subject.sessions {
-                out.push(self.presence_for(subject, s, true, unavailable, &codes, info));
+                o.out
+                    .push(self.presence_for(subject, s, true, unavailable, &codes, info));
             }
         }
     }
@@ -609,7 +625,7 @@ impl Room {
             }
         }
         if !existing {
-            self.broadcast_presence(&mut o.out, occ, false, &[], None, &ItemInfo::default());
+            self.broadcast_presence(o, occ, false, &[], None, &ItemInfo::default());
         }
         let mut codes = vec![];
         if self.config.whois == Whois::Anyone {
@@ -694,7 +710,7 @@ impl Room {
             let occ = self.occupants.get_mut(&old_key).expect("indexed");
             occ.presence = presence;
             let occ = &self.occupants[&old_key];
-            self.broadcast_presence(&mut o.out, occ, false, &[], Some(&[]), &ItemInfo::default());
+            self.broadcast_presence(o, occ, false, &[], Some(&[]), &ItemInfo::default());
             return Ok(());
         }
         let bare = from.to_bare();
@@ -710,20 +726,13 @@ impl Room {
             nick: Some(nick),
             ..ItemInfo::default()
         };
-        self.broadcast_presence(&mut o.out, &occ, true, &[303], Some(&[303]), &info);
+        self.broadcast_presence(o, &occ, true, &[303], Some(&[303]), &info);
         occ.nick = nick.to_string();
         occ.presence = presence;
         for s in &occ.sessions {
             self.sessions.insert(s.clone(), new_key.clone());
         }
-        self.broadcast_presence(
-            &mut o.out,
-            &occ,
-            false,
-            &[],
-            Some(&[]),
-            &ItemInfo::default(),
-        );
+        self.broadcast_presence(o, &occ, false, &[], Some(&[]), &ItemInfo::default());
         self.occupants.insert(new_key, occ);
         Ok(())
     }
@@ -759,7 +768,7 @@ impl Room {
             gone.sessions = vec![full.to_string()];
         }
         let own = tell_self.then_some(codes);
-        self.broadcast_presence(&mut o.out, &gone, true, codes, own, &ItemInfo::default());
+        self.broadcast_presence(o, &gone, true, codes, own, &ItemInfo::default());
     }
 
     // ---- messages (§7.4 groupchat, §7.5 private, §7.8 invitations, §8.1 subject) ----
@@ -854,7 +863,7 @@ impl Room {
         message.remove_attr("to");
         o.fanned.push(Fanned {
             before: o.out.len(),
-            message,
+            stanza: message,
             to: self
                 .occupants
                 .values()
@@ -1425,7 +1434,7 @@ impl Room {
             let keys: Vec<String> = self.occupants.keys().cloned().collect();
             for k in keys {
                 let occ = &self.occupants[&k];
-                self.broadcast_presence(&mut o.out, occ, false, &[], None, &ItemInfo::default());
+                self.broadcast_presence(o, occ, false, &[], None, &ItemInfo::default());
             }
         }
         Ok(())
@@ -1476,7 +1485,7 @@ impl Room {
             self.sessions.remove(s);
         }
         occ.role = Role::None;
-        self.broadcast_presence(&mut o.out, &occ, true, &[code], Some(&[code]), info);
+        self.broadcast_presence(o, &occ, true, &[code], Some(&[code]), info);
     }
 
     /// Role (by nick) and affiliation (by JID) lists (§8.5, §9.2, §9.5, §10.5).
@@ -1661,7 +1670,7 @@ impl Room {
         };
         occ.role = role;
         let occ = &self.occupants[key];
-        self.broadcast_presence(&mut o.out, occ, false, &[], Some(&[]), &info);
+        self.broadcast_presence(o, occ, false, &[], Some(&[]), &info);
     }
 
     fn apply_affiliation(
@@ -1695,7 +1704,7 @@ impl Room {
                 let occ = self.occupants.get_mut(&key).expect("listed");
                 occ.role = role;
                 let occ = &self.occupants[&key];
-                self.broadcast_presence(&mut o.out, occ, false, &[], Some(&[]), &info);
+                self.broadcast_presence(o, occ, false, &[], Some(&[]), &info);
             }
         }
     }
@@ -1835,7 +1844,7 @@ mod tests {
                 o.fanned
                     .iter()
                     .filter(|f| f.to.iter().any(|t| t == jid))
-                    .map(|f| &f.message),
+                    .map(|f| &f.stanza),
             )
             .collect()
     }
@@ -1845,7 +1854,7 @@ mod tests {
         let copies = o
             .fanned
             .iter()
-            .flat_map(|f| f.to.iter().map(move |_| &f.message));
+            .flat_map(|f| f.to.iter().map(move |_| &f.stanza));
         o.out.iter().chain(copies).collect()
     }
 
