@@ -148,7 +148,7 @@ pub struct Outcome {
 struct Occupant {
     nick: String,
     bare: BareJid,
-    /// Full JIDs joined under this nick (multi-session, §7.2.x of the XEP's 1.25 text).
+    /// Full JIDs joined under this nick (§7.2.8: one occupant for every resource of a user).
     sessions: Vec<String>,
     role: Role,
     /// The last presence the occupant sent, without its MUC payloads.
@@ -474,7 +474,7 @@ impl Room {
     }
 
     /// Removes a session that is gone without a word (its stream closed, or an error came
-    /// back from it): the others hear it left, with 333 (§15.6.2: removed for a technical
+    /// back from it): the others hear it left, with 333 (§11.1: removed for a technical
     /// reason).
     pub fn remove_session(&mut self, full: &str) -> Outcome {
         let mut o = Outcome::default();
@@ -610,7 +610,7 @@ impl Room {
         }
         self.sessions.insert(f.clone(), key.clone());
         let occ = &self.occupants[&key];
-        // §7.2.3: the others first, then the newcomer to them, self-presence last.
+        // §7.2.2: the others first, then the newcomer to them, self-presence last.
         let with_jid = self.sees_jids(occ);
         for (k, other) in &self.occupants {
             if *k != key && self.config.broadcasts(other.role.as_str()) {
@@ -1041,7 +1041,7 @@ impl Room {
             && affiliation < Affiliation::Admin
             && !(self.config.allow_invites && affiliation >= Affiliation::Member)
         {
-            return Err(err(Cond::Forbidden)); // §9.4
+            return Err(err(Cond::Forbidden)); // §9.5
         }
         if !self.config.members_only && !self.config.allow_invites && inviter.role < Role::Moderator
         {
@@ -1418,7 +1418,7 @@ impl Room {
             .with_child(x);
         self.fan_out(o, &notice);
         if self.config.members_only && !old.members_only {
-            // §9.10 (322): those who are not members leave.
+            // 322 (§10.2): those who are not members leave.
             let out: Vec<String> = self
                 .occupants
                 .iter()
@@ -1488,7 +1488,7 @@ impl Room {
         self.broadcast_presence(o, &occ, true, &[code], Some(&[code]), info);
     }
 
-    /// Role (by nick) and affiliation (by JID) lists (§8.5, §9.2, §9.5, §10.5).
+    /// Role (by nick) and affiliation (by JID) lists (§8.5, §9.2, §9.5, §9.8, §10.5, §10.8).
     fn admin_list(&self, payload: &Element, from: &FullJid) -> Result<Element, StanzaError> {
         let item = payload
             .get_child("item", NS_ADMIN)
@@ -1541,7 +1541,7 @@ impl Room {
         Ok(q)
     }
 
-    /// Role and affiliation changes (§8.2–§8.4, §9.1–§9.8, §10.3–§10.8), all or none.
+    /// Role and affiliation changes (§8.2–§8.5, §9.1–§9.8, §10.3–§10.8), all or none.
     fn admin_set(
         &mut self,
         o: &mut Outcome,
@@ -1617,7 +1617,7 @@ impl Room {
                 return Err(err(Cond::BadRequest));
             }
         }
-        // §10.6: a room keeps at least one owner.
+        // §10.4: a room keeps at least one owner.
         let mut owners: Vec<String> = self
             .affiliations
             .iter()
@@ -1698,7 +1698,7 @@ impl Room {
             if a == Affiliation::Outcast {
                 self.remove_occupant(o, &key, 301, &info); // §9.1 ban
             } else if a < Affiliation::Member && self.config.members_only {
-                self.remove_occupant(o, &key, 321, &info); // §9.5
+                self.remove_occupant(o, &key, 321, &info); // §9.4
             } else {
                 let role = self.default_role(a);
                 let occ = self.occupants.get_mut(&key).expect("listed");
@@ -2077,7 +2077,7 @@ mod tests {
             list.get_child("item", NS_ADMIN).unwrap().attr("jid"),
             Some("bob@x")
         );
-        // The last owner stays (§10.6).
+        // The last owner stays (§10.4).
         let o = send(&mut room, "<iq from='alice@x/a' to='room@conference.x' type='set' id='o'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='alice@x' affiliation='admin'/></query></iq>");
         assert_eq!(error(&o), "conflict");
     }
