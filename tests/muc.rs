@@ -102,7 +102,8 @@ async fn configure(raw: &mut Raw, room: &str, fields: &[(&str, &str)]) -> Elemen
     .await
 }
 
-/// Alice creates `room` as an instant room (§10.1.2) under the nick "alice".
+/// `alice` (whoever it is) creates `room` as an instant room (§10.1.2) under the nick
+/// "alice".
 async fn create(alice: &mut Raw, room: &str) {
     let got = join(alice, room, "alice", "").await;
     assert_eq!(codes(self_presence(&got)), ["201", "110"]);
@@ -833,4 +834,26 @@ async fn each_copy_of_a_groupchat_message_is_addressed_to_its_session() {
     assert_eq!(copy.get_child("body", CLIENT).unwrap().text(), "a & b");
     let own = parse(&alice.stanza_with(&["id='q1'"]).await);
     assert_eq!(own.attr("to"), Some("alice@localhost/home"));
+}
+
+#[tokio::test]
+async fn only_the_configured_admins_create_rooms_when_the_service_says_so() {
+    let server = TestServer::start_with(|c| {
+        c.modules.insert(
+            "muc".into(),
+            toml::toml! { create_rooms = "admins"
+            admins = ["carol@localhost"] },
+        );
+    })
+    .await;
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    let mut carol = Raw::login_quiet(server.c2s, "carol", "home").await;
+    assert_eq!(
+        refused(&mut alice, "mine", "alice", "").await,
+        "not-allowed"
+    );
+    create(&mut carol, "staff").await;
+    // Entering an existing room is not creating one (carol is "alice" there: `create`).
+    let got = join(&mut alice, "staff", "al", "").await;
+    assert_eq!(codes(self_presence(&got)), ["110"]);
 }

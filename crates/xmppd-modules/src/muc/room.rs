@@ -2203,6 +2203,32 @@ mod tests {
     }
 
     #[test]
+    fn history_by_seconds_and_since() {
+        let mut room = open_room();
+        let at = |room: &mut Room, ms: i64, id: &str| {
+            let xml = format!("<message from='alice@x/a' to='room@conference.x' type='groupchat' id='{id}'><body>{id}</body></message>");
+            let el = xmppd_xml::parse_fragment(&xml, NS_CLIENT).unwrap();
+            room.handle(&Stanza::parse(el).unwrap(), ms);
+        };
+        at(&mut room, 1_000_000, "old");
+        at(&mut room, 1_100_000, "new");
+        let bodies = |o: &Outcome| -> Vec<String> {
+            o.out
+                .iter()
+                .filter(|m| m.has_child("body", NS_CLIENT))
+                .map(|m| m.attr("id").unwrap().to_string())
+                .collect()
+        };
+        let el = xmppd_xml::parse_fragment("<presence from='bob@x/b' to='room@conference.x/bob'><x xmlns='http://jabber.org/protocol/muc'><history seconds='50'/></x></presence>", NS_CLIENT).unwrap();
+        let o = room.handle(&Stanza::parse(el).unwrap(), 1_120_000);
+        assert_eq!(bodies(&o), ["new"]);
+        // 1000 s after the epoch: both are newer.
+        let el = xmppd_xml::parse_fragment("<presence from='carol@x/c' to='room@conference.x/carol'><x xmlns='http://jabber.org/protocol/muc'><history since='1970-01-01T00:16:40Z'/></x></presence>", NS_CLIENT).unwrap();
+        let o = room.handle(&Stanza::parse(el).unwrap(), 1_120_000);
+        assert_eq!(bodies(&o), ["old", "new"]);
+    }
+
+    #[test]
     fn xep_0082_timestamps_parse() {
         assert_eq!(parse_iso8601("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(
