@@ -1517,7 +1517,14 @@ impl Room {
             .attr("affiliation")
             .and_then(Affiliation::parse)
             .ok_or_else(|| err(Cond::BadRequest))?;
-        if self.affiliation(&me) < Affiliation::Admin {
+        let mine = self.affiliation(&me);
+        // §9.5: in a non-anonymous members-only room, members may read who belongs (clients
+        // encrypting for every member need it); the ban list stays with admins.
+        let member_may = self.config.members_only
+            && self.config.whois == Whois::Anyone
+            && mine >= Affiliation::Member
+            && affiliation >= Affiliation::Member;
+        if mine < Affiliation::Admin && !member_may {
             return Err(err(Cond::Forbidden));
         }
         let mut list: Vec<(&String, &AffiliationEntry)> = self
@@ -2200,6 +2207,23 @@ mod tests {
         let own = to(&o, "bob@x/b")[1];
         assert_eq!(codes(own), ["210", "110"]);
         assert_eq!(own.attr("from"), Some("room@conference.x/bob smith"));
+    }
+
+    #[test]
+    fn members_of_a_private_room_read_its_member_list_but_not_its_bans() {
+        let mut room = open_room();
+        send(&mut room, "<iq from='alice@x/a' to='room@conference.x' type='set' id='c'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_membersonly'><value>1</value></field><field var='muc#roomconfig_whois'><value>anyone</value></field></x></query></iq>");
+        send(&mut room, "<iq from='alice@x/a' to='room@conference.x' type='set' id='m'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='bob@x' affiliation='member'/></query></iq>");
+        let list = |room: &mut Room, a: &str| {
+            send(room, &format!("<iq from='bob@x/b' to='room@conference.x' type='get' id='l'><query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='{a}'/></query></iq>"))
+        };
+        let o = list(&mut room, "owner");
+        let q = o.out[0].get_child("query", NS_ADMIN).unwrap();
+        assert_eq!(
+            q.get_child("item", NS_ADMIN).unwrap().attr("jid"),
+            Some("alice@x")
+        );
+        assert_eq!(error(&list(&mut room, "outcast")), "forbidden");
     }
 
     #[test]
