@@ -57,6 +57,7 @@ pub(super) async fn run(
     // Whether the room is in storage (it is persistent, or was loaded from there).
     let mut stored = false;
     let mut loaded = false;
+    let mut summary = super::Summary::default();
     while let Some(stanza) = rx.recv().await {
         let Some(state) = server.upgrade() else {
             return;
@@ -81,12 +82,16 @@ pub(super) async fn run(
             save(&cx, &shared, r, &outcome.changes, &mut stored).await;
             deliver(&mut cx, &state.metrics, r, outcome).await;
             counted.occupants(r.occupant_count());
-            let summary = super::Summary {
-                listed: r.config.public && !r.is_destroyed() && !r.is_locked(),
-                name: r.config.name.clone(),
-            };
-            if let Some(e) = shared.rooms().get_mut(&name) {
-                e.summary = summary;
+            let listed = r.config.public && !r.is_destroyed() && !r.is_locked();
+            // The service's listing reads these; the map is only locked when they change.
+            if (listed, r.config.name.as_str()) != (summary.listed, summary.name.as_str()) {
+                summary = super::Summary {
+                    listed,
+                    name: r.config.name.clone(),
+                };
+                if let Some(e) = shared.rooms().get_mut(&name) {
+                    e.summary = summary.clone();
+                }
             }
         }
         state.router.apply(cx).await;
