@@ -857,3 +857,55 @@ async fn only_the_configured_admins_create_rooms_when_the_service_says_so() {
     let got = join(&mut alice, "staff", "al", "").await;
     assert_eq!(codes(self_presence(&got)), ["110"]);
 }
+
+#[tokio::test]
+async fn public_rooms_are_listed_in_pages_and_hidden_ones_are_not() {
+    let server = TestServer::start().await;
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    for room in ["a1", "a2", "a3"] {
+        create(&mut alice, room).await;
+    }
+    create(&mut alice, "secret").await;
+    let reply = configure(&mut alice, "secret", &[("muc#roomconfig_publicroom", "0")]).await;
+    assert_eq!(reply.attr("type"), Some("result"));
+    const RSM: &str = "http://jabber.org/protocol/rsm";
+    let page =
+        |set: &str| format!("<query xmlns='{DISCO_ITEMS}'><set xmlns='{RSM}'>{set}</set></query>");
+    let jids = |reply: &Element| -> Vec<String> {
+        let q = reply.get_child("query", DISCO_ITEMS).unwrap();
+        q.children()
+            .filter_map(|i| i.attr("jid"))
+            .map(str::to_string)
+            .collect()
+    };
+    let first = iq(&mut alice, "p1", SERVICE, "get", &page("<max>2</max>")).await;
+    assert_eq!(
+        jids(&first),
+        ["a1@conference.localhost", "a2@conference.localhost"]
+    );
+    let set = first
+        .get_child("query", DISCO_ITEMS)
+        .unwrap()
+        .get_child("set", RSM)
+        .unwrap();
+    assert_eq!(set.get_child("count", RSM).unwrap().text(), "3");
+    let last = set.get_child("last", RSM).unwrap().text();
+    let next = iq(
+        &mut alice,
+        "p2",
+        SERVICE,
+        "get",
+        &page(&format!("<max>2</max><after>{last}</after>")),
+    )
+    .await;
+    assert_eq!(jids(&next), ["a3@conference.localhost"]);
+    let bad = iq(
+        &mut alice,
+        "p3",
+        SERVICE,
+        "get",
+        &page("<after>nowhere</after>"),
+    )
+    .await;
+    assert_eq!(error_condition(&bad), "item-not-found");
+}
