@@ -909,3 +909,21 @@ async fn public_rooms_are_listed_in_pages_and_hidden_ones_are_not() {
     .await;
     assert_eq!(error_condition(&bad), "item-not-found");
 }
+
+#[test]
+fn a_wrong_muc_section_is_an_error_naming_the_module() {
+    for section in [
+        toml::toml! { max_occupant = 10 },
+        toml::toml! { create_rooms = "friends" },
+        toml::toml! { max_occupants = 0 },
+        toml::toml! { subdomain = "" },
+        toml::toml! { admins = ["not a jid@@"] },
+    ] {
+        let mut config = xmppd_server::config::Config::default();
+        config.modules.insert("muc".into(), section.clone());
+        let error = xmppd_server::hooks(&config, xmppd_modules::standard)
+            .err()
+            .unwrap_or_else(|| panic!("{section:?} was accepted"));
+        assert!(error.to_string().contains("muc"), "{error}");
+    }
+}
