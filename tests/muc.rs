@@ -144,7 +144,13 @@ async fn the_service_is_in_the_domain_disco_and_describes_itself() {
     );
     let features: Vec<_> = query.children().filter_map(|f| f.attr("var")).collect();
     assert!(features.contains(&MUC), "{features:?}");
-    assert!(features.contains(&"urn:xmpp:occupant-id:0"));
+    for f in [
+        "urn:xmpp:occupant-id:0",
+        "http://jabber.org/protocol/muc#stable_id",
+        "http://jabber.org/protocol/muc#self-ping-optimization",
+    ] {
+        assert!(features.contains(&f), "{f} in {features:?}");
+    }
 }
 
 #[tokio::test]

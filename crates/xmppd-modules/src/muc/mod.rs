@@ -21,7 +21,9 @@ use xmppd_core::{Element, Jid, Stanza, StanzaError, StanzaErrorCondition};
 use xmppd_server::registry::{Ctx, DiscoProvider, Host, IqTarget, Module, On, Registry};
 
 use crate::rsm;
-use room::{Limits, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MUC, NS_OCCUPANT_ID, NS_SELF_PING};
+use room::{
+    Limits, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MUC, NS_OCCUPANT_ID, NS_SELF_PING, NS_STABLE_ID,
+};
 
 /// Who may create rooms.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -340,6 +342,7 @@ fn service_info() -> Element {
         rsm::NS,
         NS_OCCUPANT_ID,
         NS_SELF_PING,
+        NS_STABLE_ID,
     ] {
         q.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
     }

@@ -223,6 +223,7 @@ impl Room {
             NS_MUC,
             NS_OCCUPANT_ID,
             NS_SELF_PING,
+            NS_STABLE_ID,
             NS_DISCO_INFO,
             NS_REGISTER,
         ];

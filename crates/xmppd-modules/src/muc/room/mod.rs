@@ -21,6 +21,8 @@ pub const NS_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const NS_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+/// §7.4 (since 1.31): reflected messages keep their id.
+pub const NS_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 const NS_DELAY: &str = "urn:xmpp:delay";
