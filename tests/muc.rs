@@ -933,3 +933,33 @@ fn a_wrong_muc_section_is_an_error_naming_the_module() {
         assert!(error.to_string().contains("muc"), "{error}");
     }
 }
+
+#[tokio::test]
+async fn room_presence_held_for_an_inactive_client_arrives_addressed_to_it() {
+    let server = TestServer::start().await;
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    let mut bob = Raw::login_quiet(server.c2s, "bob", "phone").await;
+    create(&mut alice, "csi").await;
+    join(&mut bob, "csi", "bob", "").await;
+    bob.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    bob.sync().await;
+    // XEP-0352: the presence update and the chat state wait for bob to be active.
+    alice
+        .send(&format!(
+            "<presence to='csi@{SERVICE}/alice'><show>away</show></presence>"
+        ))
+        .await;
+    alice
+        .send(&format!("<message to='csi@{SERVICE}' type='groupchat' id='cs'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"))
+        .await;
+    alice.stanza_with(&["id='cs'"]).await;
+    bob.sync().await;
+    assert_eq!(bob.next_stanza_if_any().await, "");
+    bob.send("<active xmlns='urn:xmpp:csi:0'/>").await;
+    let presence = parse(&bob.stanza_with(&["<presence"]).await);
+    assert_eq!(presence.attr("to"), Some("bob@localhost/phone"));
+    assert_eq!(presence.get_child("show", CLIENT).unwrap().text(), "away");
+    let state = parse(&bob.stanza_with(&["id='cs'"]).await);
+    assert_eq!(state.attr("to"), Some("bob@localhost/phone"));
+    assert_eq!(state.attr("from"), Some("csi@conference.localhost/alice"));
+}

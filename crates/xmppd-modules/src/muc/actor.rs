@@ -419,8 +419,9 @@ async fn fan_out(cx: &mut Ctx<'_>, metrics: &Metrics, f: Fanned, ghosts: &mut Ve
         xmppd_xml::escape_attr(&mut data, &to);
         data.push(b'\'');
         data.extend_from_slice(&bytes[head.len()..]);
-        // Filters see the recipient as `to`, as they would on a copy of its own.
-        stanza.to = Some(jid.clone());
+        // Filters see a copy addressed to the recipient: one that holds the stanza for
+        // later (CSI) serialises the element itself.
+        stanza.set_to(jid.clone());
         deliver_one(cx, &stanza, &jid, Some(Bytes::from(data)), ghosts).await;
     }
 }
