@@ -253,6 +253,13 @@ impl Room {
                 .attr("to")
                 .and_then(|t| Jid::new(t).ok())
                 .ok_or_else(|| err(Cond::BadRequest))?;
+            // Only an invitation that was sent can be declined: the room relays nothing
+            // else to an address a stranger picks.
+            let pending = (bare.to_string(), to.to_bare().to_string());
+            let Some(pos) = self.invited.iter().position(|p| *p == pending) else {
+                return Err(err(Cond::NotAcceptable).with_text("no invitation to decline"));
+            };
+            self.invited.remove(pos);
             let mut d = Element::new("decline", NS_USER).with_attr("from", bare.as_str());
             if let Some(reason) = decline.get_child("reason", NS_USER) {
                 d.push_child(reason.clone());
@@ -265,10 +272,11 @@ impl Room {
             );
             return Ok(());
         }
-        let Some(key) = self.sessions.get(from.as_str()) else {
+        let Some(key) = self.sessions.get(from.as_str()).cloned() else {
             return Err(err(Cond::NotAcceptable).with_text("you are not in the room"));
         };
-        let inviter = &self.occupants[key];
+        self.take_token(&key, self.now_ms)?;
+        let inviter = &self.occupants[&key];
         let affiliation = self.affiliation(&bare);
         if self.config.members_only
             && affiliation < Affiliation::Admin
@@ -283,6 +291,9 @@ impl Room {
         let invites: Vec<&Element> = x.children().filter(|c| c.is("invite", NS_USER)).collect();
         if invites.is_empty() {
             return Err(err(Cond::BadRequest));
+        }
+        if invites.len() > MAX_INVITES {
+            return Err(err(Cond::PolicyViolation).with_text("too many invitations at once"));
         }
         let mut targets = Vec::new();
         for invite in invites {
@@ -313,6 +324,11 @@ impl Room {
                     .with_child(Element::new("body", NS_CLIENT).with_text(body)),
             );
             let invitee = to.to_bare();
+            if self.invited.len() >= MAX_PENDING_INVITES {
+                self.invited.pop_front();
+            }
+            self.invited
+                .push_back((invitee.to_string(), bare.to_string()));
             // §7.8.2: in a members-only room the invitee becomes a member.
             if self.config.members_only
                 && self.affiliation(&invitee) < Affiliation::Member

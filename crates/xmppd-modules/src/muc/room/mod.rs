@@ -33,6 +33,10 @@ const NS_REGISTER_FORM: &str = "http://jabber.org/protocol/muc#register";
 const NS_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 /// Iqs forwarded to occupants whose answers the room waits for; the oldest is forgotten.
 const MAX_FORWARDS: usize = 256;
+/// Invitations in one message, and invitations remembered so that only those can be
+/// declined (the oldest is forgotten).
+const MAX_INVITES: usize = 10;
+const MAX_PENDING_INVITES: usize = 256;
 /// Affiliations one room keeps: anyone may register a nick (§7.10), so the list is capped.
 const MAX_AFFILIATIONS: usize = 10_000;
 
@@ -195,6 +199,8 @@ pub struct Room {
     /// Iqs forwarded to occupants, by the id the room gave them.
     forwards: VecDeque<(String, Forwarded)>,
     next_forward: u64,
+    /// `(invitee, inviter)` bare JIDs of invitations sent and not declined.
+    invited: VecDeque<(String, String)>,
 }
 
 /// Where the answer to a forwarded iq goes back to.
@@ -244,6 +250,7 @@ impl Room {
             now_ms: 0,
             forwards: VecDeque::new(),
             next_forward: 0,
+            invited: VecDeque::new(),
         }
     }
 

@@ -450,6 +450,26 @@ fn history_by_seconds_and_since() {
 }
 
 #[test]
+fn only_invitations_sent_can_be_declined_and_invitations_are_bounded() {
+    let mut room = open_room();
+    let decline = "<message from='carol@x/c' to='room@conference.x'><x xmlns='http://jabber.org/protocol/muc#user'><decline to='alice@x'/></x></message>";
+    assert_eq!(error(&send(&mut room, decline)), "not-acceptable");
+    let o = send(&mut room, "<message from='alice@x/a' to='room@conference.x'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='carol@x'><reason>come</reason></invite></x></message>");
+    assert_eq!(to(&o, "carol@x").len(), 1);
+    let o = send(&mut room, decline);
+    let d = to(&o, "alice@x")[0].get_child("x", NS_USER).unwrap();
+    assert_eq!(
+        d.get_child("decline", NS_USER).unwrap().attr("from"),
+        Some("carol@x")
+    );
+    // Declined once: a second decline relays nothing.
+    assert_eq!(error(&send(&mut room, decline)), "not-acceptable");
+    let many: String = (0..11).map(|i| format!("<invite to='u{i}@x'/>")).collect();
+    let o = send(&mut room, &format!("<message from='alice@x/a' to='room@conference.x'><x xmlns='http://jabber.org/protocol/muc#user'>{many}</x></message>"));
+    assert_eq!(error(&o), "policy-violation");
+}
+
+#[test]
 fn xep_0082_timestamps_parse() {
     assert_eq!(parse_iso8601("1970-01-01T00:00:00Z"), Some(0));
     assert_eq!(
