@@ -75,9 +75,14 @@ impl Room {
         from: &FullJid,
         nick: &str,
     ) -> Result<(), StanzaError> {
-        let sender = self
-            .by_session(from.as_str())
+        let key = self
+            .sessions
+            .get(from.as_str())
+            .cloned()
             .ok_or_else(|| err(Cond::NotAcceptable))?;
+        // Like messages, so that the room relays no more than it is sent.
+        self.take_token(&key, self.now_ms)?;
+        let sender = &self.occupants[&key];
         let target = self
             .occupants
             .get(&nick::key(nick))
