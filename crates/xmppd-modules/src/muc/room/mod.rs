@@ -623,42 +623,51 @@ impl Room {
             self.occupants.insert(key.clone(), occ);
         }
         self.sessions.insert(f.clone(), key.clone());
-        let occ = &self.occupants[&key];
-        // §7.2.2: the others first, then the newcomer to them, self-presence last.
-        let with_jid = self.sees_jids(occ);
-        for (k, other) in &self.occupants {
-            if *k != key && self.config.broadcasts(other.role.as_str()) {
-                o.out.push(self.presence_for(
-                    other,
-                    &f,
-                    with_jid,
-                    false,
-                    &[],
-                    &ItemInfo::default(),
-                ));
-            }
-        }
         if !existing {
+            let occ = &self.occupants[&key];
             self.broadcast_presence(o, occ, false, &[], None, &ItemInfo::default());
         }
         let mut codes = vec![];
-        if self.config.whois == Whois::Anyone {
-            codes.push(100);
-        }
-        if self.config.logging {
-            codes.push(170);
-        }
         if self.created {
             codes.push(201);
         }
         if modified {
             codes.push(210);
         }
+        self.created = false;
+        self.send_state(o, stanza, &f, &key, codes);
+        Ok(())
+    }
+
+    /// What a session that enters gets (§7.2.2): the others' presence, its own with `codes`
+    /// (and 100, 170, 110 where they apply), the history it asked for, the subject last.
+    fn send_state(
+        &self,
+        o: &mut Outcome,
+        stanza: &Stanza,
+        f: &str,
+        key: &str,
+        mut codes: Vec<u16>,
+    ) {
+        let occ = &self.occupants[key];
+        let with_jid = self.sees_jids(occ);
+        for (k, other) in &self.occupants {
+            if k != key && self.config.broadcasts(other.role.as_str()) {
+                let info = ItemInfo::default();
+                o.out
+                    .push(self.presence_for(other, f, with_jid, false, &[], &info));
+            }
+        }
+        if self.config.whois == Whois::Anyone {
+            codes.insert(0, 100);
+        }
+        if self.config.logging {
+            codes.insert(usize::from(self.config.whois == Whois::Anyone), 170);
+        }
         codes.push(110);
         o.out
-            .push(self.presence_for(occ, &f, true, false, &codes, &ItemInfo::default()));
-        self.created = false;
-        self.send_history(o, stanza, &f);
+            .push(self.presence_for(occ, f, true, false, &codes, &ItemInfo::default()));
+        self.send_history(o, stanza, f);
         // §7.2.15: the subject comes last, empty when none was set.
         let mut subject = self.subject.clone().unwrap_or_else(|| {
             Element::new("message", NS_CLIENT)
@@ -668,7 +677,6 @@ impl Room {
         });
         subject.set_attr("to", f);
         o.out.push(subject);
-        Ok(())
     }
 
     /// §7.2.14: the history the newcomer asked for (all that is kept by default).
@@ -724,7 +732,14 @@ impl Room {
             let occ = self.occupants.get_mut(&old_key).expect("indexed");
             occ.presence = presence;
             let occ = &self.occupants[&old_key];
-            self.broadcast_presence(o, occ, false, &[], Some(&[]), &ItemInfo::default());
+            if stanza.element().has_child("x", NS_MUC) {
+                // A client that thinks it is not in the room (after a reconnect) joins
+                // again: the others hear the update, it gets the whole state again.
+                self.broadcast_presence(o, occ, false, &[], None, &ItemInfo::default());
+                self.send_state(o, stanza, from.as_str(), &old_key, Vec::new());
+            } else {
+                self.broadcast_presence(o, occ, false, &[], Some(&[]), &ItemInfo::default());
+            }
             return Ok(());
         }
         let bare = from.to_bare();

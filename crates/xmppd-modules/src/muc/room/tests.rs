@@ -470,6 +470,22 @@ fn only_invitations_sent_can_be_declined_and_invitations_are_bounded() {
 }
 
 #[test]
+fn a_join_from_a_session_already_in_the_room_gets_the_state_again() {
+    let mut room = open_room();
+    join(&mut room, "bob@x/b", "bob");
+    let o = join(&mut room, "bob@x/b", "bob");
+    let bob = to(&o, "bob@x/b");
+    assert_eq!(bob[0].attr("from"), Some("room@conference.x/owner"));
+    assert_eq!(codes(bob[1]), ["110"]);
+    assert!(bob.last().unwrap().has_child("subject", NS_CLIENT));
+    // The others see an update, not a second occupant.
+    let seen = to(&o, "alice@x/a");
+    assert_eq!(seen.len(), 1);
+    assert!(codes(seen[0]).is_empty());
+    assert_eq!(room.occupant_count(), 2);
+}
+
+#[test]
 fn xep_0082_timestamps_parse() {
     assert_eq!(parse_iso8601("1970-01-01T00:00:00Z"), Some(0));
     assert_eq!(
