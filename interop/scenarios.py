@@ -16,7 +16,7 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from slixmpp import ClientXMPP, Presence
+from slixmpp import JID, ClientXMPP, Presence
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0153 import VCardTempUpdate
 from slixmpp.xmlstream import register_stanza_plugin
@@ -502,6 +502,91 @@ async def go_sendxmpp(h):
     await bob.close()
 
 
+# ------------------------------------------------------- XEP-0045 (MUC)
+
+class Room:
+    """One MUC room as slixmpp's xep_0045 plugin sees it, for one client:
+    the presences and self-presences it received from the room."""
+
+    def __init__(self, client, jid):
+        self.client = client
+        self.jid = jid
+        self.muc = client.xmpp.plugin["xep_0045"]
+        self.presences = asyncio.Queue()
+        self.own = asyncio.Queue()
+        client.xmpp.add_event_handler(f"muc::{jid}::presence", self.presences.put_nowait)
+        client.xmpp.add_event_handler(f"muc::{jid}::self-presence", self.own.put_nowait)
+
+    async def join(self, nick):
+        """Joins; returns (self-presence, occupants' nicks) as join_muc_wait does."""
+        pres, _subject, occupants, _history = await self.muc.join_muc_wait(
+            self.jid, nick, maxstanzas=0, timeout=WAIT)
+        return pres, [o["from"].resource for o in occupants]
+
+    async def presence(self, queue, match, what):
+        return await self.client._next(queue, match, what, WAIT)
+
+
+async def muc_room(h, tag):
+    """Alice creates an instant room (201, then an empty submitted form,
+    XEP-0045 §10.1.2) and bob joins it; returns both views of the room."""
+    alice = await h.client(h.args.user, f"{tag}-a", plugins=("xep_0045",)).login()
+    bob = await h.client(h.args.user2, f"{tag}-b", plugins=("xep_0045",)).login()
+    jid = JID(f"{tag}-{uuid.uuid4().hex[:8]}@conference.{h.args.domain}")
+    ra, rb = Room(alice, jid), Room(bob, jid)
+    own, _ = await ra.join("alice")
+    if 201 not in own["muc"]["status_codes"]:
+        raise Failed(f"creating {jid}: no status 201 in {own}")
+    form = alice.xmpp.plugin["xep_0004"].make_form(ftype="submit")
+    await ra.muc.set_room_config(jid, form, timeout=WAIT)
+    own, occupants = await rb.join("bob")
+    if "alice" not in occupants or own["muc"]["role"] != "participant":
+        raise Failed(f"bob joined with role {own['muc']['role']}, occupants {occupants}")
+    await ra.presence(ra.presences, lambda p: p["from"].resource == "bob",
+                      "bob's presence in the room")
+    return ra, rb
+
+
+async def muc_join_talk_nick(h):
+    """Join, a groupchat message reflected to both with its id and bob's
+    occupant JID, then a nick change (303) that alice sees."""
+    ra, rb = await muc_room(h, "muc-talk")
+    body = f"hello room {uuid.uuid4()}"
+    msg = rb.client.xmpp.make_message(mto=ra.jid, mbody=body, mtype="groupchat")
+    msg["id"] = mid = uuid.uuid4().hex
+    msg.send()
+    for c in (ra.client, rb.client):
+        got = await c.expect(body)
+        if got["id"] != mid or got["from"] != JID(f"{ra.jid}/bob"):
+            raise Failed(f"reflected as id={got['id']} from={got['from']}")
+    new = await rb.muc.set_self_nick(ra.jid, "robert", timeout=WAIT)
+    if new != "robert":
+        raise Failed(f"nick change gave {new!r}")
+    await ra.presence(ra.presences, lambda p: p["from"].resource == "robert"
+                      and p["type"] != "unavailable", "robert's presence")
+    if "robert" not in ra.muc.get_roster(ra.jid):
+        raise Failed(f"alice's occupant list: {ra.muc.get_roster(ra.jid)}")
+    for c in (ra.client, rb.client):
+        await c.close()
+
+
+async def muc_kick(h):
+    """The owner kicks bob with a reason: bob gets unavailable with 307 and
+    110, alice sees him go."""
+    ra, rb = await muc_room(h, "muc-kick")
+    await ra.muc.set_role(ra.jid, "bob", "none", reason="interop", timeout=WAIT)
+    own = await rb.presence(rb.own, lambda p: p["type"] == "unavailable",
+                            "bob's unavailable self-presence")
+    if not {307, 110} <= set(own["muc"]["status_codes"]):
+        raise Failed(f"kick status codes {own['muc']['status_codes']}")
+    await ra.presence(ra.presences, lambda p: p["from"].resource == "bob"
+                      and p["type"] == "unavailable", "bob leaving")
+    if ra.muc.get_roster(ra.jid) != ["alice"]:
+        raise Failed(f"alice's occupant list: {ra.muc.get_roster(ra.jid)}")
+    for c in (ra.client, rb.client):
+        await c.close()
+
+
 SCENARIOS = [
     ("starttls_scram_sha_256", login_with("SCRAM-SHA-256")),
     ("starttls_scram_sha_1", login_with("SCRAM-SHA-1")),
@@ -520,6 +605,8 @@ SCENARIOS = [
     ("message_carbons", message_carbons),
     ("default_mechanism_login", default_mechanism_login),
     ("go_sendxmpp", go_sendxmpp),
+    ("muc_join_talk_nick", muc_join_talk_nick),
+    ("muc_kick", muc_kick),
 ]
 
 

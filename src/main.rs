@@ -139,6 +139,9 @@ async fn main() -> ExitCode {
 async fn serve(path: Option<&Path>) -> Result<(), String> {
     let config = load_config(path)?;
     init_logging(&config)?;
+    // Before anything can tell a supervisor we are up: a SIGHUP must never find the
+    // default action (which ends the process) in place.
+    let signals = Signals::install();
     let server = xmppd_server::start(config, xmppd_modules::standard)
         .await
         .map_err(|e| e.to_string())?;
@@ -155,7 +158,7 @@ async fn serve(path: Option<&Path>) -> Result<(), String> {
             xmppd_server::tls::warn_expiring(&daily.config, xmppd_server::CERT_WARNING_DAYS);
         }
     });
-    run_until_stopped(&server.state).await;
+    signals.run_until_stopped(&server.state).await;
     systemd_notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
     server.shutdown().await;
@@ -176,34 +179,45 @@ async fn watchdog(every: std::time::Duration) {
     }
 }
 
-/// Serves until SIGTERM or Ctrl-C; SIGHUP reloads the configuration and certificates.
-async fn run_until_stopped(state: &xmppd_server::ServerState) {
+/// The signals `serve` obeys: SIGTERM and Ctrl-C stop it, SIGHUP reloads.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => {
-                    systemd_notify(&[sd_notify::NotifyState::Reloading]);
-                    if let Err(e) = xmppd_server::reload(state) {
-                        tracing::error!(error = %e, "reload failed; the old configuration stays");
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+                (Ok(term), Ok(hup)) => Some((term, hup)),
+                _ => None,
+            };
+            Signals { unix }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Serves until SIGTERM or Ctrl-C; SIGHUP reloads the configuration and certificates.
+    async fn run_until_stopped(self, state: &xmppd_server::ServerState) {
+        #[cfg(unix)]
+        if let Some((mut term, mut hup)) = self.unix {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return,
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = hup.recv() => {
+                        systemd_notify(&[sd_notify::NotifyState::Reloading]);
+                        if let Err(e) = xmppd_server::reload(state) {
+                            tracing::error!(error = %e, "reload failed; the old configuration stays");
+                        }
+                        systemd_notify(&[sd_notify::NotifyState::Ready]);
                     }
-                    systemd_notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = state;
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -78,8 +78,14 @@ fn may_wait(stanza: &Stanza) -> bool {
     }
 }
 
+/// Says who sent a message, not what it says: a room's occupant id (XEP-0421).
+const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+
 fn only_chat_state(message: &Element) -> bool {
-    let mut children = message.children().peekable();
+    let mut children = message
+        .children()
+        .filter(|c| c.ns() != OCCUPANT_ID)
+        .peekable();
     if children.peek().is_none() {
         return false;
     }
@@ -188,5 +194,10 @@ mod tests {
         assert!(only_chat_state(&carbon(&chat_state)));
         assert!(!only_chat_state(&carbon(&with_body)));
         assert!(!only_chat_state(&Element::new("message", ns::CLIENT)));
+        // A room's chat state carries the sender's occupant id; it still waits.
+        let in_room = chat_state
+            .clone()
+            .with_child(Element::new("occupant-id", OCCUPANT_ID).with_attr("id", "x"));
+        assert!(only_chat_state(&in_room));
     }
 }

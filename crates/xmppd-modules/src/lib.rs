@@ -8,6 +8,7 @@ pub mod csi;
 pub mod disco;
 pub mod forms;
 pub mod last;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -41,7 +42,8 @@ pub fn standard(r: &mut Registry) {
         .load::<register::Register>()
         .load::<privacy::Privacy>()
         .load::<carbons::Carbons>()
-        .load::<csi::Csi>();
+        .load::<csi::Csi>()
+        .load::<muc::Muc>();
 }
 
 /// The settings of a module that has none besides `enabled`.

@@ -39,6 +39,11 @@ pub struct Metrics {
     s2s_authenticated: Family<S2sAuthLabel, Counter>,
     /// Stanzas bounced because no authenticated link to their domain came about.
     pub s2s_bounced: Counter,
+    /// Multi-user chat (set by the MUC module): rooms with a task now, their occupants,
+    /// and copies of groupchat messages fanned out to occupants.
+    pub muc_rooms_active: Gauge,
+    pub muc_occupants: Gauge,
+    pub muc_messages_out: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +75,10 @@ impl Default for Metrics {
             "s2s_bounced",
             "Stanzas bounced because no link to their server could be set up.",
         );
+        let muc_messages_out = counter(
+            "muc_messages_out",
+            "Copies of groupchat messages (and subject changes) sent to room occupants.",
+        );
         let s2s_links_open = Gauge::default();
         registry.register(
             "s2s_links_open",
@@ -94,6 +103,13 @@ impl Default for Metrics {
             "Sessions with a bound resource.",
             sessions_bound.clone(),
         );
+        let mut gauge = |name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let muc_rooms_active = gauge("muc_rooms_active", "Multi-user chat rooms active now.");
+        let muc_occupants = gauge("muc_occupants", "Occupants of the active rooms.");
         let family = Family::<KindLabel, Counter>::default();
         registry.register(
             "stanzas_in",
@@ -118,6 +134,9 @@ impl Default for Metrics {
             s2s_links_open,
             s2s_authenticated,
             s2s_bounced,
+            muc_rooms_active,
+            muc_occupants,
+            muc_messages_out,
         }
     }
 }

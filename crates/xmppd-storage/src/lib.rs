@@ -7,6 +7,7 @@ mod account_data;
 mod accounts;
 mod cache;
 mod cached;
+mod muc;
 mod offline;
 mod roster;
 mod sqlite;
@@ -15,6 +16,7 @@ pub use account_data::AccountDataStore;
 pub use accounts::{Account, AccountStore, ScramKeys};
 pub use cache::{CacheMap, Miss};
 pub use cached::CachedRoster;
+pub use muc::{MucStore, StoredAffiliation, StoredRoom};
 pub use offline::{OfflineMessage, OfflineStore};
 pub use roster::{PendingRequest, RosterItem, RosterStore};
 pub use sqlite::SqliteStorage;
@@ -43,6 +45,7 @@ pub struct Storage {
     pub roster: Arc<dyn RosterStore>,
     pub offline: Arc<dyn OfflineStore>,
     pub data: Arc<dyn AccountDataStore>,
+    pub muc: Arc<dyn MucStore>,
 }
 
 impl Storage {
@@ -54,7 +57,8 @@ impl Storage {
                 accounts: db.clone(),
                 roster: Arc::new(CachedRoster::new(db.clone())),
                 offline: db.clone(),
-                data: db,
+                data: db.clone(),
+                muc: db,
             });
         }
         Err(StorageError::UnsupportedUrl(url.to_string()))

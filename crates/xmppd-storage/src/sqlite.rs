@@ -9,7 +9,8 @@ use sqlx::Row;
 
 use crate::accounts::{Account, AccountStore, ScramKeys};
 use crate::{
-    AccountDataStore, OfflineMessage, OfflineStore, PendingRequest, Result, RosterItem, RosterStore,
+    AccountDataStore, MucStore, OfflineMessage, OfflineStore, PendingRequest, Result, RosterItem,
+    RosterStore, StoredAffiliation, StoredRoom,
 };
 
 /// SQLite storage in WAL mode, so the `xmppd user` commands can write while the server runs.
@@ -555,6 +556,173 @@ impl AccountDataStore for SqliteStorage {
     }
 }
 
+#[async_trait]
+impl MucStore for SqliteStorage {
+    async fn room(&self, service: &str, room: &str) -> Result<Option<StoredRoom>> {
+        let row = sqlx::query(
+            "SELECT name, public, config, subject FROM muc_rooms WHERE service = $1 AND room = $2",
+        )
+        .bind(service)
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredRoom {
+                name: r.try_get("name")?,
+                public: r.try_get::<i64, _>("public")? != 0,
+                config: r.try_get("config")?,
+                subject: r.try_get("subject")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_room(&self, service: &str, room: &str, stored: &StoredRoom) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO muc_rooms (service, room, name, public, config, subject) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, room) DO UPDATE SET \
+             name = $3, public = $4, config = $5, subject = $6",
+        )
+        .bind(service)
+        .bind(room)
+        .bind(&stored.name)
+        .bind(stored.public as i64)
+        .bind(&stored.config)
+        .bind(&stored.subject)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_room(&self, service: &str, room: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["muc_rooms", "muc_affiliations", "muc_history"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE service = $1 AND room = $2"
+            ))
+            .bind(service)
+            .bind(room)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn public_rooms(&self, service: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT room, name FROM muc_rooms WHERE service = $1 AND public = 1 ORDER BY room",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("room")?, r.try_get("name")?)))
+            .collect()
+    }
+
+    async fn affiliations(&self, service: &str, room: &str) -> Result<Vec<StoredAffiliation>> {
+        let rows = sqlx::query(
+            "SELECT jid, affiliation, nick, reason FROM muc_affiliations \
+             WHERE service = $1 AND room = $2 ORDER BY jid",
+        )
+        .bind(service)
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAffiliation {
+                    jid: r.try_get("jid")?,
+                    affiliation: r.try_get("affiliation")?,
+                    nick: r.try_get("nick")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_affiliation(
+        &self,
+        service: &str,
+        room: &str,
+        a: &StoredAffiliation,
+    ) -> Result<()> {
+        if a.affiliation == "none" {
+            sqlx::query(
+                "DELETE FROM muc_affiliations WHERE service = $1 AND room = $2 AND jid = $3",
+            )
+            .bind(service)
+            .bind(room)
+            .bind(&a.jid)
+            .execute(&self.pool)
+            .await?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO muc_affiliations (service, room, jid, affiliation, nick, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, room, jid) DO UPDATE SET \
+             affiliation = $4, nick = $5, reason = $6",
+        )
+        .bind(service)
+        .bind(room)
+        .bind(&a.jid)
+        .bind(&a.affiliation)
+        .bind(&a.nick)
+        .bind(&a.reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn push_history(
+        &self,
+        service: &str,
+        room: &str,
+        stamp: i64,
+        stanza: &str,
+        keep: usize,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO muc_history (service, room, stamp, stanza) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(service)
+        .bind(room)
+        .bind(stamp)
+        .bind(stanza)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM muc_history WHERE service = $1 AND room = $2 AND id NOT IN \
+             (SELECT id FROM muc_history WHERE service = $1 AND room = $2 \
+              ORDER BY id DESC LIMIT $3)",
+        )
+        .bind(service)
+        .bind(room)
+        .bind(keep as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn history(&self, service: &str, room: &str, limit: usize) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT stamp, stanza FROM (SELECT id, stamp, stanza FROM muc_history \
+             WHERE service = $1 AND room = $2 ORDER BY id DESC LIMIT $3) ORDER BY id",
+        )
+        .bind(service)
+        .bind(room)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("stamp")?, r.try_get("stanza")?)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,5 +924,62 @@ mod tests {
             storage.data.get("alice", d, "vcard", "").await.unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn muc_rooms_affiliations_and_history_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let (svc, room) = ("conference.example.org", "lounge");
+        {
+            let storage = Storage::open(&url).await.unwrap();
+            let stored = StoredRoom {
+                name: "Lounge".into(),
+                public: true,
+                config: "<x/>".into(),
+                subject: String::new(),
+            };
+            storage.muc.put_room(svc, room, &stored).await.unwrap();
+            let owner = StoredAffiliation {
+                jid: "alice@example.org".into(),
+                affiliation: "owner".into(),
+                nick: None,
+                reason: None,
+            };
+            storage
+                .muc
+                .set_affiliation(svc, room, &owner)
+                .await
+                .unwrap();
+            for i in 0..5 {
+                let xml = format!("<message id='{i}'/>");
+                storage
+                    .muc
+                    .push_history(svc, room, i, &xml, 3)
+                    .await
+                    .unwrap();
+            }
+        }
+        let storage = Storage::open(&url).await.unwrap();
+        assert_eq!(
+            storage.muc.room(svc, room).await.unwrap().unwrap().name,
+            "Lounge"
+        );
+        assert_eq!(
+            storage.muc.public_rooms(svc).await.unwrap(),
+            [("lounge".to_string(), "Lounge".to_string())]
+        );
+        assert_eq!(storage.muc.affiliations(svc, room).await.unwrap().len(), 1);
+        let history = storage.muc.history(svc, room, 2).await.unwrap();
+        assert_eq!(history.iter().map(|h| h.0).collect::<Vec<_>>(), [3, 4]);
+        storage.muc.delete_room(svc, room).await.unwrap();
+        assert!(storage.muc.room(svc, room).await.unwrap().is_none());
+        assert!(storage
+            .muc
+            .affiliations(svc, room)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(storage.muc.history(svc, room, 10).await.unwrap().is_empty());
     }
 }
