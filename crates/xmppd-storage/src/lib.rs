@@ -8,6 +8,7 @@ mod accounts;
 mod cache;
 mod cached;
 mod offline;
+mod pubsub;
 mod roster;
 mod sqlite;
 
@@ -16,6 +17,7 @@ pub use accounts::{Account, AccountStore, ScramKeys};
 pub use cache::{CacheMap, Miss};
 pub use cached::CachedRoster;
 pub use offline::{OfflineMessage, OfflineStore};
+pub use pubsub::{Member, PubSubStore, StoredItem};
 pub use roster::{PendingRequest, RosterItem, RosterStore};
 pub use sqlite::SqliteStorage;
 
@@ -43,6 +45,7 @@ pub struct Storage {
     pub roster: Arc<dyn RosterStore>,
     pub offline: Arc<dyn OfflineStore>,
     pub data: Arc<dyn AccountDataStore>,
+    pub pubsub: Arc<dyn PubSubStore>,
 }
 
 impl Storage {
@@ -54,7 +57,8 @@ impl Storage {
                 accounts: db.clone(),
                 roster: Arc::new(CachedRoster::new(db.clone())),
                 offline: db.clone(),
-                data: db,
+                data: db.clone(),
+                pubsub: db,
             });
         }
         Err(StorageError::UnsupportedUrl(url.to_string()))
