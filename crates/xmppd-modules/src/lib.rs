@@ -13,6 +13,7 @@ pub mod ping;
 pub mod presence;
 pub mod privacy;
 pub mod private;
+pub mod pubsub;
 pub mod register;
 pub mod roster;
 pub mod rsm;
@@ -41,7 +42,8 @@ pub fn standard(r: &mut Registry) {
         .load::<register::Register>()
         .load::<privacy::Privacy>()
         .load::<carbons::Carbons>()
-        .load::<csi::Csi>();
+        .load::<csi::Csi>()
+        .load::<pubsub::PubSub>();
 }
 
 /// The settings of a module that has none besides `enabled`.

@@ -43,8 +43,13 @@ pub trait PubSubStore: Send + Sync {
     async fn delete_node(&self, service: &str, node: &str) -> Result<bool>;
     /// Stores an item (replacing one with its id) as the newest, then keeps the `keep`
     /// newest items of the node.
-    async fn publish(&self, service: &str, node: &str, item: &StoredItem, keep: usize)
-        -> Result<()>;
+    async fn publish(
+        &self,
+        service: &str,
+        node: &str,
+        item: &StoredItem,
+        keep: usize,
+    ) -> Result<()>;
     /// Items, newest first, at most `limit`.
     async fn items(&self, service: &str, node: &str, limit: usize) -> Result<Vec<StoredItem>>;
     async fn item(&self, service: &str, node: &str, id: &str) -> Result<Option<StoredItem>>;
@@ -100,10 +105,11 @@ mod sqlite {
         }
 
         async fn nodes(&self, service: &str) -> Result<Vec<String>> {
-            let rows = sqlx::query("SELECT node FROM pubsub_nodes WHERE service = $1 ORDER BY node")
-                .bind(service)
-                .fetch_all(&self.pool)
-                .await?;
+            let rows =
+                sqlx::query("SELECT node FROM pubsub_nodes WHERE service = $1 ORDER BY node")
+                    .bind(service)
+                    .fetch_all(&self.pool)
+                    .await?;
             rows.iter()
                 .map(|r| r.try_get("node").map_err(Into::into))
                 .collect()
@@ -211,14 +217,12 @@ mod sqlite {
             .bind(&item.payload)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "DELETE FROM pubsub_items WHERE service = $1 AND node = $2 AND seq <= $3",
-            )
-            .bind(service)
-            .bind(node)
-            .bind(next - keep.min(i64::MAX as usize) as i64)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("DELETE FROM pubsub_items WHERE service = $1 AND node = $2 AND seq <= $3")
+                .bind(service)
+                .bind(node)
+                .bind(next - keep.min(i64::MAX as usize) as i64)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(())
         }
@@ -420,7 +424,10 @@ mod tests {
         assert!(s.nodes("a@x").await.unwrap().is_empty());
         assert!(s.items("a@x", "n", 10).await.unwrap().is_empty());
         s.put_caps("v=", &["a".into(), "b".into()]).await.unwrap();
-        assert_eq!(s.caps("v=").await.unwrap(), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            s.caps("v=").await.unwrap(),
+            Some(vec!["a".into(), "b".into()])
+        );
         assert_eq!(s.caps("w=").await.unwrap(), None);
     }
 }

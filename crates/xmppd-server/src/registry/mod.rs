@@ -146,6 +146,13 @@ pub enum Event<'a> {
         user: &'a BareJid,
         sessions: &'a [Arc<SessionHandle>],
     },
+    /// Available or unavailable presence reached a local account `user` from `from`: one
+    /// of its own resources (as broadcast) or anyone else (PEP's last items, XEP-0115 caps).
+    PresenceReceived {
+        from: &'a Jid,
+        user: &'a BareJid,
+        presence: &'a Element,
+    },
     /// An account is about to be deleted: its stored data is still there.
     AccountRemoving(&'a BareJid),
     /// An account was deleted: forget what is cached about it.
@@ -159,6 +166,7 @@ pub enum EventKind {
     SessionClosing,
     Undelivered,
     Delivered,
+    PresenceReceived,
     AccountRemoving,
     AccountRemoved,
 }
@@ -171,6 +179,7 @@ impl Event<'_> {
             Event::SessionClosing(_) => EventKind::SessionClosing,
             Event::Undelivered { .. } => EventKind::Undelivered,
             Event::Delivered { .. } => EventKind::Delivered,
+            Event::PresenceReceived { .. } => EventKind::PresenceReceived,
             Event::AccountRemoving(_) => EventKind::AccountRemoving,
             Event::AccountRemoved(_) => EventKind::AccountRemoved,
         }
