@@ -483,6 +483,8 @@ impl PubSub {
                     .await?;
                 self.existing(cx, svc, name).await?
             }
+            // Someone else's PEP: only its owner creates nodes there.
+            None if matches!(svc, Service::Pep(_)) => return Err(C::Forbidden.into()),
             None => return Err(C::ItemNotFound.into()),
         };
         let judge = Judge::new(cx, svc).await?;
