@@ -194,7 +194,7 @@ async fn create_subscribe_publish_notify_unsubscribe_delete() {
         let event = notification(&mut bob).await;
         let items = event.get_child("items", EVENT).unwrap();
         assert_eq!(items.attr("node"), Some("news"));
-        assert_eq!(item_ids(items), [id.clone()]);
+        assert_eq!(item_ids(items), [id.as_str()]);
     }
     assert_no_event(&mut carol).await;
     // Bob is no publisher.

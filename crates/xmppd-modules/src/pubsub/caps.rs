@@ -128,11 +128,14 @@ const MAX_WAITERS: usize = 1_000;
 /// Who heard from whom: an account, and the full JID whose presence reached it.
 pub type Heard = (String, String);
 
+/// How many pairs are tracked, and account → full JID → `ver`.
+type HeardMap = (usize, HashMap<String, HashMap<String, String>>);
+
 /// What the server knows of its users' and their contacts' capabilities.
 pub struct Caps {
     /// Account → full JID it heard available presence with caps from → that `ver`. The
     /// account's own resources are in its own map.
-    heard: Mutex<(usize, HashMap<String, HashMap<String, String>>)>,
+    heard: Mutex<HeardMap>,
     verified: CacheMap<String, Option<Features>>,
     /// The `ver`s being asked about (§6.3: once, from one resource), with the presences
     /// that wait for the answer.
