@@ -551,3 +551,57 @@ async fn pep_is_in_disco_and_data_survives_a_restart_and_goes_with_the_account()
     let store = &server.state().router.storage().pubsub;
     assert!(store.nodes("alice@localhost").await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_contact_approved_after_its_presence_arrived_gets_the_last_items() {
+    let server = TestServer::start().await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut bob = online(&server, "bob", "b", 0).await;
+    advertise(
+        &mut bob,
+        &[DISCO_INFO, "http://jabber.org/protocol/nick+notify"],
+    )
+    .await;
+    bob.sync().await;
+    assert_result(
+        &alice
+            .iq("p1", &publish("p1", NICK, "1", &nick("Alice")))
+            .await,
+    );
+    // Alice asks first: Bob's presence reaches her when he approves, before she approves
+    // him in turn; her approval is what lets him see her nick.
+    common::befriend(&mut alice, "alice@localhost/a", &mut bob, "bob@localhost/b").await;
+    let last = parse(&bob.stanza_with(&[EVENT]).await);
+    assert_eq!(published(&last, "alice@localhost", NICK).1, "Alice");
+    assert_eq!(last.attr("to"), Some("bob@localhost/b"));
+}
+
+#[tokio::test]
+async fn own_resources_get_the_last_item_when_they_come_online_and_only_then() {
+    let server = TestServer::start().await;
+    let mut phone = online(&server, "alice", "phone", 0).await;
+    assert_result(
+        &phone
+            .iq("p1", &publish("p1", NICK, "1", &nick("Alice")))
+            .await,
+    );
+    let features = [DISCO_INFO, "http://jabber.org/protocol/nick+notify"];
+    let mut laptop = Raw::login_quiet(server.c2s, "alice", "laptop").await;
+    advertise(&mut laptop, &features).await;
+    let last = parse(&laptop.stanza_with(&[EVENT]).await);
+    assert_eq!(published(&last, "alice@localhost", NICK).1, "Alice");
+    assert_eq!(last.attr("to"), Some("alice@localhost/laptop"));
+    // A presence update with the same caps is no reason to send it again.
+    laptop
+        .send(&caps_presence(&ver(&features)).replace("<presence>", "<presence><show>away</show>"))
+        .await;
+    assert_no_event(&mut laptop).await;
+    // A new resource with caps the server already knows is not asked again.
+    let mut tablet = Raw::login_quiet(server.c2s, "alice", "tablet").await;
+    tablet.send(&caps_presence(&ver(&features))).await;
+    let last = parse(&tablet.stanza_with(&[EVENT]).await);
+    assert_eq!(last.attr("to"), Some("alice@localhost/tablet"));
+    tablet.sync().await;
+    let rest = tablet.next_stanza_if_any().await;
+    assert!(!rest.contains("disco#info"), "asked again: {rest}");
+}

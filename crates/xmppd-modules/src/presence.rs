@@ -255,7 +255,8 @@ impl Presence {
     }
 }
 
-/// Tells the modules that `user` received available or unavailable presence from `from`.
+/// Tells the modules that presence from `from` reached `user`: available, unavailable, or a
+/// subscription stanza once its state change is saved.
 async fn received(cx: &mut Ctx<'_>, from: &Jid, user: &BareJid, presence: &Element) {
     cx.fire(Event::PresenceReceived {
         from,
@@ -374,7 +375,9 @@ async fn inbound(cx: &mut Ctx<'_>, stanza: Stanza, to: &Jid) {
     let from = stanza.from.clone();
     if let Some(kind) = Kind::parse(kind) {
         if let Some(from) = from {
+            let el = stanza.element().clone();
             inbound_subscription(cx, stanza, &user, &from.to_bare(), kind).await;
+            received(cx, &from, &user, &el).await;
         }
         return;
     }

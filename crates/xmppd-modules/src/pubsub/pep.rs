@@ -38,7 +38,11 @@ impl EventHandler for PubSub {
                 from,
                 user,
                 presence,
-            } => self.presence(cx, from, user, presence).await,
+            } => match presence.attr("type").unwrap_or_default() {
+                "" | "unavailable" => self.presence(cx, from, user, presence).await,
+                "subscribed" => self.approved(cx, from, user).await,
+                _ => {}
+            },
             Event::AccountRemoved(user) => {
                 self.caps.forget(user.as_str());
                 if let Err(e) = cx.storage().pubsub.remove_service(user.as_str()).await {
@@ -112,6 +116,25 @@ impl PubSub {
             }
             state.router.apply(cx).await;
         });
+    }
+
+    /// `approver` (a local account) let `contact` see its presence, so its PEP too: the
+    /// contact's resources it already heard from get the last items now, not at their next
+    /// presence (their presence may have come before the approval).
+    async fn approved(&self, cx: &mut Ctx<'_>, approver: &Jid, contact: &BareJid) {
+        if !cx.is_local_domain(approver.domain().as_str()) {
+            return;
+        }
+        let owner = approver.to_bare();
+        for (full, ver) in self.caps.heard_by(owner.as_str()) {
+            let Ok(jid) = Jid::new(&full) else { continue };
+            if jid.to_bare() != *contact {
+                continue;
+            }
+            if let Some(features) = self.caps.features(cx.storage(), &ver).await {
+                self.last_items(cx, &owner, &jid, &features).await;
+            }
+        }
     }
 
     /// §4.3.2: the last item of every node of `user` that `to` asks for with `+notify` and

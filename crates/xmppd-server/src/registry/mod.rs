@@ -146,8 +146,9 @@ pub enum Event<'a> {
         user: &'a BareJid,
         sessions: &'a [Arc<SessionHandle>],
     },
-    /// Available or unavailable presence reached a local account `user` from `from`: one
-    /// of its own resources (as broadcast) or anyone else (PEP's last items, XEP-0115 caps).
+    /// Presence from `from` reached a local account `user`: available or unavailable (from
+    /// one of its own resources, as broadcast, or anyone else), or a subscription stanza
+    /// once the change it made is saved. For PEP's last items and XEP-0115 caps.
     PresenceReceived {
         from: &'a Jid,
         user: &'a BareJid,
