@@ -94,7 +94,18 @@ fn published(message: &Element, from: &str, node: &str) -> (String, String) {
         .clone();
     assert_eq!(items.attr("node"), Some(node));
     let item = items.get_child("item", EVENT).expect("an item");
-    let text = item.children().next().map(|p| p.text()).unwrap_or_default();
+    let text = match item.children().next() {
+        // The payload keeps its own namespace.
+        Some(p) if node == NICK => {
+            assert!(p.is("nick", NICK), "{p:?}");
+            p.text()
+        }
+        Some(p) => {
+            assert_eq!(p.ns(), node.split('#').next().unwrap(), "{p:?}");
+            p.text()
+        }
+        None => String::new(),
+    };
     (item.attr("id").unwrap().to_string(), text)
 }
 

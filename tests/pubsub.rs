@@ -249,7 +249,9 @@ async fn create_subscribe_publish_notify_unsubscribe_delete() {
         .get_child("items", PUBSUB)
         .and_then(|i| i.get_child("item", PUBSUB))
         .unwrap();
-    assert_eq!(item.children().next().unwrap().text(), "two");
+    let entry = item.children().next().unwrap();
+    assert!(entry.is("entry", "urn:test"), "{entry:?}");
+    assert_eq!(entry.text(), "two");
 
     // Owners see and manage subscriptions and affiliations (§8.8, §8.9).
     let subs = ok(&ask(

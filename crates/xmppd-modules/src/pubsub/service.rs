@@ -142,7 +142,7 @@ fn items_element(ns: &str, node: &str, items: &[StoredItem], payloads: bool) -> 
     for item in items {
         let mut i = Element::new("item", ns).with_attr("id", item.id.clone());
         if payloads {
-            if let Some(payload) = xmppd_xml::parse_fragment(&item.payload, ns) {
+            if let Some(payload) = xmppd_xml::parse_fragment(&item.payload, "") {
                 i.push_child(payload);
             }
         }
@@ -450,7 +450,8 @@ impl PubSub {
             Some(item) => {
                 let mut payloads = item.children();
                 match (payloads.next(), payloads.next()) {
-                    (Some(p), None) => p.to_xml_in(p.ns()),
+                    // Standalone, namespace declared: it is stored and sent apart from its stanza.
+                    (Some(p), None) => p.to_xml(),
                     (None, _) => return Err(error(C::BadRequest, "payload-required")),
                     (Some(_), Some(_)) => return Err(error(C::BadRequest, "invalid-payload")),
                 }
