@@ -616,3 +616,51 @@ async fn own_resources_get_the_last_item_when_they_come_online_and_only_then() {
     let rest = tablet.next_stanza_if_any().await;
     assert!(!rest.contains("disco#info"), "asked again: {rest}");
 }
+
+#[tokio::test]
+async fn an_explicit_subscriber_with_notify_gets_one_copy() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = common::friends(&server, "a", "b").await;
+    advertise(
+        &mut bob,
+        &[DISCO_INFO, "http://jabber.org/protocol/nick+notify"],
+    )
+    .await;
+    bob.sync().await;
+    assert_result(
+        &alice
+            .iq("p1", &publish("p1", NICK, "1", &nick("Alice")))
+            .await,
+    );
+    bob.stanza_with(&[EVENT]).await;
+    let subscribe = format!(
+        "<iq type='set' id='s1' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>\
+         <subscribe node='{NICK}' jid='bob@localhost'/></pubsub></iq>"
+    );
+    assert_result(&bob.iq("s1", &subscribe).await);
+    // The subscription sends the last item once more (§6.1.7).
+    bob.stanza_with(&[EVENT]).await;
+    assert_result(
+        &alice
+            .iq("p2", &publish("p2", NICK, "2", &nick("Alice 2")))
+            .await,
+    );
+    let note = parse(&bob.stanza_with(&[EVENT]).await);
+    assert_eq!(note.attr("to"), Some("bob@localhost"));
+    assert_no_event(&mut bob).await;
+}
+
+#[tokio::test]
+async fn a_session_inventing_caps_hashes_runs_out_of_queries() {
+    let server = TestServer::start().await;
+    let mut bob = online(&server, "bob", "b", 0).await;
+    for i in 0..8 {
+        let feature = format!("urn:xmppd:test:{i}");
+        advertise(&mut bob, &[DISCO_INFO, &feature]).await;
+    }
+    bob.send(&caps_presence(&ver(&[DISCO_INFO, "urn:xmppd:test:9"])))
+        .await;
+    bob.sync().await;
+    let rest = bob.next_stanza_if_any().await;
+    assert!(!rest.contains("type='get'"), "asked a ninth time: {rest}");
+}

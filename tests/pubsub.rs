@@ -465,3 +465,48 @@ async fn configuration_forms_round_trip_and_bad_values_are_refused() {
     .await;
     assert_eq!(error_of(&options).0, "feature-not-implemented");
 }
+
+#[tokio::test]
+async fn node_and_subscription_limits_hold() {
+    let server = TestServer::start_with(|c| {
+        let mut section = toml::Table::new();
+        section.insert("max_nodes".into(), toml::Value::Integer(2));
+        section.insert("max_subscriptions".into(), toml::Value::Integer(1));
+        c.modules.insert("pubsub".into(), section);
+    })
+    .await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut bob = online(&server, "bob", "b", 0).await;
+    for node in ["one", "two"] {
+        ok(&ask(
+            &mut alice,
+            node,
+            "set",
+            PUBSUB,
+            &format!("<create node='{node}'/>"),
+        )
+        .await);
+    }
+    let third = ask(&mut alice, "three", "set", PUBSUB, "<create node='three'/>").await;
+    assert_eq!(
+        error_of(&third),
+        ("not-allowed".into(), Some("max-nodes-exceeded".into()))
+    );
+    ok(&ask(
+        &mut alice,
+        "s1",
+        "set",
+        PUBSUB,
+        "<subscribe node='one' jid='alice@localhost'/>",
+    )
+    .await);
+    let full = ask(
+        &mut bob,
+        "s2",
+        "set",
+        PUBSUB,
+        "<subscribe node='one' jid='bob@localhost'/>",
+    )
+    .await;
+    assert_eq!(error_of(&full).0, "policy-violation");
+}

@@ -13,11 +13,12 @@ mod node;
 mod pep;
 mod service;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use xmppd_core::BareJid;
-use xmppd_server::registry::{EventKind, Identity, Module, On, Registry};
+use xmppd_server::registry::{EventKind, ExtKey, Identity, Module, On, Registry};
 
 pub use caps::Caps;
 pub use node::NodeConfig;
@@ -122,6 +123,8 @@ const SERVICE_FEATURES: &[&str] = &["http://jabber.org/protocol/pubsub#instant-n
 pub struct PubSub {
     config: Config,
     caps: Caps,
+    /// Caps queries each session has had, against [`pep::MAX_QUERIES_PER_SESSION`].
+    queries: ExtKey<AtomicUsize>,
     me: pep::Weak,
 }
 
@@ -135,7 +138,7 @@ impl Module for PubSub {
         }
         let domains = r.server_config().server.domains.clone();
         let prefix = config.service_prefix.clone();
-        let module = pep::new(config);
+        let module = pep::new(config, r.session_ext());
         for ns in [NS, OWNER_NS] {
             r.iq(On::Account, ns, "pubsub", module.clone());
         }

@@ -3,6 +3,7 @@
 //! available with `NODE+notify` (§4.3.2). Unknown caps are asked of the resource once
 //! (XEP-0115 §6.3) by a task, so the presence that brought them is not held up.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +15,14 @@ use super::node::{may_access, SendLast};
 use super::service::Judge;
 use super::{PubSub, Service};
 use xmppd_server::registry::{
-    Ctx, DiscoProvider, Event, EventHandler, Handled, IqHandler, IqResult, IqTarget,
+    Ctx, DiscoProvider, Event, EventHandler, ExtKey, Handled, IqHandler, IqResult, IqTarget,
 };
 
 /// How long a client has to answer the caps query.
 const CAPS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Caps queries one session may cause: each verified answer is stored for good, so a
+/// client inventing hashes must not fill the database.
+pub const MAX_QUERIES_PER_SESSION: usize = 8;
 
 #[async_trait]
 impl IqHandler for PubSub {
@@ -76,12 +80,17 @@ impl PubSub {
         let Some(session) = from.try_as_full().ok().and_then(|f| cx.sessions().get(f)) else {
             return;
         };
+        let asked = session.ext.get_or_default(self.queries);
+        if asked.load(Ordering::Relaxed) >= MAX_QUERIES_PER_SESSION {
+            return tracing::debug!(jid = %from, "caps queries used up for this session");
+        }
         if !self
             .caps
             .wait_for(&ver, (user.to_string(), from.to_string()))
         {
             return;
         }
+        asked.fetch_add(1, Ordering::Relaxed);
         let (Some(me), handle, requests) =
             (self.me.upgrade(), cx.server_handle(), cx.requests().clone())
         else {
@@ -283,10 +292,11 @@ impl DiscoProvider for PubSub {
 pub type Weak = std::sync::Weak<PubSub>;
 
 /// The module, built so that it can hand itself to a task.
-pub fn new(config: super::Config) -> Arc<PubSub> {
+pub fn new(config: super::Config, queries: ExtKey<AtomicUsize>) -> Arc<PubSub> {
     Arc::new_cyclic(|me| PubSub {
         config,
         caps: super::Caps::default(),
+        queries,
         me: me.clone(),
     })
 }

@@ -151,7 +151,7 @@ fn items_element(ns: &str, node: &str, items: &[StoredItem], payloads: bool) -> 
     el
 }
 
-/// The node attribute an action needs (§6.1.3.? `nodeid-required`).
+/// The node attribute an action needs (`nodeid-required` otherwise, e.g. §6.1.3.9).
 fn node_attr(action: &Element) -> Result<&str, StanzaError> {
     match action.attr("node") {
         Some(n) if !n.is_empty() => Ok(n),
@@ -862,10 +862,17 @@ impl PubSub {
                 Err(_) => tracing::warn!("PEP notifications without the roster"),
             }
         }
-        let mut seen = HashSet::new();
-        for jid in to {
-            if seen.insert(jid.clone()) {
-                cx.route_element(event_message(svc, &jid, child.clone()));
+        // A bare JID's subscription reaches all its resources: no second copy to one of them.
+        let bare: HashSet<&str> = to
+            .iter()
+            .filter(|j| !j.contains('/'))
+            .map(String::as_str)
+            .collect();
+        let mut sent = HashSet::new();
+        for jid in &to {
+            let covered = jid.split_once('/').is_some_and(|(b, _)| bare.contains(b));
+            if !covered && sent.insert(jid.as_str()) {
+                cx.route_element(event_message(svc, jid, child.clone()));
             }
         }
     }
