@@ -1,6 +1,6 @@
 -- XEP-0060 publish-subscribe, for PEP (service = the account's bare JID) and the generic
 -- service (service = its domain). `config` is the node configuration as the pubsub module
--- writes it (one `key=value` per line).
+-- writes it (its XEP-0004 result form).
 CREATE TABLE pubsub_nodes (
     service TEXT NOT NULL,
     node    TEXT NOT NULL,
