@@ -664,3 +664,174 @@ async fn a_session_inventing_caps_hashes_runs_out_of_queries() {
     let rest = bob.next_stanza_if_any().await;
     assert!(!rest.contains("type='get'"), "asked a ninth time: {rest}");
 }
+
+const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
+const LEGACY: &str = "storage:bookmarks";
+
+/// The conferences (jid, name) a private XML read of `storage:bookmarks` returns, and the
+/// number of `<url/>`s.
+async fn legacy_bookmarks(raw: &mut Raw) -> (Vec<(String, String)>, usize) {
+    let reply = parse(
+        &raw.iq(
+            "pg",
+            "<iq type='get' id='pg'><query xmlns='jabber:iq:private'>\
+             <storage xmlns='storage:bookmarks'/></query></iq>",
+        )
+        .await,
+    );
+    let storage = reply
+        .get_child("query", "jabber:iq:private")
+        .and_then(|q| q.get_child("storage", LEGACY))
+        .unwrap_or_else(|| panic!("no storage: {reply:?}"))
+        .clone();
+    let mut conferences: Vec<_> = storage
+        .children()
+        .filter(|c| c.is("conference", LEGACY))
+        .map(|c| {
+            (
+                c.attr("jid").unwrap().to_string(),
+                c.attr("name").unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    conferences.sort();
+    let urls = storage.children().filter(|c| c.is("url", LEGACY)).count();
+    (conferences, urls)
+}
+
+fn legacy_set(conferences: &[(&str, &str)]) -> String {
+    let mut xml = String::from(
+        "<iq type='set' id='ps'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>\
+         <url name='Docs' url='https://xmpp.org'/>",
+    );
+    for (jid, name) in conferences {
+        xml.push_str(&format!(
+            "<conference jid='{jid}' name='{name}' autojoin='true'><nick>Al</nick></conference>"
+        ));
+    }
+    xml.push_str("</storage></query></iq>");
+    xml
+}
+
+#[tokio::test]
+async fn bookmarks_are_one_list_for_private_xml_and_pep_clients() {
+    let server = TestServer::start().await;
+    let mut old = online(&server, "alice", "old", 0).await;
+    let mut new = online(&server, "alice", "new", 0).await;
+    advertise(&mut new, &[DISCO_INFO, "urn:xmpp:bookmarks:1+notify"]).await;
+    new.sync().await;
+    let info = parse(
+        &old.iq(
+            "d",
+            &format!(
+                "<iq type='get' id='d' to='alice@localhost'><query xmlns='{DISCO_INFO}'/></iq>"
+            ),
+        )
+        .await,
+    );
+    let compat = info
+        .get_child("query", DISCO_INFO)
+        .unwrap()
+        .children()
+        .any(|f| f.attr("var") == Some("urn:xmpp:bookmarks:1#compat"));
+    assert!(compat, "{info:?}");
+
+    // An old client stores its list through private XML: the new one hears of each room.
+    assert_result(
+        &old.iq(
+            "ps",
+            &legacy_set(&[("a@muc.localhost", "A"), ("b@muc.localhost", "B")]),
+        )
+        .await,
+    );
+    let mut heard = Vec::new();
+    for _ in 0..2 {
+        let note = parse(&new.stanza_with(&[EVENT, BOOKMARKS]).await);
+        heard.push(published(&note, "alice@localhost", BOOKMARKS).0);
+    }
+    heard.sort();
+    assert_eq!(heard, ["a@muc.localhost", "b@muc.localhost"]);
+
+    // It replaces the list: one room unchanged (no notification), one gone, one new.
+    assert_result(
+        &old.iq(
+            "ps",
+            &legacy_set(&[("a@muc.localhost", "A"), ("c@muc.localhost", "C")]),
+        )
+        .await,
+    );
+    let note = parse(&new.stanza_with(&[EVENT, "c@muc.localhost"]).await);
+    assert_eq!(
+        published(&note, "alice@localhost", BOOKMARKS).0,
+        "c@muc.localhost"
+    );
+    let note = parse(&new.stanza_with(&[EVENT, "retract"]).await);
+    let items = event(&note, "alice@localhost");
+    let retract = items
+        .get_child("items", EVENT)
+        .and_then(|i| i.get_child("retract", EVENT));
+    assert_eq!(retract.and_then(|r| r.attr("id")), Some("b@muc.localhost"));
+    assert_no_event(&mut new).await;
+
+    // The new client adds a room natively; the old one reads it back, URL kept.
+    let add = format!(
+        "<iq type='set' id='n1'><pubsub xmlns='{PUBSUB}'><publish node='{BOOKMARKS}'>\
+         <item id='d@muc.localhost'><conference xmlns='{BOOKMARKS}' name='D' autojoin='1'>\
+         <nick>Al</nick></conference></item></publish></pubsub></iq>"
+    );
+    assert_result(&new.iq("n1", &add).await);
+    let (conferences, urls) = legacy_bookmarks(&mut old).await;
+    let want: Vec<(String, String)> = [("a", "A"), ("c", "C"), ("d", "D")]
+        .iter()
+        .map(|(r, n)| (format!("{r}@muc.localhost"), n.to_string()))
+        .collect();
+    assert_eq!((conferences, urls), (want, 1));
+}
+
+#[tokio::test]
+async fn bookmarks_stored_before_the_native_node_are_kept_when_it_is_created() {
+    let server = TestServer::start().await;
+    // What the private XML module stored before this server offered native bookmarks.
+    server
+        .state()
+        .router
+        .storage()
+        .data
+        .put(
+            "alice",
+            "localhost",
+            "private",
+            "{storage:bookmarks}storage",
+            "<storage xmlns='storage:bookmarks'><conference jid='old@muc.localhost' name='Old'/></storage>",
+        )
+        .await
+        .unwrap();
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let add = format!(
+        "<iq type='set' id='n1'><pubsub xmlns='{PUBSUB}'><publish node='{BOOKMARKS}'>\
+         <item id='new@muc.localhost'><conference xmlns='{BOOKMARKS}' name='New'/></item>\
+         </publish></pubsub></iq>"
+    );
+    assert_result(&alice.iq("n1", &add).await);
+    let items = parse(
+        &alice
+            .iq(
+                "g",
+                &format!(
+                    "<iq type='get' id='g'><pubsub xmlns='{PUBSUB}'><items node='{BOOKMARKS}'/></pubsub></iq>"
+                ),
+            )
+            .await,
+    );
+    let mut ids: Vec<_> = items
+        .get_child("pubsub", PUBSUB)
+        .and_then(|p| p.get_child("items", PUBSUB))
+        .unwrap()
+        .children()
+        .filter_map(|i| i.attr("id").map(str::to_string))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["new@muc.localhost", "old@muc.localhost"]);
+    let (conferences, _) = legacy_bookmarks(&mut alice).await;
+    assert_eq!(conferences.len(), 2);
+}

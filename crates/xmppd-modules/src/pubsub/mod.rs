@@ -7,6 +7,7 @@
 //! presence and caps, last items on presence), `host.rs` the generic service's address,
 //! `caps.rs` the capabilities cache.
 
+mod bookmarks;
 mod caps;
 mod host;
 mod node;
@@ -125,6 +126,8 @@ pub struct PubSub {
     caps: Caps,
     /// Caps queries each session has had, against [`pep::MAX_QUERIES_PER_SESSION`].
     queries: ExtKey<AtomicUsize>,
+    /// XEP-0402 bookmarks unified with private XML (the private module is loaded).
+    compat: bool,
     me: pep::Weak,
 }
 
@@ -138,7 +141,14 @@ impl Module for PubSub {
         }
         let domains = r.server_config().server.domains.clone();
         let prefix = config.service_prefix.clone();
-        let module = pep::new(config, r.session_ext());
+        // The private module registers first (see `standard`); its handler is wrapped.
+        let compat = private_enabled(r);
+        let module = pep::new(config, r.session_ext(), compat);
+        if compat {
+            let wrapper = Arc::new(bookmarks::Compat(module.clone()));
+            r.iq(On::Account, crate::private::NS, "query", wrapper);
+            r.disco_feature(On::Account, bookmarks::COMPAT);
+        }
         for ns in [NS, OWNER_NS] {
             r.iq(On::Account, ns, "pubsub", module.clone());
         }
@@ -168,4 +178,14 @@ impl Module for PubSub {
         }
         Ok(())
     }
+}
+
+/// Whether `[modules.private]` leaves private XML on (the registry reads `enabled` alike).
+fn private_enabled(r: &Registry) -> bool {
+    r.server_config()
+        .modules
+        .get(<crate::private::Private as Module>::NAME)
+        .and_then(|section| section.get("enabled"))
+        .and_then(|enabled| enabled.as_bool())
+        .unwrap_or(<crate::private::Private as Module>::ENABLED_BY_DEFAULT)
 }

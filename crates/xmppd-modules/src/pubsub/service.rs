@@ -12,7 +12,7 @@ use super::node::{
     may_access, may_publish, Affiliation, Denied, NodeConfig, Relation, SendLast, CONFIG_NS,
     PUBLISH_OPTIONS_NS,
 };
-use super::{PubSub, Service, ERRORS_NS, EVENT_NS, NS, OWNER_NS};
+use super::{bookmarks, PubSub, Service, ERRORS_NS, EVENT_NS, NS, OWNER_NS};
 use crate::forms::{Form, FormKind};
 use crate::subscription::Sub;
 use crate::{account_parts, rsm, storage_error};
@@ -137,7 +137,7 @@ pub fn event_message(svc: &Service, to: &str, child: Element) -> Element {
 }
 
 /// `<items node><item id>payload</item></items>`, in the namespace `ns`.
-fn items_element(ns: &str, node: &str, items: &[StoredItem], payloads: bool) -> Element {
+pub(super) fn items_element(ns: &str, node: &str, items: &[StoredItem], payloads: bool) -> Element {
     let mut el = Element::new("items", ns).with_attr("node", node);
     for item in items {
         let mut i = Element::new("item", ns).with_attr("id", item.id.clone());
@@ -277,7 +277,7 @@ impl PubSub {
     /// `max-nodes-exceeded` past the limit.
     async fn create_node(
         &self,
-        cx: &Ctx<'_>,
+        cx: &mut Ctx<'_>,
         svc: &Service,
         name: &str,
         owner: &BareJid,
@@ -295,7 +295,12 @@ impl PubSub {
             .await
             .map_err(storage_error)?;
         if created {
-            return Ok(());
+            return match svc {
+                Service::Pep(owner) if self.compat && name == bookmarks::NATIVE => {
+                    self.import_legacy(cx, owner).await
+                }
+                _ => Ok(()),
+            };
         }
         match store.node(svc.jid(), name).await.map_err(storage_error)? {
             Some(_) => Err(C::Conflict.into()),
@@ -478,6 +483,8 @@ impl PubSub {
                     Some(o) => self
                         .configured(svc, &svc.defaults(), o, PUBLISH_OPTIONS_NS)
                         .map_err(|_| precondition())?,
+                    // Bookmarks are private even when a client forgets to say so.
+                    None if name == bookmarks::NATIVE => bookmarks::native_config(),
                     None => svc.defaults(),
                 };
                 self.create_node(cx, svc, name, &from.to_bare(), &config)
