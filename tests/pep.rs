@@ -534,10 +534,24 @@ async fn pep_is_in_disco_and_data_survives_a_restart_and_goes_with_the_account()
         .filter_map(|i| i.attr("node").map(str::to_string))
         .collect();
     assert_eq!(nodes, [NICK]);
+    let features = [DISCO_INFO, "http://jabber.org/protocol/nick+notify"];
+    advertise(&mut bob, &features).await;
+    bob.stanza_with(&[EVENT]).await;
     drop((alice, bob));
 
     server.restart().await;
-    let mut bob = online(&server, "bob", "b", 0).await;
+    // The verified caps survived: Bob's client is not asked again, and gets the last item.
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut bob = Raw::login_quiet(server.c2s, "bob", "b").await;
+    bob.send(&caps_presence(&ver(&features))).await;
+    let last = parse(&bob.stanza_with(&[EVENT]).await);
+    assert_eq!(published(&last, "alice@localhost", NICK).1, "Alice");
+    bob.sync().await;
+    let rest = bob.next_stanza_if_any().await;
+    assert!(
+        !rest.contains("type='get'"),
+        "asked again after the restart: {rest}"
+    );
     let get = format!(
         "<iq type='get' id='g' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>\
          <items node='{NICK}'/></pubsub></iq>"
@@ -553,7 +567,6 @@ async fn pep_is_in_disco_and_data_survives_a_restart_and_goes_with_the_account()
         Some("Alice")
     );
 
-    let mut alice = online(&server, "alice", "a", 0).await;
     alice
         .send("<iq type='set' id='rm' to='localhost'><query xmlns='jabber:iq:register'><remove/></query></iq>")
         .await;

@@ -510,3 +510,27 @@ async fn node_and_subscription_limits_hold() {
     .await;
     assert_eq!(error_of(&full).0, "policy-violation");
 }
+
+#[tokio::test]
+async fn a_deleted_account_leaves_no_subscriptions_behind() {
+    let server = TestServer::start().await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut carol = online(&server, "carol", "c", 0).await;
+    ok(&ask(&mut alice, "c1", "set", PUBSUB, "<create node='n'/>").await);
+    ok(&ask(
+        &mut carol,
+        "s1",
+        "set",
+        PUBSUB,
+        "<subscribe node='n' jid='carol@localhost/c'/>",
+    )
+    .await);
+    carol
+        .send("<iq type='set' id='rm' to='localhost'><query xmlns='jabber:iq:register'><remove/></query></iq>")
+        .await;
+    carol.read_to_close().await;
+    alice.sync().await;
+    let subs = ok(&ask(&mut alice, "o1", "get", OWNER, "<subscriptions node='n'/>").await).unwrap();
+    let subs = subs.get_child("subscriptions", OWNER).unwrap();
+    assert_eq!(subs.children().count(), 0, "{subs:?}");
+}
