@@ -848,3 +848,125 @@ async fn bookmarks_stored_before_the_native_node_are_kept_when_it_is_created() {
     let (conferences, _) = legacy_bookmarks(&mut alice).await;
     assert_eq!(conferences.len(), 2);
 }
+
+const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
+const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    sha1::Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pep_avatar_becomes_the_vcard_photo() {
+    let server = TestServer::start().await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let photo = b"\x89PNG\r\n\x1a\nnot really a png";
+    let (id, b64) = (
+        sha1_hex(photo),
+        base64::engine::general_purpose::STANDARD.encode(photo),
+    );
+    let data = format!("<data xmlns='{AVATAR_DATA}'>{b64}</data>");
+    assert_result(&alice.iq("d", &publish("d", AVATAR_DATA, &id, &data)).await);
+    let metadata = format!(
+        "<metadata xmlns='{AVATAR_METADATA}'><info id='{id}' bytes='{}' type='image/png'/></metadata>",
+        photo.len()
+    );
+    assert_result(
+        &alice
+            .iq("m", &publish("m", AVATAR_METADATA, &id, &metadata))
+            .await,
+    );
+    let vcard = parse(
+        &alice
+            .iq(
+                "v",
+                "<iq type='get' id='v'><vCard xmlns='vcard-temp'/></iq>",
+            )
+            .await,
+    );
+    let photo_el = vcard
+        .get_child("vCard", "vcard-temp")
+        .and_then(|v| v.get_child("PHOTO", "vcard-temp"))
+        .unwrap_or_else(|| panic!("no PHOTO: {vcard:?}"));
+    assert_eq!(
+        photo_el.get_child("BINVAL", "vcard-temp").unwrap().text(),
+        b64
+    );
+    assert_eq!(
+        photo_el.get_child("TYPE", "vcard-temp").unwrap().text(),
+        "image/png"
+    );
+    // XEP-0153: the vCard hash in presence follows.
+    alice.send("<presence/>").await;
+    let own = parse(
+        &alice
+            .stanza_with(&["<presence", "vcard-temp:x:update"])
+            .await,
+    );
+    let hash = own
+        .get_child("x", "vcard-temp:x:update")
+        .and_then(|x| x.get_child("photo", "vcard-temp:x:update"))
+        .map(|p| p.text());
+    assert_eq!(hash.as_deref(), Some(id.as_str()));
+}
+
+#[tokio::test]
+async fn a_vcard_photo_becomes_the_pep_avatar() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = common::friends(&server, "a", "b").await;
+    advertise(&mut bob, &[DISCO_INFO, "urn:xmpp:avatar:metadata+notify"]).await;
+    bob.sync().await;
+    let info = parse(
+        &bob.iq(
+            "i",
+            &format!(
+                "<iq type='get' id='i' to='alice@localhost'><query xmlns='{DISCO_INFO}'/></iq>"
+            ),
+        )
+        .await,
+    );
+    assert!(info
+        .get_child("query", DISCO_INFO)
+        .unwrap()
+        .children()
+        .any(|f| f.attr("var") == Some("urn:xmpp:pep-vcard-conversion:0")));
+    let photo = b"GIF89a a small picture";
+    let (id, b64) = (
+        sha1_hex(photo),
+        base64::engine::general_purpose::STANDARD.encode(photo),
+    );
+    let set = format!(
+        "<iq type='set' id='vs'><vCard xmlns='vcard-temp'><FN>Alice</FN><PHOTO><TYPE>image/gif</TYPE>\
+         <BINVAL>{b64}</BINVAL></PHOTO></vCard></iq>"
+    );
+    assert_result(&alice.iq("vs", &set).await);
+    let note = parse(&bob.stanza_with(&[EVENT, AVATAR_METADATA]).await);
+    let ev = event(&note, "alice@localhost");
+    let info = ev
+        .get_child("items", EVENT)
+        .and_then(|i| i.get_child("item", EVENT))
+        .and_then(|i| i.get_child("metadata", AVATAR_METADATA))
+        .and_then(|m| m.get_child("info", AVATAR_METADATA))
+        .unwrap_or_else(|| panic!("no info: {note:?}"));
+    assert_eq!(info.attr("id"), Some(id.as_str()));
+    assert_eq!(info.attr("type"), Some("image/gif"));
+    assert_eq!(info.attr("bytes"), Some(photo.len().to_string().as_str()));
+    let get = format!(
+        "<iq type='get' id='g' to='alice@localhost'><pubsub xmlns='{PUBSUB}'>\
+         <items node='{AVATAR_DATA}'><item id='{id}'/></items></pubsub></iq>"
+    );
+    let reply = parse(&bob.iq("g", &get).await);
+    let data = reply
+        .get_child("pubsub", PUBSUB)
+        .and_then(|p| p.get_child("items", PUBSUB))
+        .and_then(|i| i.get_child("item", PUBSUB))
+        .and_then(|i| i.get_child("data", AVATAR_DATA))
+        .expect("the avatar data");
+    assert_eq!(data.text(), b64);
+    // Setting the same vCard again changes nothing: no second notification.
+    assert_result(&alice.iq("vs", &set).await);
+    assert_no_event(&mut bob).await;
+}

@@ -12,13 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use xmppd_core::{ns, BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
-use xmppd_storage::StoredItem;
+use xmppd_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition};
 
 use super::node::{AccessModel, MaxItems, NodeConfig, SendLast};
-use super::service::{error, Node};
+use super::service::Node;
 use super::{PubSub, Service, EVENT_NS};
-use crate::private::{Private, NS as PRIVATE};
+use crate::private::NS as PRIVATE;
 use crate::{from_owner, storage_error};
 use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget};
 
@@ -70,8 +69,18 @@ pub fn to_legacy(id: &str, native: &Element) -> Element {
 }
 
 /// The private XML handler with bookmarks unified (registered in the private module's
-/// place, which it calls for everything else).
+/// place, whose handler it calls for everything else).
 pub struct Compat(pub Arc<PubSub>);
+
+impl PubSub {
+    /// The private module's own handler (present whenever [`Compat`] is registered).
+    async fn private(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
+        match &self.wrapped.private {
+            Some(private) => private.handle(cx, target, iq).await,
+            None => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+        }
+    }
+}
 
 /// The `<storage xmlns='storage:bookmarks'/>` a private XML request is about, if that.
 fn bookmarks_of(iq: &Stanza) -> Option<&Element> {
@@ -83,33 +92,22 @@ fn bookmarks_of(iq: &Stanza) -> Option<&Element> {
     }
 }
 
-/// A private XML get of the stored `storage:bookmarks` document, as the owner would send it.
-fn stored_request(user: &BareJid) -> Option<Stanza> {
-    let iq = Element::new("iq", ns::CLIENT)
-        .with_attr("type", "get")
-        .with_attr("id", "bookmarks-compat")
-        .with_attr("from", user.as_str())
-        .with_attr("to", user.as_str())
-        .with_child(Element::new("query", PRIVATE).with_child(Element::new("storage", LEGACY)));
-    Stanza::parse(iq).ok()
-}
-
 #[async_trait]
 impl IqHandler for Compat {
     async fn handle(&self, cx: &mut Ctx<'_>, target: IqTarget<'_>, iq: &Stanza) -> IqResult {
         let (IqTarget::Account(user), Some(storage)) = (target, bookmarks_of(iq)) else {
-            return Private.handle(cx, target, iq).await;
+            return self.0.private(cx, target, iq).await;
         };
         if !from_owner(iq, user) {
-            return Private.handle(cx, target, iq).await;
+            return self.0.private(cx, target, iq).await;
         }
         let svc = Service::Pep(user.clone());
         if iq.stanza_type() == "set" {
-            let stored = Private.handle(cx, target, iq).await?;
+            let stored = self.0.private(cx, target, iq).await?;
             self.0.sync_native(cx, &svc, user, storage).await?;
             return Ok(stored);
         }
-        let stored = Private.handle(cx, target, iq).await?;
+        let stored = self.0.private(cx, target, iq).await?;
         let Some(node) = self.0.load(cx, &svc, NATIVE).await? else {
             return Ok(stored);
         };
@@ -171,7 +169,8 @@ impl PubSub {
         for (id, native) in &wanted {
             let payload = native.to_xml();
             if existing.get(id) != Some(&payload) {
-                self.put_native(cx, svc, &node, owner, id, payload).await?;
+                self.store_and_notify(cx, svc, &node, owner, id, payload)
+                    .await?;
             }
         }
         for id in existing.keys() {
@@ -197,59 +196,8 @@ impl PubSub {
         svc: &Service,
         owner: &BareJid,
     ) -> Result<Node, StanzaError> {
-        if let Some(node) = self.load(cx, svc, NATIVE).await? {
-            return Ok(node);
-        }
-        let created = cx
-            .storage()
-            .pubsub
-            .create_node(
-                svc.jid(),
-                NATIVE,
-                &native_config().to_text(),
-                owner.as_str(),
-                self.config.max_nodes,
-            )
+        self.node_or_create(cx, svc, NATIVE, owner, &native_config())
             .await
-            .map_err(storage_error)?;
-        if !created && self.load(cx, svc, NATIVE).await?.is_none() {
-            return Err(error(
-                StanzaErrorCondition::NotAllowed,
-                "max-nodes-exceeded",
-            ));
-        }
-        self.load(cx, svc, NATIVE)
-            .await?
-            .ok_or_else(|| StanzaErrorCondition::InternalServerError.into())
-    }
-
-    async fn put_native(
-        &self,
-        cx: &mut Ctx<'_>,
-        svc: &Service,
-        node: &Node,
-        owner: &BareJid,
-        id: &str,
-        payload: String,
-    ) -> Result<(), StanzaError> {
-        let item = StoredItem {
-            id: id.to_string(),
-            publisher: owner.to_string(),
-            payload,
-        };
-        cx.storage()
-            .pubsub
-            .publish(
-                svc.jid(),
-                NATIVE,
-                &item,
-                node.config.keep(self.config.max_items),
-            )
-            .await
-            .map_err(storage_error)?;
-        let child = super::service::items_element(EVENT_NS, NATIVE, &[item], true);
-        self.notify(cx, svc, node, child).await;
-        Ok(())
     }
 
     /// The native node was just created by a publish: the bookmarks stored before through
@@ -260,15 +208,19 @@ impl PubSub {
         owner: &BareJid,
     ) -> Result<(), StanzaError> {
         let svc = Service::Pep(owner.clone());
-        let Some(request) = stored_request(owner) else {
+        let query = Element::new("query", PRIVATE).with_child(Element::new("storage", LEGACY));
+        let Some(request) = super::own_iq(owner, "get", query) else {
             return Ok(());
         };
         let target = IqTarget::Account(owner);
-        let stored = Private.handle(cx, target, &request).await?;
+        let stored = self.private(cx, target, &request).await?;
         let Some(storage) = stored.as_ref().and_then(|q| q.get_child("storage", LEGACY)) else {
             return Ok(());
         };
-        let node = self.native_node(cx, &svc, owner).await?;
+        // Just created by the caller.
+        let Some(node) = self.load(cx, &svc, NATIVE).await? else {
+            return Ok(());
+        };
         let conferences: Vec<(String, Element)> = storage
             .children()
             .filter(|c| c.is("conference", LEGACY))
@@ -276,7 +228,7 @@ impl PubSub {
             .take(self.config.max_items)
             .collect();
         for (id, native) in conferences {
-            self.put_native(cx, &svc, &node, owner, &id, native.to_xml())
+            self.store_and_notify(cx, &svc, &node, owner, &id, native.to_xml())
                 .await?;
         }
         Ok(())

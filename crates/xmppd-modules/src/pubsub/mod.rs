@@ -7,6 +7,7 @@
 //! presence and caps, last items on presence), `host.rs` the generic service's address,
 //! `caps.rs` the capabilities cache.
 
+mod avatars;
 mod bookmarks;
 mod caps;
 mod host;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use xmppd_core::BareJid;
-use xmppd_server::registry::{EventKind, ExtKey, Identity, Module, On, Registry};
+use xmppd_server::registry::{EventKind, ExtKey, Identity, IqHandler, Module, On, Registry};
 
 pub use caps::Caps;
 pub use node::NodeConfig;
@@ -126,9 +127,17 @@ pub struct PubSub {
     caps: Caps,
     /// Caps queries each session has had, against [`pep::MAX_QUERIES_PER_SESSION`].
     queries: ExtKey<AtomicUsize>,
-    /// XEP-0402 bookmarks unified with private XML (the private module is loaded).
-    compat: bool,
+    /// The handlers this module wraps, when their modules are loaded: private XML
+    /// (XEP-0402 bookmarks compat) and vcard-temp (XEP-0398 avatar conversion).
+    wrapped: Wrapped,
     me: pep::Weak,
+}
+
+/// Other modules' iq handlers, as registered before this one (see [`Registry::iq_handler`]).
+#[derive(Default)]
+pub struct Wrapped {
+    pub private: Option<Arc<dyn IqHandler>>,
+    pub vcard: Option<Arc<dyn IqHandler>>,
 }
 
 impl Module for PubSub {
@@ -141,13 +150,22 @@ impl Module for PubSub {
         }
         let domains = r.server_config().server.domains.clone();
         let prefix = config.service_prefix.clone();
-        // The private module registers first (see `standard`); its handler is wrapped.
-        let compat = private_enabled(r);
-        let module = pep::new(config, r.session_ext(), compat);
+        // Private XML and vCards register first (see `standard`); their handlers are wrapped.
+        let wrapped = Wrapped {
+            private: r.iq_handler(On::Account, crate::private::NS, "query"),
+            vcard: r.iq_handler(On::Account, crate::vcard::NS, "vCard"),
+        };
+        let (compat, conversion) = (wrapped.private.is_some(), wrapped.vcard.is_some());
+        let module = pep::new(config, r.session_ext(), wrapped);
         if compat {
             let wrapper = Arc::new(bookmarks::Compat(module.clone()));
             r.iq(On::Account, crate::private::NS, "query", wrapper);
             r.disco_feature(On::Account, bookmarks::COMPAT);
+        }
+        if conversion {
+            let wrapper = Arc::new(avatars::Conversion(module.clone()));
+            r.iq(On::Account, crate::vcard::NS, "vCard", wrapper);
+            r.disco_feature(On::Account, avatars::CONVERSION);
         }
         for ns in [NS, OWNER_NS] {
             r.iq(On::Account, ns, "pubsub", module.clone());
@@ -180,12 +198,14 @@ impl Module for PubSub {
     }
 }
 
-/// Whether `[modules.private]` leaves private XML on (the registry reads `enabled` alike).
-fn private_enabled(r: &Registry) -> bool {
-    r.server_config()
-        .modules
-        .get(<crate::private::Private as Module>::NAME)
-        .and_then(|section| section.get("enabled"))
-        .and_then(|enabled| enabled.as_bool())
-        .unwrap_or(<crate::private::Private as Module>::ENABLED_BY_DEFAULT)
+/// An iq of `kind` from an account to itself, for calling a wrapped module's handler on the
+/// account's behalf.
+fn own_iq(user: &BareJid, kind: &str, payload: xmppd_core::Element) -> Option<xmppd_core::Stanza> {
+    let iq = xmppd_core::Element::new("iq", xmppd_core::ns::CLIENT)
+        .with_attr("type", kind)
+        .with_attr("id", "xmppd-pubsub")
+        .with_attr("from", user.as_str())
+        .with_attr("to", user.as_str())
+        .with_child(payload);
+    xmppd_core::Stanza::parse(iq).ok()
 }

@@ -292,12 +292,16 @@ impl DiscoProvider for PubSub {
 pub type Weak = std::sync::Weak<PubSub>;
 
 /// The module, built so that it can hand itself to a task.
-pub fn new(config: super::Config, queries: ExtKey<AtomicUsize>, compat: bool) -> Arc<PubSub> {
+pub fn new(
+    config: super::Config,
+    queries: ExtKey<AtomicUsize>,
+    wrapped: super::Wrapped,
+) -> Arc<PubSub> {
     Arc::new_cyclic(|me| PubSub {
         config,
         caps: super::Caps::default(),
         queries,
-        compat,
+        wrapped,
         me: me.clone(),
     })
 }

@@ -296,7 +296,9 @@ impl PubSub {
             .map_err(storage_error)?;
         if created {
             return match svc {
-                Service::Pep(owner) if self.compat && name == bookmarks::NATIVE => {
+                Service::Pep(owner)
+                    if self.wrapped.private.is_some() && name == bookmarks::NATIVE =>
+                {
                     self.import_legacy(cx, owner).await
                 }
                 _ => Ok(()),
@@ -504,9 +506,32 @@ impl PubSub {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => xmppd_server::stream::random_id(16),
         };
+        self.store_and_notify(cx, svc, &node, &from.to_bare(), &id, payload.clone())
+            .await?;
+        if let (Service::Pep(owner), super::avatars::METADATA) = (svc, node.name.as_str()) {
+            self.pep_to_vcard(cx, owner, &payload).await;
+        }
+        Ok(pubsub(
+            NS,
+            Element::new("publish", NS)
+                .with_attr("node", node.name)
+                .with_child(Element::new("item", NS).with_attr("id", id)),
+        ))
+    }
+
+    /// Keeps an item as the node's newest and tells whoever should hear of it (§7.1.2).
+    pub async fn store_and_notify(
+        &self,
+        cx: &mut Ctx<'_>,
+        svc: &Service,
+        node: &Node,
+        publisher: &BareJid,
+        id: &str,
+        payload: String,
+    ) -> Result<(), StanzaError> {
         let stored = StoredItem {
-            id: id.clone(),
-            publisher: from.to_bare().to_string(),
+            id: id.to_string(),
+            publisher: publisher.to_string(),
             payload,
         };
         cx.storage()
@@ -525,13 +550,32 @@ impl PubSub {
             std::slice::from_ref(&stored),
             node.config.deliver_payloads,
         );
-        self.notify(cx, svc, &node, child).await;
-        Ok(pubsub(
-            NS,
-            Element::new("publish", NS)
-                .with_attr("node", node.name)
-                .with_child(Element::new("item", NS).with_attr("id", id)),
-        ))
+        self.notify(cx, svc, node, child).await;
+        Ok(())
+    }
+
+    /// The node, created with `config` for `owner` if it does not exist yet.
+    pub async fn node_or_create(
+        &self,
+        cx: &mut Ctx<'_>,
+        svc: &Service,
+        name: &str,
+        owner: &BareJid,
+        config: &NodeConfig,
+    ) -> Result<Node, StanzaError> {
+        if let Some(node) = self.load(cx, svc, name).await? {
+            return Ok(node);
+        }
+        match self.create_node(cx, svc, name, owner, config).await {
+            // Someone else created it meanwhile: fine.
+            Ok(())
+            | Err(StanzaError {
+                condition: C::Conflict,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+        self.existing(cx, svc, name).await
     }
 
     async fn retract(

@@ -389,6 +389,12 @@ impl Registry {
         self.hooks.iq.entry(on).or_default().insert(ns, name, h);
     }
 
+    /// The handler registered so far for `<name xmlns=ns>` at `on`, so that a module loaded
+    /// later can wrap it (pubsub unifies private XML bookmarks and vCard avatars with PEP).
+    pub fn iq_handler(&self, on: On, ns: &str, name: &str) -> Option<Arc<dyn IqHandler>> {
+        self.hooks.iq.get(&on)?.get(ns, name).cloned()
+    }
+
     /// Answers iq requests before authentication.
     pub fn pre_auth_iq(&mut self, ns: &'static str, name: &'static str, h: Arc<dyn PreAuthIq>) {
         self.hooks.pre_auth_iq.insert(ns, name, h);
