@@ -5,7 +5,8 @@
 //! `node.rs` holds the rules (configuration, access and publish models), `service.rs` the
 //! iq protocol both services share, `pep.rs` what only PEP does (implicit subscriptions by
 //! presence and caps, last items on presence), `host.rs` the generic service's address,
-//! `caps.rs` the capabilities cache.
+//! `caps.rs` the capabilities cache, `bookmarks.rs` and `avatars.rs` the unification of PEP
+//! with the private XML and vCard modules (XEP-0402 §5.3, XEP-0398), when those are loaded.
 
 mod avatars;
 mod bookmarks;

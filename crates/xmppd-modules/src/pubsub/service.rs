@@ -508,8 +508,11 @@ impl PubSub {
         };
         self.store_and_notify(cx, svc, &node, &from.to_bare(), &id, payload.clone())
             .await?;
-        if let (Service::Pep(owner), super::avatars::METADATA) = (svc, node.name.as_str()) {
-            self.pep_to_vcard(cx, owner, &payload).await;
+        // XEP-0398: the owner's own avatar (not one an open node let someone else publish).
+        if let Service::Pep(owner) = svc {
+            if node.name == super::avatars::METADATA && from.to_bare() == *owner {
+                self.pep_to_vcard(cx, owner, &payload).await;
+            }
         }
         Ok(pubsub(
             NS,
