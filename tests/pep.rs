@@ -451,6 +451,8 @@ async fn bad_input_gets_the_errors_of_xep_0060() {
             Some("presence-subscription-required".into())
         )
     );
+    let long = publish("ID", NICK, &"i".repeat(2000), &nick("Alice"));
+    assert_eq!(ask(&mut alice, "e10", long).await.0, "not-acceptable");
     // Instant nodes do not exist in PEP.
     let e = ask(
         &mut alice,

@@ -118,7 +118,9 @@ pub fn ver_of(query: &Element) -> Option<String> {
 }
 
 /// Most verified hashes kept in memory (storage keeps them all).
-const MAX_HASHES: usize = 10_000;
+const MAX_HASHES: usize = 4_096;
+/// Most features of one cached hash: real clients list dozens; more is not kept.
+const MAX_FEATURES: usize = 256;
 /// Most (account, resource) pairs whose `ver` is tracked.
 const MAX_TRACKED: usize = 200_000;
 /// Most disco#info queries in flight at once, and most presences waiting on one.
@@ -271,6 +273,10 @@ impl Caps {
             .filter(|v| !v.contains('\n'))
             .map(str::to_string)
             .collect();
+        if features.len() > MAX_FEATURES {
+            tracing::debug!(ver, "caps answer with too many features; not cached");
+            return None;
+        }
         if let Err(e) = storage.pubsub.put_caps(ver, &features).await {
             tracing::warn!(error = %e, "caps not stored");
         }
@@ -358,6 +364,35 @@ mod tests {
         caps.forget("a@x");
         assert!(caps.heard_by("a@x").is_empty());
         assert_eq!(caps.heard.lock().unwrap().0, 0);
+    }
+
+    #[tokio::test]
+    async fn only_answers_matching_their_hash_and_of_sane_size_are_kept() {
+        let dir = std::env::temp_dir().join(format!("xmppd-caps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/db.sqlite", dir.display());
+        let storage = xmppd_storage::Storage::open(&url).await.unwrap();
+        let caps = Caps::default();
+        let small = query(
+            "<query xmlns='http://jabber.org/protocol/disco#info'><feature var='a'/></query>",
+        );
+        let ver = ver_of(&small).unwrap();
+        assert!(caps.verify(&storage, "wrong=", &small).await.is_none());
+        assert!(caps.features(&storage, "wrong=").await.is_none());
+        assert!(caps.verify(&storage, &ver, &small).await.is_some());
+        // From storage, as after a restart.
+        let fresh = Caps::default();
+        assert!(fresh.features(&storage, &ver).await.unwrap().contains("a"));
+        let mut big = String::from("<query xmlns='http://jabber.org/protocol/disco#info'>");
+        for i in 0..=MAX_FEATURES {
+            big.push_str(&format!("<feature var='f{i}'/>"));
+        }
+        big.push_str("</query>");
+        let big = query(&big);
+        let big_ver = ver_of(&big).unwrap();
+        assert!(caps.verify(&storage, &big_ver, &big).await.is_none());
+        assert!(fresh.features(&storage, &big_ver).await.is_none());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

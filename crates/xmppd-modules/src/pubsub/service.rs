@@ -151,9 +151,13 @@ pub(super) fn items_element(ns: &str, node: &str, items: &[StoredItem], payloads
     el
 }
 
+/// Longest node name or item id: names, not documents.
+const MAX_NAME: usize = 1024;
+
 /// The node attribute an action needs (`nodeid-required` otherwise, e.g. §6.1.3.9).
 fn node_attr(action: &Element) -> Result<&str, StanzaError> {
     match action.attr("node") {
+        Some(n) if n.len() > MAX_NAME => Err(not_acceptable("node name too long")),
         Some(n) if !n.is_empty() => Ok(n),
         _ => Err(error(C::BadRequest, "nodeid-required")),
     }
@@ -334,7 +338,7 @@ impl PubSub {
             // §8.1.3: PEP nodes are named after their payload, never generated.
             (true, Service::Pep(_)) => return Err(error(C::NotAcceptable, "nodeid-required")),
             (true, Service::Domain(_)) => xmppd_server::stream::random_id(16),
-            (false, _) => action.attr("node").unwrap_or_default().to_string(),
+            (false, _) => node_attr(action)?.to_string(),
         };
         let config = match submitted(configure.filter(|c| c.is("configure", NS)))? {
             Some(form) => self
@@ -467,6 +471,11 @@ impl PubSub {
         if payload.len() > self.config.max_item_size {
             return Err(error(C::NotAcceptable, "payload-too-big"));
         }
+        let id = match item.and_then(|i| i.attr("id")) {
+            Some(id) if id.len() > MAX_NAME => return Err(not_acceptable("item id too long")),
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => xmppd_server::stream::random_id(16),
+        };
         let precondition = || error(C::Conflict, "precondition-not-met");
         let node = match self.load(cx, svc, name).await? {
             Some(node) => {
@@ -502,10 +511,6 @@ impl PubSub {
         if !may_publish(&node.config, &relation, node.subscribed(from)) {
             return Err(C::Forbidden.into());
         }
-        let id = match item.and_then(|i| i.attr("id")) {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => xmppd_server::stream::random_id(16),
-        };
         self.store_and_notify(cx, svc, &node, &from.to_bare(), &id, payload.clone())
             .await?;
         // XEP-0398: the owner's own avatar (not one an open node let someone else publish).
