@@ -367,7 +367,17 @@ async fn publish_options_create_open_nodes_and_conflicts_are_refused() {
         error_of(&reply),
         ("conflict".into(), Some("precondition-not-met".into()))
     );
+    // Open to read, but not pushed to whoever sends presence: Bob is no contact.
+    let wants = [
+        DISCO_INFO,
+        "eu.siacs.conversations.axolotl.devicelist+notify",
+    ];
+    advertise(&mut bob, &wants).await;
+    bob.send(&caps_presence(&ver(&wants)).replace("<presence>", "<presence to='alice@localhost'>"))
+        .await;
+    bob.sync().await;
     assert_result(&alice.iq("o3", &with_access("o3", "open")).await);
+    assert_no_event(&mut bob).await;
 }
 
 #[tokio::test]

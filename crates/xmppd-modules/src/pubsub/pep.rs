@@ -168,8 +168,8 @@ impl PubSub {
             let Ok(Some(node)) = self.load(cx, &svc, &name).await else {
                 continue;
             };
-            let allowed = may_access(&node.config, &judge.relation(Some(&node), &to.to_bare()));
-            if node.config.send_last_published_item == SendLast::OnSubAndPresence && allowed.is_ok()
+            if node.config.send_last_published_item == SendLast::OnSubAndPresence
+                && judge.implicitly_subscribed(&node, &to.to_bare())
             {
                 let _ = self.send_last(cx, &svc, &node, to.as_str()).await;
             }

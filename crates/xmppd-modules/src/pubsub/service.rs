@@ -126,6 +126,18 @@ impl Judge {
     }
 }
 
+impl Judge {
+    /// XEP-0163 §4.3: whether `bare` gets `node`'s notifications by presence alone: the
+    /// owner, or a contact subscribed to the owner's presence whom the access model lets in
+    /// (an open node does not reach everyone who happens to send presence, a MUC occupant
+    /// say).
+    pub fn implicitly_subscribed(&self, node: &Node, bare: &BareJid) -> bool {
+        let relation = self.relation(Some(node), bare);
+        let owner = relation.affiliation == Some(Affiliation::Owner);
+        (owner || relation.presence_subscribed) && may_access(&node.config, &relation).is_ok()
+    }
+}
+
 /// `<message type=headline><event>child</event></message>` from the service (§7.1.2.1).
 pub fn event_message(svc: &Service, to: &str, child: Element) -> Element {
     Element::new("message", ns::CLIENT)
@@ -951,9 +963,7 @@ impl PubSub {
                 .features(cx.storage(), &ver)
                 .await
                 .is_some_and(|f| f.contains(&notify));
-            if wants
-                && may_access(&node.config, &judge.relation(Some(node), &jid.to_bare())).is_ok()
-            {
+            if wants && judge.implicitly_subscribed(node, &jid.to_bare()) {
                 out.push(full);
             }
         }
