@@ -14,6 +14,8 @@ import shutil
 import ssl
 import sys
 import uuid
+import base64
+import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
 from slixmpp import JID, ClientXMPP, Presence
@@ -586,6 +588,117 @@ async def muc_kick(h):
     for c in (ra.client, rb.client):
         await c.close()
 
+# ---------------------------------------------------------------- pubsub
+
+PEP_PLUGINS = ("xep_0060", "xep_0115", "xep_0163", "xep_0084", "xep_0172")
+NICK_NS = "http://jabber.org/protocol/nick"
+AVATAR_DATA_NS = "urn:xmpp:avatar:data"
+AVATAR_METADATA_NS = "urn:xmpp:avatar:metadata"
+
+
+def event_payload(msg, tag):
+    """The payload element `tag` ({ns}name) of a pubsub notification's item."""
+    item = msg["pubsub_event"]["items"]["item"]
+    return item.xml.find(tag)
+
+
+def queue_of(client, event):
+    q = asyncio.Queue()
+    client.xmpp.add_event_handler(event, q.put_nowait)
+    return q
+
+
+async def pep_avatar_and_nick(h):
+    """XEP-0163/0084/0172 with slixmpp's plugins: the server learns Bob's
+    caps (+notify for nick and avatar metadata) by asking his client, sends
+    him Alice's last items once they are contacts, then each new publish;
+    the avatar data is fetched by id."""
+    alice = await h.client(h.args.user, "pep-a", plugins=PEP_PLUGINS).login()
+    bob = await h.client(h.args.user2, "pep-b", plugins=PEP_PLUGINS).login()
+    await clear_rosters(alice, bob)
+    nicks = queue_of(bob, "user_nick_publish")
+    metadata = queue_of(bob, "avatar_metadata_publish")
+    photo = b"\x89PNG\r\n\x1a\n" + uuid.uuid4().bytes
+    avatar_id = hashlib.sha1(photo).hexdigest()
+    avatars = alice.xmpp.plugin["xep_0084"]
+    await avatars.publish_avatar(photo, timeout=WAIT)
+    await avatars.publish_avatar_metadata(
+        [{"id": avatar_id, "type": "image/png", "bytes": len(photo)}], timeout=WAIT)
+    nick = f"Alice {uuid.uuid4()}"
+    await alice.xmpp.plugin["xep_0172"].publish_nick(nick, timeout=WAIT)
+
+    await befriend(alice, bob)
+
+    def nick_is(want):
+        def match(msg):
+            el = event_payload(msg, f"{{{NICK_NS}}}nick")
+            return el is not None and el.text == want
+        return match
+
+    def info_id(msg):
+        el = event_payload(msg, f"{{{AVATAR_METADATA_NS}}}metadata")
+        info = None if el is None else el.find(f"{{{AVATAR_METADATA_NS}}}info")
+        return None if info is None else info.get("id")
+
+    await bob._next(nicks, nick_is(nick), f"alice's last nick {nick!r}", WAIT)
+    await bob._next(metadata, lambda m: info_id(m) == avatar_id,
+                    f"alice's avatar metadata {avatar_id}", WAIT)
+    iq = await bob.xmpp.plugin["xep_0084"].retrieve_avatar(
+        alice.jid.bare, avatar_id, timeout=WAIT)
+    data = iq["pubsub"]["items"]["item"].xml.find(f"{{{AVATAR_DATA_NS}}}data")
+    if data is None or base64.b64decode(data.text) != photo:
+        raise Failed("bob fetched different avatar data than alice published")
+
+    nick = f"Alice {uuid.uuid4()}"
+    await alice.xmpp.plugin["xep_0172"].publish_nick(nick, timeout=WAIT)
+    await bob._next(nicks, nick_is(nick), f"alice's new nick {nick!r}", WAIT)
+    for c in (alice, bob):
+        await c.close()
+
+
+async def pubsub_service(h):
+    """XEP-0060 with slixmpp's plugin at pubsub.DOMAIN: listed in the
+    domain's disco#items; create, subscribe, publish and notify, items,
+    unsubscribe, delete."""
+    alice = await h.client(h.args.user, "ps-a", plugins=("xep_0060",)).login()
+    bob = await h.client(h.args.user2, "ps-b", plugins=("xep_0060",)).login()
+    service = f"pubsub.{h.args.domain}"
+    items = await bob.xmpp.plugin["xep_0030"].get_items(jid=h.args.domain, timeout=WAIT)
+    jids = [i[0] for i in items["disco_items"]["items"]]
+    if service not in jids:
+        raise Failed(f"{service} missing from the domain's disco#items {jids}")
+    node = f"interop-{uuid.uuid4()}"
+    ps_a, ps_b = alice.xmpp.plugin["xep_0060"], bob.xmpp.plugin["xep_0060"]
+    await ps_a.create_node(service, node, timeout=WAIT)
+    await ps_b.subscribe(service, node, timeout=WAIT)
+    published = queue_of(bob, "pubsub_publish")
+    text = str(uuid.uuid4())
+    entry = ET.Element("{urn:xmppd:interop}entry")
+    entry.text = text
+
+    def has_entry(msg):
+        el = event_payload(msg, "{urn:xmppd:interop}entry")
+        return msg["pubsub_event"]["items"]["node"] == node and el is not None \
+            and el.text == text
+
+    await ps_a.publish(service, node, id="one", payload=entry, timeout=WAIT)
+    await bob._next(published, has_entry, f"the notification of {text}", WAIT)
+    got = await ps_b.get_items(service, node, timeout=WAIT)
+    ids = [i["id"] for i in got["pubsub"]["items"]]
+    if ids != ["one"]:
+        raise Failed(f"items of {node}: {ids}, want ['one']")
+    await ps_b.unsubscribe(service, node, timeout=WAIT)
+    await ps_a.delete_node(service, node, timeout=WAIT)
+    try:
+        await ps_b.get_items(service, node, timeout=WAIT)
+    except IqError as e:
+        if e.condition != "item-not-found":
+            raise Failed(f"deleted node: {e.condition}, want item-not-found")
+    else:
+        raise Failed("the deleted node still answers")
+    for c in (alice, bob):
+        await c.close()
+
 
 SCENARIOS = [
     ("starttls_scram_sha_256", login_with("SCRAM-SHA-256")),
@@ -607,6 +720,8 @@ SCENARIOS = [
     ("go_sendxmpp", go_sendxmpp),
     ("muc_join_talk_nick", muc_join_talk_nick),
     ("muc_kick", muc_kick),
+    ("pep_avatar_and_nick", pep_avatar_and_nick),
+    ("pubsub_service", pubsub_service),
 ]
 
 

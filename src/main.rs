@@ -190,7 +190,10 @@ impl Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let unix = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) {
                 (Ok(term), Ok(hup)) => Some((term, hup)),
                 _ => None,
             };

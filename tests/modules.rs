@@ -169,6 +169,7 @@ impl EventHandler for Recorder {
             Event::AccountRemoved(u) => format!("removed {u}"),
             Event::Undelivered { user, .. } => format!("undelivered {user}"),
             Event::Delivered { user, .. } => format!("delivered {user}"),
+            Event::PresenceReceived { from, user, .. } => format!("presence {from} to {user}"),
         };
         self.0.lock().unwrap().push(line);
         Handled::Continue
@@ -189,6 +190,7 @@ async fn event_handlers_see_sessions_come_and_go_and_accounts_deleted() {
                 EventKind::AccountRemoving,
                 EventKind::AccountRemoved,
                 EventKind::Undelivered,
+                EventKind::PresenceReceived,
             ] {
                 // Above offline storage, so it sees undelivered messages before they stop.
                 r.on(kind, 50, handler.clone());
@@ -200,6 +202,10 @@ async fn event_handlers_see_sessions_come_and_go_and_accounts_deleted() {
     alice.sync().await;
     recorder.wait_for(&format!("bound {jid}")).await;
     recorder.wait_for(&format!("initial {jid}")).await;
+    // The user's own available presence, as broadcast to its resources.
+    recorder
+        .wait_for(&format!("presence {jid} to alice@localhost"))
+        .await;
     alice
         .send("<message to='bob@localhost' id='o1' type='chat'><body>later</body></message>")
         .await;
@@ -208,6 +214,15 @@ async fn event_handlers_see_sessions_come_and_go_and_accounts_deleted() {
     alice.send("</stream:stream>").await;
     alice.read_to_close().await;
     recorder.wait_for(&format!("closing {jid}")).await;
+    let closed = recorder
+        .seen()
+        .iter()
+        .filter(|s| s.starts_with("presence "))
+        .count();
+    assert_eq!(
+        closed, 2,
+        "available, then unavailable as the session closed"
+    );
 
     let (mut carol, _) = Raw::login(server.c2s, "carol", "x").await;
     carol.send("<iq type='set' id='rm' to='localhost'><query xmlns='jabber:iq:register'><remove/></query></iq>").await;

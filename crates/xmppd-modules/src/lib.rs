@@ -14,6 +14,7 @@ pub mod ping;
 pub mod presence;
 pub mod privacy;
 pub mod private;
+pub mod pubsub;
 pub mod register;
 pub mod roster;
 pub mod rsm;
@@ -43,7 +44,8 @@ pub fn standard(r: &mut Registry) {
         .load::<privacy::Privacy>()
         .load::<carbons::Carbons>()
         .load::<csi::Csi>()
-        .load::<muc::Muc>();
+        .load::<muc::Muc>()
+        .load::<pubsub::PubSub>();
 }
 
 /// The settings of a module that has none besides `enabled`.

@@ -196,6 +196,7 @@ impl Presence {
         }
         let was_available = session.set_presence(Some((el.clone(), priority)));
         broadcast(cx, &user, &el).await;
+        received(cx, &Jid::from(session.jid.clone()), &user, &el).await;
         if !was_available {
             probe_contacts(cx, session, &user).await;
             if priority >= 0 {
@@ -239,6 +240,7 @@ impl Presence {
                 super::last::record_logout(cx, &user, &status).await;
             }
             told = broadcast(cx, &user, &el).await;
+            received(cx, &Jid::from(session.jid.clone()), &user, &el).await;
         }
         // §4.6.3: directed-presence recipients hear it too, unless the broadcast reached them.
         for to in directed {
@@ -251,6 +253,17 @@ impl Presence {
             }
         }
     }
+}
+
+/// Tells the modules that presence from `from` reached `user`: available, unavailable, or a
+/// subscription stanza once its state change is saved.
+async fn received(cx: &mut Ctx<'_>, from: &Jid, user: &BareJid, presence: &Element) {
+    cx.fire(Event::PresenceReceived {
+        from,
+        user,
+        presence,
+    })
+    .await;
 }
 
 /// Sends `el` (from a session of `user`) to the subscribed contacts and to the user's own
@@ -362,7 +375,9 @@ async fn inbound(cx: &mut Ctx<'_>, stanza: Stanza, to: &Jid) {
     let from = stanza.from.clone();
     if let Some(kind) = Kind::parse(kind) {
         if let Some(from) = from {
+            let el = stanza.element().clone();
             inbound_subscription(cx, stanza, &user, &from.to_bare(), kind).await;
+            received(cx, &from, &user, &el).await;
         }
         return;
     }
@@ -373,6 +388,9 @@ async fn inbound(cx: &mut Ctx<'_>, stanza: Stanza, to: &Jid) {
             }
         }
         "" | "unavailable" | "error" => {
+            if let (Some(from), "" | "unavailable") = (&from, kind) {
+                received(cx, from, &user, stanza.element()).await;
+            }
             let targets = match to.try_as_full() {
                 Ok(full) => cx.sessions().get(full).into_iter().collect(),
                 Err(_) => cx.sessions().resources(user.as_str()),

@@ -9,6 +9,7 @@ mod cache;
 mod cached;
 mod muc;
 mod offline;
+mod pubsub;
 mod roster;
 mod sqlite;
 
@@ -18,6 +19,7 @@ pub use cache::{CacheMap, Miss};
 pub use cached::CachedRoster;
 pub use muc::{MucStore, StoredAffiliation, StoredRoom};
 pub use offline::{OfflineMessage, OfflineStore};
+pub use pubsub::{Member, PubSubStore, StoredItem};
 pub use roster::{PendingRequest, RosterItem, RosterStore};
 pub use sqlite::SqliteStorage;
 
@@ -46,6 +48,7 @@ pub struct Storage {
     pub offline: Arc<dyn OfflineStore>,
     pub data: Arc<dyn AccountDataStore>,
     pub muc: Arc<dyn MucStore>,
+    pub pubsub: Arc<dyn PubSubStore>,
 }
 
 impl Storage {
@@ -58,7 +61,8 @@ impl Storage {
                 roster: Arc::new(CachedRoster::new(db.clone())),
                 offline: db.clone(),
                 data: db.clone(),
-                muc: db,
+                muc: db.clone(),
+                pubsub: db,
             });
         }
         Err(StorageError::UnsupportedUrl(url.to_string()))

@@ -15,7 +15,7 @@ use crate::{
 
 /// SQLite storage in WAL mode, so the `xmppd user` commands can write while the server runs.
 pub struct SqliteStorage {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStorage {

@@ -146,6 +146,14 @@ pub enum Event<'a> {
         user: &'a BareJid,
         sessions: &'a [Arc<SessionHandle>],
     },
+    /// Presence from `from` reached a local account `user`: available or unavailable (from
+    /// one of its own resources, as broadcast, or anyone else), or a subscription stanza
+    /// once the change it made is saved. For PEP's last items and XEP-0115 caps.
+    PresenceReceived {
+        from: &'a Jid,
+        user: &'a BareJid,
+        presence: &'a Element,
+    },
     /// An account is about to be deleted: its stored data is still there.
     AccountRemoving(&'a BareJid),
     /// An account was deleted: forget what is cached about it.
@@ -159,6 +167,7 @@ pub enum EventKind {
     SessionClosing,
     Undelivered,
     Delivered,
+    PresenceReceived,
     AccountRemoving,
     AccountRemoved,
 }
@@ -171,6 +180,7 @@ impl Event<'_> {
             Event::SessionClosing(_) => EventKind::SessionClosing,
             Event::Undelivered { .. } => EventKind::Undelivered,
             Event::Delivered { .. } => EventKind::Delivered,
+            Event::PresenceReceived { .. } => EventKind::PresenceReceived,
             Event::AccountRemoving(_) => EventKind::AccountRemoving,
             Event::AccountRemoved(_) => EventKind::AccountRemoved,
         }
@@ -377,6 +387,12 @@ impl Registry {
     /// Answers iq requests to `on` whose payload is `<name xmlns=ns>`.
     pub fn iq(&mut self, on: On, ns: &'static str, name: &'static str, h: Arc<dyn IqHandler>) {
         self.hooks.iq.entry(on).or_default().insert(ns, name, h);
+    }
+
+    /// The handler registered so far for `<name xmlns=ns>` at `on`, so that a module loaded
+    /// later can wrap it (pubsub unifies private XML bookmarks and vCard avatars with PEP).
+    pub fn iq_handler(&self, on: On, ns: &str, name: &str) -> Option<Arc<dyn IqHandler>> {
+        self.hooks.iq.get(&on)?.get(ns, name).cloned()
     }
 
     /// Answers iq requests before authentication.
