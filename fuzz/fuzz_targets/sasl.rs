@@ -51,7 +51,7 @@ static CONFIG: LazyLock<SaslConfig> = LazyLock::new(|| {
 static BINDINGS: LazyLock<ChannelBindings> = LazyLock::new(|| ChannelBindings {
     tls_exporter: Some(vec![7; 32]),
     tls_server_end_point: Some(vec![8; 32]),
-    client_cert: None,
+    ..ChannelBindings::default()
 });
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()
