@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use xmppd_core::BareJid;
-use xmppd_server::config::Config;
+use xmppd_server::config::{Config, LogFormat};
 use xmppd_server::sasl::credentials;
 use xmppd_storage::Storage;
 
@@ -105,15 +105,20 @@ fn log_filter(config: &Config) -> Result<tracing_subscriber::EnvFilter, String> 
 fn init_logging(config: &Config) -> Result<(), String> {
     let configured = log_filter(config)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or(configured);
-    // Colour only for a person at a terminal (https://no-color.org), never in files,
-    // pipes or the journal.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        // One JSON object per line, fields as keys: what log collectors parse.
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            // Colour only for a person at a terminal (https://no-color.org), never in
+            // files, pipes or the journal.
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
     Ok(())
 }
 

@@ -667,3 +667,42 @@ async fn the_container_entrypoint_serves_outside_a_container() {
     let features = raw.open().await;
     assert!(features.contains("starttls"), "{features}");
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_fields_as_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let c2s = free_port();
+    let config = write_config(dir.path(), c2s, free_port());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[log]\nformat = \"json\"\n");
+    std::fs::write(&config, text).unwrap();
+    let log_path = dir.path().join("server.log");
+    let server =
+        common::binary::serve(&config, c2s, std::fs::File::create(&log_path).unwrap()).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{c2s}").parse().unwrap();
+    let mut raw = Raw::connect(addr).await;
+    raw.open().await;
+    raw.send("</stream:stream>").await;
+    raw.read_to_close().await;
+    let mut closed = None;
+    for _ in 0..100 {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        // (The harness's own probe for the port closes without a word first.)
+        closed = lines.into_iter().find(|v| {
+            v["fields"]["message"] == "connection closed" && v["fields"]["reason"] == "peer-closed"
+        });
+        if closed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+    let closed = closed.expect("a connection closed event");
+    assert_eq!(closed["fields"]["reason"], "peer-closed", "{closed}");
+    assert_eq!(closed["fields"]["kind"], "c2s", "{closed}");
+    assert_eq!(closed["level"], "INFO", "{closed}");
+}

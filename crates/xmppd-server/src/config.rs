@@ -314,12 +314,23 @@ impl Default for LimitsConfig {
 pub struct LogConfig {
     /// A `tracing` filter, e.g. `info` or `xmppd=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// `text` for people and the journal, `json` (one object per line) for log collectors.
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
