@@ -168,6 +168,16 @@ async fn sasl_failures() {
     let all = raw.read_to_close().await;
     assert!(all.contains(&stream_error("policy-violation")), "{all}");
     assert!(server.metric("xmppd_auth_failures_total").await >= 3);
+    // By mechanism and reason, and the stream error by its condition.
+    let reasons = "xmppd_auth_failure_reasons_total";
+    let by = |mechanism: &str, reason: &str| {
+        format!("{reasons}{{mechanism=\"{mechanism}\",reason=\"{reason}\"}}")
+    };
+    assert!(server.metric(&by("PLAIN", "not-authorized")).await >= 1);
+    assert!(server.metric(&by("PLAIN", "malformed-request")).await >= 1);
+    assert!(server.metric(&by("unknown", "invalid-mechanism")).await >= 1);
+    let condition = "xmppd_stream_error_conditions_total{condition=\"policy-violation\"}";
+    assert!(server.metric(condition).await >= 1);
     assert_login_works(server.c2s).await;
     server.stop().await;
 }
@@ -425,6 +435,14 @@ async fn metrics_endpoint_counts() {
         "{text}"
     );
     assert_eq!(server.metric("xmppd_sessions_bound").await, 1);
+    assert_eq!(server.metric("xmppd_sessions{transport=\"tcp\"}").await, 1);
+    // The process's own figures, named as every Prometheus client names them.
+    assert!(server.metric("process_resident_memory_bytes").await > 1 << 20);
+    assert!(server.metric("process_open_fds").await > 3);
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
     assert!(server.metric("xmppd_auth_success_total").await >= 1);
     assert!(server.metric("xmppd_stanzas_in_total{kind=\"iq\"}").await >= 2);
     server.stop().await;

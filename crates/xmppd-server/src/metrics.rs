@@ -14,6 +14,80 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabel {
+    condition: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthFailureLabel {
+    mechanism: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: &'static str,
+}
+
+/// The process's own CPU time, memory and descriptors, read from /proc at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl ProcessCollector {
+    /// (CPU seconds, resident bytes) from /proc/self/stat and statm.
+    fn read() -> Option<(f64, u64)> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        // The kernel's USER_HZ is 100 on every Linux ABI; pages are 4 KiB on the ones we run.
+        Some((ticks / 100.0, pages * 4096))
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some((cpu, rss)) = Self::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(cpu);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time the process used.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let rss = ConstGauge::new(rss as i64);
+        rss.encode(encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory of the process.",
+            None,
+            rss.metric_type(),
+        )?)?;
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let fds = ConstGauge::new(fds.count() as i64);
+            fds.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "File descriptors open (sockets included).",
+                None,
+                fds.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct S2sAuthLabel {
     direction: &'static str,
     method: &'static str,
@@ -24,21 +98,24 @@ pub struct Metrics {
     pub connections_total: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
-    pub sessions_bound: Gauge,
+    sessions_bound: Gauge,
     /// Per stanza kind, taken from the family once so counting needs no lookup.
     stanzas_in: [Counter; 3],
     pub stanzas_out: Counter,
     pub auth_success: Counter,
-    pub auth_failures: Counter,
+    auth_failures: Counter,
     /// Logins refused without trying: the address or account failed too often lately.
     pub auth_throttled: Counter,
     pub queue_overflows: Counter,
-    pub stream_errors: Counter,
+    stream_errors: Counter,
     /// Server-to-server connections open, both directions.
     pub s2s_links_open: Gauge,
     s2s_authenticated: Family<S2sAuthLabel, Counter>,
     /// Stanzas bounced because no authenticated link to their domain came about.
     pub s2s_bounced: Counter,
+    stream_error_conditions: Family<ConditionLabel, Counter>,
+    auth_failure_reasons: Family<AuthFailureLabel, Counter>,
+    sessions_by_transport: Family<TransportLabel, Gauge>,
     /// Multi-user chat (set by the MUC module): rooms with a task now, their occupants,
     /// and copies of groupchat messages fanned out to occupants.
     pub muc_rooms_active: Gauge,
@@ -48,7 +125,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("xmppd");
+        // process_* unprefixed, as every Prometheus client names them; the rest xmppd_*.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("xmppd");
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
@@ -85,6 +165,24 @@ impl Default for Metrics {
             "Server-to-server connections open now, both directions.",
             s2s_links_open.clone(),
         );
+        let stream_error_conditions = Family::<ConditionLabel, Counter>::default();
+        registry.register(
+            "stream_error_conditions",
+            "Stream errors sent, by condition (RFC 6120 §4.9.3).",
+            stream_error_conditions.clone(),
+        );
+        let auth_failure_reasons = Family::<AuthFailureLabel, Counter>::default();
+        registry.register(
+            "auth_failure_reasons",
+            "Failed SASL authentications, by mechanism and SASL failure condition.",
+            auth_failure_reasons.clone(),
+        );
+        let sessions_by_transport = Family::<TransportLabel, Gauge>::default();
+        registry.register(
+            "sessions",
+            "Sessions with a bound resource, by transport.",
+            sessions_by_transport.clone(),
+        );
         let s2s_authenticated = Family::<S2sAuthLabel, Counter>::default();
         registry.register(
             "s2s_authenticated",
@@ -119,7 +217,7 @@ impl Default for Metrics {
         let per_kind = |kind| family.get_or_create(&KindLabel { kind }).clone();
         let stanzas_in = [per_kind("message"), per_kind("presence"), per_kind("iq")];
         Metrics {
-            registry,
+            registry: root,
             connections_total,
             connections_open,
             connections_refused,
@@ -134,6 +232,9 @@ impl Default for Metrics {
             s2s_links_open,
             s2s_authenticated,
             s2s_bounced,
+            stream_error_conditions,
+            auth_failure_reasons,
+            sessions_by_transport,
             muc_rooms_active,
             muc_occupants,
             muc_messages_out,
@@ -149,6 +250,30 @@ impl Metrics {
             StanzaKind::Iq => 2,
         };
         self.stanzas_in[index].inc();
+    }
+
+    /// A stream error sent.
+    pub fn stream_error(&self, condition: &'static str) {
+        self.stream_errors.inc();
+        self.stream_error_conditions
+            .get_or_create(&ConditionLabel { condition })
+            .inc();
+    }
+
+    /// A failed SASL authentication.
+    pub fn auth_failure(&self, mechanism: &'static str, reason: &'static str) {
+        self.auth_failures.inc();
+        self.auth_failure_reasons
+            .get_or_create(&AuthFailureLabel { mechanism, reason })
+            .inc();
+    }
+
+    /// A session bound (`+1`) or ended (`-1`) on `transport` (`tcp`, `websocket`, …).
+    pub fn session_bound(&self, transport: &'static str, delta: i64) {
+        self.sessions_bound.inc_by(delta);
+        self.sessions_by_transport
+            .get_or_create(&TransportLabel { transport })
+            .inc_by(delta);
     }
 
     /// A server-to-server domain pair authenticated: `direction` is `in` or `out`, `method`

@@ -30,6 +30,9 @@ pub struct C2s {
     sasl_failures: u32,
     /// The account the current SASL attempt is for, once the client named it.
     attempt: Option<String>,
+    /// Its mechanism, as an index into `sasl::KNOWN_MECHANISMS` (a byte: this struct is in
+    /// every connection's task).
+    mechanism: u8,
     /// The authenticated account's localpart.
     user: Option<String>,
     session: Option<Arc<SessionHandle>>,
@@ -47,6 +50,7 @@ impl C2s {
             sasl: None,
             sasl_failures: 0,
             attempt: None,
+            mechanism: u8::MAX,
             user: None,
             session: None,
             login_deadline: Some(Instant::now() + Duration::from_secs(timeout)),
@@ -188,6 +192,10 @@ impl C2s {
         let (step, exchange) = match el.name() {
             "auth" => {
                 let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
+                self.mechanism = sasl::KNOWN_MECHANISMS
+                    .iter()
+                    .position(|m| *m == mechanism)
+                    .map_or(u8::MAX, |i| i as u8);
                 self.attempt = data
                     .as_deref()
                     .and_then(|d| sasl::attempted_username(&mechanism, d));
@@ -302,7 +310,13 @@ impl C2s {
         }
         s.send_element(&el);
         if counts && failure != sasl::Failure::Aborted {
-            self.server.metrics.auth_failures.inc();
+            let mechanism = sasl::KNOWN_MECHANISMS
+                .get(usize::from(self.mechanism))
+                .copied()
+                .unwrap_or("unknown");
+            self.server
+                .metrics
+                .auth_failure(mechanism, failure.as_str());
             let detail = failure.text().unwrap_or_default();
             let account = self.attempt.as_deref().unwrap_or("-");
             tracing::info!(peer = %s.peer, account, reason = failure.as_str(), detail, "authentication failed");
@@ -431,7 +445,7 @@ impl C2s {
         if let Some(old) = self.server.router.sessions().bind(handle.clone()) {
             old.kick(Kick::Conflict);
         }
-        self.server.metrics.sessions_bound.inc();
+        self.server.metrics.session_bound(F::TRANSPORT, 1);
         Box::pin(self.server.router.session_bound(&handle)).await;
         self.session = Some(handle);
         self.login_deadline = None;
@@ -589,7 +603,7 @@ impl<F: Framing> Profile<F> for C2s {
         if let Some(session) = self.session.take() {
             // Contacts learn the session is gone before it leaves the table (RFC 6121 §4.5).
             Box::pin(self.server.router.session_closing(&session)).await;
-            self.server.metrics.sessions_bound.dec();
+            self.server.metrics.session_bound(F::TRANSPORT, -1);
         }
     }
 }

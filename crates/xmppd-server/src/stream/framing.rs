@@ -23,6 +23,9 @@ pub const READ_BUFFER: usize = 2048;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub trait Framing: AsyncWrite + Unpin + Send + 'static {
+    /// What metrics call this transport (`tcp`, `websocket`, …).
+    const TRANSPORT: &'static str;
+
     /// Reads into `buf`, holding no buffer while the connection is idle: an empty `buf`
     /// means the last read found nothing, so it is enough to wait for readiness before
     /// allocating; a non-empty one means there may be more already buffered.
@@ -129,6 +132,8 @@ impl TcpFraming {
 }
 
 impl Framing for TcpFraming {
+    const TRANSPORT: &'static str = "tcp";
+
     /// tokio-rustls reports "pending" only once rustls holds no plaintext, so waiting for
     /// the socket's readiness is enough when the last read found nothing.
     fn poll_read_lazy(
@@ -249,6 +254,8 @@ impl MemoryFraming {
 }
 
 impl Framing for MemoryFraming {
+    const TRANSPORT: &'static str = "memory";
+
     fn poll_read_lazy(
         &mut self,
         cx: &mut Context<'_>,

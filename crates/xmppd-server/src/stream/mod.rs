@@ -291,7 +291,7 @@ impl<F: Framing> Stream<F> {
     /// Sends a stream error and closes the stream (RFC 6120 §4.9.1.1): the header first if
     /// none was sent yet, then the error, then the closing tag.
     pub async fn stream_error(&mut self, err: StreamError, text: Option<&str>) -> Flow {
-        self.metrics.stream_errors.inc();
+        self.metrics.stream_error(err.as_str());
         self.ended = Ended::Error(err);
         tracing::debug!(peer = %self.peer, condition = err.as_str(), "stream error");
         if !self.header_sent {
