@@ -14,6 +14,10 @@ use crate::{
 };
 
 /// SQLite storage in WAL mode, so the `xmppd user` commands can write while the server runs.
+///
+/// Transactions that read before they write begin IMMEDIATE: a deferred one that must
+/// upgrade its read lock while another connection has written gets SQLITE_BUSY at once,
+/// without the busy timeout, which tests under load hit.
 pub struct SqliteStorage {
     pub(crate) pool: SqlitePool,
 }
@@ -182,7 +186,7 @@ impl AccountStore for SqliteStorage {
     }
 
     async fn delete(&self, username: &str, domain: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for table in ACCOUNT_TABLES {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE domain = $1 AND username = $2"
@@ -316,7 +320,7 @@ impl RosterStore for SqliteStorage {
     }
 
     async fn put(&self, username: &str, domain: &str, item: &RosterItem) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO roster_items (domain, username, contact, name, subscription, ask, approved, groups) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -339,7 +343,7 @@ impl RosterStore for SqliteStorage {
     }
 
     async fn remove(&self, username: &str, domain: &str, contact: &str) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "DELETE FROM roster_items WHERE domain = $1 AND username = $2 AND contact = $3",
         )
@@ -595,7 +599,7 @@ impl MucStore for SqliteStorage {
     }
 
     async fn delete_room(&self, service: &str, room: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for table in ["muc_rooms", "muc_affiliations", "muc_history"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE service = $1 AND room = $2"
@@ -683,7 +687,7 @@ impl MucStore for SqliteStorage {
         stanza: &str,
         keep: usize,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO muc_history (service, room, stamp, stanza) VALUES ($1, $2, $3, $4)",
         )
