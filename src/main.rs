@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use xmppd_core::BareJid;
 use xmppd_server::config::{Config, LogFormat};
+use xmppd_server::registry::Spec;
 use xmppd_server::sasl::credentials;
 use xmppd_storage::Storage;
 
@@ -30,6 +31,12 @@ enum Command {
     User {
         #[command(subcommand)]
         action: UserAction,
+    },
+    /// List the specifications (RFCs, XEPs) this configuration implements: a Markdown table,
+    /// or with --doap the DOAP file compliance trackers read.
+    Features {
+        #[arg(long)]
+        doap: bool,
     },
     /// Tell the running server to re-read its configuration and certificates (as SIGHUP
     /// does), e.g. after an ACME client renewed them. Sessions stay connected.
@@ -131,6 +138,7 @@ async fn main() -> ExitCode {
         Command::User { action } => user(action, config).await,
         Command::Check { json } => check(config, json).await,
         Command::Reload => reload(config).await,
+        Command::Features { doap } => features(config, doap),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -593,4 +601,99 @@ async fn check(path: Option<&Path>, json: bool) -> Result<(), String> {
         Some(failure) => Err(format!("check failed: {failure}")),
         None => Ok(()),
     }
+}
+
+/// Every supported spec with the module providing it, RFCs first, then XEPs by number.
+fn supported(config: &Config) -> Result<Vec<(&'static str, Spec)>, String> {
+    let hooks = xmppd_server::hooks(config, xmppd_modules::standard).map_err(|e| e.to_string())?;
+    let mut all: Vec<(&'static str, Spec)> = xmppd_server::CORE_SPECS
+        .iter()
+        .map(|spec| ("core", *spec))
+        .chain(hooks.specs().iter().copied())
+        .collect();
+    all.sort_by_key(|(module, spec)| (!spec.name.starts_with("RFC"), spec.name, *module));
+    Ok(all)
+}
+
+fn features(path: Option<&Path>, doap: bool) -> Result<(), String> {
+    let config = load_config(path)?;
+    let specs = supported(&config)?;
+    if doap {
+        print!("{}", doap_document(&specs));
+        return Ok(());
+    }
+    println!("| spec | version | status | where | notes |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (module, spec) in &specs {
+        let status = if spec.complete { "complete" } else { "partial" };
+        let version = if spec.version.is_empty() {
+            ""
+        } else {
+            spec.version
+        };
+        println!(
+            "| {} | {version} | {status} | {module} | {} |",
+            spec.name, spec.note
+        );
+    }
+    Ok(())
+}
+
+/// A DOAP description (https://github.com/ewilderj/doap) with the XMPP extension that
+/// compliance trackers (xmpp.org's software list) read.
+fn doap_document(specs: &[(&'static str, Spec)]) -> String {
+    use std::fmt::Write;
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut out = String::from(
+        "<?xml version='1.0' encoding='UTF-8'?>\n\
+         <rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'\n\
+         \x20        xmlns='http://usefulinc.com/ns/doap#'\n\
+         \x20        xmlns:xmpp='https://linkmauve.fr/ns/xmpp-doap#'>\n\
+         \x20 <Project>\n\
+         \x20   <name>xmppd</name>\n\
+         \x20   <shortdesc>An XMPP server in Rust</shortdesc>\n\
+         \x20   <programming-language>Rust</programming-language>\n\
+         \x20   <license rdf:resource='https://spdx.org/licenses/AGPL-3.0-or-later.html'/>\n\
+         \x20   <category rdf:resource='https://linkmauve.fr/ns/xmpp-doap#category-server'/>\n",
+    );
+    let _ = writeln!(
+        out,
+        "    <release><Version><revision>{}</revision></Version></release>",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, spec) in specs {
+        if let Some(number) = spec.name.strip_prefix("RFC ") {
+            if seen.insert(spec.name) {
+                let _ = writeln!(
+                    out,
+                    "    <implements rdf:resource='https://www.rfc-editor.org/info/rfc{number}'/>"
+                );
+            }
+            continue;
+        }
+        let Some(number) = spec.name.strip_prefix("XEP-") else {
+            continue;
+        };
+        let status = if spec.complete { "complete" } else { "partial" };
+        let _ = writeln!(out, "    <implements>\n      <xmpp:SupportedXep>");
+        let _ = writeln!(
+            out,
+            "        <xmpp:xep rdf:resource='https://xmpp.org/extensions/xep-{number}.html'/>"
+        );
+        let _ = writeln!(out, "        <xmpp:status>{status}</xmpp:status>");
+        if !spec.version.is_empty() {
+            let _ = writeln!(out, "        <xmpp:version>{}</xmpp:version>", spec.version);
+        }
+        if !spec.note.is_empty() {
+            let _ = writeln!(out, "        <xmpp:note>{}</xmpp:note>", escape(spec.note));
+        }
+        let _ = writeln!(out, "      </xmpp:SupportedXep>\n    </implements>");
+    }
+    out.push_str("  </Project>\n</rdf:RDF>\n");
+    out
 }

@@ -14,7 +14,7 @@ use xmppd_core::{ns, BareJid, Element, Jid, Stanza, StanzaErrorCondition, Stanza
 use super::NoConfig;
 use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, ExtKey, Filter, Handled, IqHandler, IqResult, IqTarget,
-    Module, On, Point, Registry, Verdict,
+    Module, On, Point, Registry, Spec, Verdict,
 };
 use xmppd_server::router::SessionHandle;
 
@@ -32,6 +32,7 @@ pub struct Carbons {
 
 impl Module for Carbons {
     const NAME: &'static str = "carbons";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0280", "1.0.1")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

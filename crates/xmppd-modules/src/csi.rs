@@ -14,7 +14,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use xmppd_core::{ns, Element, Jid, Stanza, StanzaKind};
 
-use xmppd_server::registry::{Ctx, ExtKey, Filter, Module, Nonza, Point, Registry, Stage, Verdict};
+use xmppd_server::registry::{
+    Ctx, ExtKey, Filter, Module, Nonza, Point, Registry, Spec, Stage, Verdict,
+};
 use xmppd_server::router::SessionHandle;
 
 pub const NS: &str = "urn:xmpp:csi:0";
@@ -49,6 +51,7 @@ struct SessionState {
 
 impl Module for Csi {
     const NAME: &'static str = "csi";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0352", "1.0.0")];
     type Config = CsiConfig;
 
     fn register(config: CsiConfig, r: &mut Registry) -> Result<(), String> {

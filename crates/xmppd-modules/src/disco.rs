@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use xmppd_core::{ns, Element, Stanza, StanzaErrorCondition};
 
 use super::{roster, NoConfig};
-use xmppd_server::registry::{Ctx, Identity, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{
+    Ctx, Identity, IqHandler, IqResult, IqTarget, Module, On, Registry, Spec,
+};
 
 pub struct Disco;
 
@@ -49,6 +51,11 @@ fn contact_form(addresses: &std::collections::BTreeMap<String, Vec<String>>) -> 
 
 impl Module for Disco {
     const NAME: &'static str = "disco";
+    const SPECS: &'static [Spec] = &[
+        Spec::xep("XEP-0030", "2.5.0"),
+        Spec::xep("XEP-0128", "1.0.1"),
+        Spec::xep("XEP-0157", "1.1.1"),
+    ];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use xmppd_core::{BareJid, Element, Stanza, StanzaErrorCondition};
 
 use super::{account_parts, roster, storage_error, NoConfig};
-use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry, Spec};
 use xmppd_server::time::unix_now;
 
 pub const NS: &str = "jabber:iq:last";
@@ -38,6 +38,7 @@ pub struct LastActivity;
 
 impl Module for LastActivity {
     const NAME: &'static str = "last";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0012", "2.0")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

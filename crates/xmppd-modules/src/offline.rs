@@ -11,7 +11,9 @@ use xmppd_core::{ns, BareJid, Element, Stanza, StanzaErrorCondition};
 use xmppd_storage::{OfflineMessage, Storage};
 
 use super::{account_parts, NoConfig};
-use xmppd_server::registry::{Ctx, Event, EventHandler, EventKind, Handled, Module, Registry};
+use xmppd_server::registry::{
+    Ctx, Event, EventHandler, EventKind, Handled, Module, Registry, Spec,
+};
 use xmppd_server::router::{IqRequests, Push, SessionHandle};
 use xmppd_server::time::{iso8601, unix_now};
 
@@ -23,6 +25,10 @@ pub struct Offline {
 
 impl Module for Offline {
     const NAME: &'static str = "offline";
+    const SPECS: &'static [Spec] = &[
+        Spec::xep("XEP-0160", "1.0.1"),
+        Spec::xep("XEP-0203", "2.0").note("stored messages carry their delay"),
+    ];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

@@ -6,12 +6,13 @@ use async_trait::async_trait;
 use xmppd_core::{ns, Stanza, StanzaErrorCondition};
 
 use super::NoConfig;
-use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry, Spec};
 
 pub struct Ping;
 
 impl Module for Ping {
     const NAME: &'static str = "ping";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0199", "2.0.1")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

@@ -13,7 +13,7 @@ use xmppd_storage::PendingRequest;
 use super::subscription::{self, Kind};
 use super::{account_parts, roster, NoConfig};
 use xmppd_server::registry::{
-    Ctx, Event, EventHandler, EventKind, ExtKey, Handled, Intercept, Module, Registry,
+    Ctx, Event, EventHandler, EventKind, ExtKey, Handled, Intercept, Module, Registry, Spec,
     StanzaHandler, Via,
 };
 use xmppd_server::router::SessionHandle;
@@ -47,6 +47,8 @@ impl Directed {
 
 impl Module for Presence {
     const NAME: &'static str = "presence";
+    const SPECS: &'static [Spec] = &[Spec::xep("RFC 6121", "")
+        .note("§3–§4 subscriptions and presence, directed presence, probes")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

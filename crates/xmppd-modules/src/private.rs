@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use xmppd_core::{Element, Stanza, StanzaError, StanzaErrorCondition};
 
 use super::{account_parts, from_owner, storage_error, NoConfig};
-use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry, Spec};
 
 pub const NS: &str = "jabber:iq:private";
 const AREA: &str = "private";
@@ -15,6 +15,7 @@ pub struct Private;
 
 impl Module for Private {
     const NAME: &'static str = "private";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0049", "1.2")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

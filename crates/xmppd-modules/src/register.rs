@@ -10,7 +10,7 @@ use xmppd_core::{Element, Stanza, StanzaError, StanzaErrorCondition};
 
 use super::{account_parts, storage_error, NoConfig};
 use xmppd_server::registry::{
-    Ctx, IqHandler, IqResult, IqTarget, Module, On, PreAuthIq, Registry, Stage,
+    Ctx, IqHandler, IqResult, IqTarget, Module, On, PreAuthIq, Registry, Spec, Stage,
 };
 use xmppd_server::sasl::{credentials, AuthThrottle};
 
@@ -44,6 +44,8 @@ pub struct Register {
 
 impl Module for Register {
     const NAME: &'static str = "register";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0077", "2.4")
+        .note("account creation off by default (`im.allow_registration`)")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

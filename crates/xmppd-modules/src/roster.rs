@@ -12,7 +12,7 @@ use super::subscription::{Kind, State, Sub};
 use super::{account_parts, storage_error, NoConfig};
 use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, Handled, IqHandler, IqResult, IqTarget, Module, On,
-    Registry, Stage,
+    Registry, Spec, Stage,
 };
 
 pub const NS: &str = "jabber:iq:roster";
@@ -155,6 +155,9 @@ pub struct Roster;
 
 impl Module for Roster {
     const NAME: &'static str = "roster";
+    const SPECS: &'static [Spec] = &[
+        Spec::xep("RFC 6121", "").note("§2 roster management, with versioning and pre-approval")
+    ];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use xmppd_core::{Element, Stanza, StanzaErrorCondition};
 
 use super::NoConfig;
-use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry, Spec};
 use xmppd_server::time::{iso8601, unix_now};
 
 const NS: &str = "urn:xmpp:time";
@@ -15,6 +15,7 @@ pub struct Time;
 
 impl Module for Time {
     const NAME: &'static str = "time";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0202", "2.0")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

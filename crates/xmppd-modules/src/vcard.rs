@@ -11,7 +11,7 @@ use xmppd_storage::CacheMap;
 use super::{account_parts, from_owner, storage_error, NoConfig};
 use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, Handled, IqHandler, IqResult, IqTarget, Module, On,
-    PresenceAmender, Registry,
+    PresenceAmender, Registry, Spec,
 };
 
 pub const NS: &str = "vcard-temp";
@@ -104,6 +104,10 @@ pub struct VCard {
 
 impl Module for VCard {
     const NAME: &'static str = "vcard";
+    const SPECS: &'static [Spec] = &[
+        Spec::xep("XEP-0054", "1.3.0"),
+        Spec::xep("XEP-0153", "1.1.1").note("the server adds the photo hash to presence"),
+    ];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

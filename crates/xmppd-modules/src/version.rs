@@ -6,12 +6,13 @@ use async_trait::async_trait;
 use xmppd_core::{ns, Element, Stanza, StanzaErrorCondition};
 
 use super::NoConfig;
-use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, IqHandler, IqResult, IqTarget, Module, On, Registry, Spec};
 
 pub struct Version;
 
 impl Module for Version {
     const NAME: &'static str = "version";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0092", "1.1")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

@@ -137,6 +137,21 @@ fn load_secret(data_dir: &Path) -> Result<Vec<u8>, StartError> {
     Ok(secret)
 }
 
+/// What the core itself implements (streams, TLS, SASL, federation, components); the
+/// modules add theirs (`registry::Module::SPECS`).
+pub const CORE_SPECS: &[registry::Spec] = &[
+    registry::Spec::xep("RFC 6120", "")
+        .note("client and server streams: STARTTLS, SASL, binding, stanza and stream errors"),
+    registry::Spec::xep("RFC 7590", "").note("TLS required on every stream by default"),
+    registry::Spec::xep("RFC 9266", "").note("tls-exporter channel binding for SCRAM-*-PLUS"),
+    registry::Spec::xep("XEP-0114", "1.6").note("external components on `listen.component`"),
+    registry::Spec::xep("XEP-0178", "1.2").note("SASL EXTERNAL for clients and servers"),
+    registry::Spec::xep("XEP-0185", ""),
+    registry::Spec::xep("XEP-0220", "1.1.1").note("with dialback errors; keys per XEP-0185"),
+    registry::Spec::xep("XEP-0368", "1.1.0").note("direct TLS for clients and servers"),
+    registry::Spec::xep("XEP-0440", "").note("the channel-binding types offered are listed"),
+];
+
 /// Days before expiry from which certificates are warned about (at start, on reload, daily).
 pub const CERT_WARNING_DAYS: i64 = 14;
 

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use xmppd_core::{Element, Jid, Stanza, StanzaError, StanzaErrorCondition};
-use xmppd_server::registry::{Ctx, DiscoProvider, Host, IqTarget, Module, On, Registry};
+use xmppd_server::registry::{Ctx, DiscoProvider, Host, IqTarget, Module, On, Registry, Spec};
 
 use crate::rsm;
 use room::{
@@ -87,6 +87,13 @@ pub struct Muc;
 
 impl Module for Muc {
     const NAME: &'static str = "muc";
+    const SPECS: &'static [Spec] = &[
+        Spec::xep("XEP-0045", "1.35.5").partial("no public room logs (the logging flag only)"),
+        Spec::xep("XEP-0059", "1.0").note("public rooms and pubsub items"),
+        Spec::xep("XEP-0249", "1.2").note("direct invitations pass through"),
+        Spec::xep("XEP-0410", "1.1.0"),
+        Spec::xep("XEP-0421", "1.0.1"),
+    ];
     type Config = MucConfig;
 
     fn register(config: MucConfig, r: &mut Registry) -> Result<(), String> {

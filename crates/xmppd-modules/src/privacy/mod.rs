@@ -32,7 +32,7 @@ use super::{account_parts, roster, storage_error, NoConfig};
 pub use rules::{Contact, Kind, PrivacyList, NS};
 use xmppd_server::registry::{
     Ctx, Event, EventHandler, EventKind, ExtKey, Filter, Handled, IqHandler, IqResult, IqTarget,
-    Module, On, Point, Registry, Verdict,
+    Module, On, Point, Registry, Spec, Verdict,
 };
 use xmppd_server::router::SessionHandle;
 
@@ -76,6 +76,7 @@ pub struct Privacy;
 
 impl Module for Privacy {
     const NAME: &'static str = "privacy";
+    const SPECS: &'static [Spec] = &[Spec::xep("XEP-0016", "1.7"), Spec::xep("XEP-0191", "1.3")];
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use xmppd_core::BareJid;
-use xmppd_server::registry::{EventKind, ExtKey, Identity, IqHandler, Module, On, Registry};
+use xmppd_server::registry::{EventKind, ExtKey, Identity, IqHandler, Module, On, Registry, Spec};
 
 pub use caps::Caps;
 pub use node::NodeConfig;
@@ -143,6 +143,18 @@ pub struct Wrapped {
 
 impl Module for PubSub {
     const NAME: &'static str = "pubsub";
+    const SPECS: &'static [Spec] = &[
+        Spec::xep("XEP-0060", "1.30.0")
+            .partial("no authorize access model, no subscription options"),
+        Spec::xep("XEP-0084", "1.1.4"),
+        Spec::xep("XEP-0115", "1.6.0")
+            .note("tracked for PEP notifications; queried from local resources"),
+        Spec::xep("XEP-0163", "1.2.2"),
+        Spec::xep("XEP-0172", ""),
+        Spec::xep("XEP-0223", "1.1.1"),
+        Spec::xep("XEP-0398", "").note("vCard and PEP avatars kept in step"),
+        Spec::xep("XEP-0402", "1.2.0").note("with #compat for XEP-0048 private XML"),
+    ];
     type Config = Config;
 
     fn register(config: Config, r: &mut Registry) -> Result<(), String> {

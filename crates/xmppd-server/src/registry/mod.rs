@@ -265,10 +265,48 @@ pub struct Identity {
     pub name: Option<&'static str>,
 }
 
+/// A specification a module (or the core) implements: the list of supported XEPs in the
+/// README and the DOAP file is generated from these, so it says what is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// `XEP-0045` or `RFC 6121`.
+    pub name: &'static str,
+    /// The version implemented (XEPs; empty for RFCs or where it is not tracked).
+    pub version: &'static str,
+    /// Everything the spec asks of a server is there.
+    pub complete: bool,
+    /// What is left out, or how it is provided.
+    pub note: &'static str,
+}
+
+impl Spec {
+    pub const fn xep(name: &'static str, version: &'static str) -> Spec {
+        Spec {
+            name,
+            version,
+            complete: true,
+            note: "",
+        }
+    }
+
+    pub const fn partial(mut self, note: &'static str) -> Spec {
+        self.complete = false;
+        self.note = note;
+        self
+    }
+
+    pub const fn note(mut self, note: &'static str) -> Spec {
+        self.note = note;
+        self
+    }
+}
+
 /// A feature module (see the module docs).
 pub trait Module {
     /// Its name, and the name of its config section `[modules.NAME]`.
     const NAME: &'static str;
+    /// The specifications it implements.
+    const SPECS: &'static [Spec] = &[];
     /// Whether it runs when its section does not say `enabled`.
     const ENABLED_BY_DEFAULT: bool = true;
     /// Its settings: every key defaulted, unknown keys refused (`deny_unknown_fields`).
@@ -331,6 +369,7 @@ impl Registry {
                 amenders: Vec::new(),
                 hosts: HashMap::new(),
                 disco: HashMap::new(),
+                specs: Vec::new(),
             },
             extensions: 0,
             loaded: Vec::new(),
@@ -373,6 +412,9 @@ impl Registry {
         if let Err(message) = M::register(config, self) {
             return self.fail(M::NAME, message);
         }
+        self.hooks
+            .specs
+            .extend(M::SPECS.iter().map(|spec| (M::NAME, *spec)));
         self
     }
 
@@ -502,6 +544,8 @@ pub struct Hooks {
     amenders: Vec<Arc<dyn PresenceAmender>>,
     hosts: HashMap<String, Arc<dyn Host>>,
     disco: HashMap<On, Vec<Arc<dyn DiscoProvider>>>,
+    /// (module, spec) for every module that is on.
+    specs: Vec<(&'static str, Spec)>,
 }
 
 impl Hooks {
@@ -568,6 +612,11 @@ impl Hooks {
 
     pub fn host(&self, domain: &str) -> Option<&Arc<dyn Host>> {
         self.hosts.get(domain)
+    }
+
+    /// What the loaded modules implement, with the module implementing each.
+    pub fn specs(&self) -> &[(&'static str, Spec)] {
+        &self.specs
     }
 
     /// The subdomains modules serve (their certificates are checked by `xmppd check`).
