@@ -184,14 +184,9 @@ async fn chat_both_ways(alice: &mut Raw, bob: &mut Raw) {
     );
 }
 
-#[tokio::test]
-async fn two_servers_federate_with_verified_certificates() {
-    let (one, two) = pair(Setup::default()).await;
-    let mut alice = one.login("alice", "phone").await;
-    let mut bob = two.login("bob", "laptop").await;
-    chat_both_ways(&mut alice, &mut bob).await;
-
-    // Subscription handshake across the link, ending in `both` on both sides.
+/// alice@one.test and bob@two.test subscribe to each other; returns once both rosters say
+/// `both`.
+async fn befriend_across(alice: &mut Raw, bob: &mut Raw) {
     alice
         .send("<presence to='bob@two.test' type='subscribe'/>")
         .await;
@@ -207,7 +202,7 @@ async fn two_servers_federate_with_verified_certificates() {
     alice
         .send("<presence to='bob@two.test' type='subscribed'/>")
         .await;
-    for (raw, contact) in [(&mut alice, "bob@two.test"), (&mut bob, "alice@one.test")] {
+    for (raw, contact) in [(&mut *alice, "bob@two.test"), (&mut *bob, "alice@one.test")] {
         let mut both = false;
         for _ in 0..50 {
             let roster = parse(
@@ -228,6 +223,17 @@ async fn two_servers_federate_with_verified_certificates() {
         }
         assert!(both, "{contact} is not `both`");
     }
+}
+
+#[tokio::test]
+async fn two_servers_federate_with_verified_certificates() {
+    let (one, two) = pair(Setup::default()).await;
+    let mut alice = one.login("alice", "phone").await;
+    let mut bob = two.login("bob", "laptop").await;
+    chat_both_ways(&mut alice, &mut bob).await;
+
+    // Subscription handshake across the link, ending in `both` on both sides.
+    befriend_across(&mut alice, &mut bob).await;
     // Presence flows now; unavailable too.
     bob.send("<presence><status>here</status></presence>").await;
     let p = parse(
@@ -805,6 +811,53 @@ async fn direct_tls_server_streams_authenticate_with_the_certificate() {
         .await;
     let got = parse(&alice.stanza_with(&["id='dt'"]).await);
     assert_eq!(got.attr("from"), Some("bob@two.test/x"));
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn pep_notifications_reach_a_contact_on_another_server_after_asking_its_caps() {
+    let (one, two) = pair(Setup::default()).await;
+    let mut alice = one.login("alice", "phone").await;
+    let mut bob = two.login("bob", "laptop").await;
+    befriend_across(&mut alice, &mut bob).await;
+    // Bob's client wants nicknames. Neither server knows its hash: two.test asks it (for
+    // its own PEP), and one.test asks it over the link; bob answers both.
+    let features = [
+        "http://jabber.org/protocol/caps",
+        "http://jabber.org/protocol/disco#info",
+        "http://jabber.org/protocol/nick+notify",
+    ];
+    common::caps::advertise(&mut bob, &features).await;
+    common::caps::answer_caps(&mut bob, &features).await;
+    alice
+        .send(
+            "<iq type='set' id='pub'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <publish node='http://jabber.org/protocol/nick'><item id='current'>\
+             <nick xmlns='http://jabber.org/protocol/nick'>Alice</nick></item></publish>\
+             </pubsub></iq>",
+        )
+        .await;
+    let published = parse(&alice.stanza_with(&["id='pub'"]).await);
+    assert_eq!(published.attr("type"), Some("result"), "{published:?}");
+    let note = parse(
+        &bob.stanza_with(&["<message", "http://jabber.org/protocol/pubsub#event"])
+            .await,
+    );
+    assert_eq!(note.attr("from"), Some("alice@one.test"));
+    let event = note
+        .get_child("event", "http://jabber.org/protocol/pubsub#event")
+        .unwrap();
+    let items = event
+        .get_child("items", "http://jabber.org/protocol/pubsub#event")
+        .unwrap();
+    assert_eq!(items.attr("node"), Some("http://jabber.org/protocol/nick"));
+    let nick = items
+        .children()
+        .next()
+        .and_then(|item| item.get_child("nick", "http://jabber.org/protocol/nick"))
+        .expect("the nick");
+    assert_eq!(nick.text(), "Alice");
     one.stop().await;
     two.stop().await;
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod caps;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -128,6 +128,8 @@ pub struct PubSub {
     caps: Caps,
     /// Caps queries each session has had, against [`pep::MAX_QUERIES_PER_SESSION`].
     queries: ExtKey<AtomicUsize>,
+    /// Caps queries to other servers' resources in flight ([`pep::MAX_REMOTE_QUERIES`]).
+    remote_queries: Arc<AtomicUsize>,
     /// The handlers this module wraps, when their modules are loaded: private XML
     /// (XEP-0402 bookmarks compat) and vcard-temp (XEP-0398 avatar conversion).
     wrapped: Wrapped,
@@ -148,7 +150,7 @@ impl Module for PubSub {
             .partial("no authorize access model, no subscription options"),
         Spec::xep("XEP-0084", "1.1.4"),
         Spec::xep("XEP-0115", "1.6.0")
-            .note("tracked for PEP notifications; queried from local resources"),
+            .note("tracked for PEP notifications; unknown hashes queried, over federation too"),
         Spec::xep("XEP-0163", "1.2.2"),
         Spec::xep("XEP-0172", ""),
         Spec::xep("XEP-0223", "1.1.1"),

@@ -20,6 +20,33 @@ use xmppd_server::registry::{
 
 /// How long a client has to answer the caps query.
 const CAPS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Caps queries to resources on other servers in flight at once, server-wide: a remote
+/// server inventing hashes cannot make us ask without end.
+pub const MAX_REMOTE_QUERIES: usize = 64;
+
+/// Who a caps query goes to.
+enum Asker {
+    Local(std::sync::Arc<xmppd_server::router::SessionHandle>),
+    /// A resource on another server, and the quota slot the query holds.
+    Remote(xmppd_core::FullJid, RemoteQuery),
+}
+
+/// One of [`MAX_REMOTE_QUERIES`], given back when dropped.
+pub struct RemoteQuery(std::sync::Arc<AtomicUsize>);
+
+impl RemoteQuery {
+    fn take(count: &std::sync::Arc<AtomicUsize>) -> Option<RemoteQuery> {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        let slot = RemoteQuery(count.clone());
+        (before < MAX_REMOTE_QUERIES).then_some(slot)
+    }
+}
+
+impl Drop for RemoteQuery {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 /// Caps queries one session may cause: each verified answer is stored for good, so a
 /// client inventing hashes must not fill the database.
 pub const MAX_QUERIES_PER_SESSION: usize = 8;
@@ -75,22 +102,33 @@ impl PubSub {
         if let Some(features) = self.caps.features(cx.storage(), &ver).await {
             return self.last_items(cx, user, from, &features).await;
         }
-        // Only a local resource can be asked through IqRequests; a remote one's caps wait
-        // for federation to carry the query.
-        let Some(session) = from.try_as_full().ok().and_then(|f| cx.sessions().get(f)) else {
+        let Ok(full) = from.try_as_full() else {
             return;
         };
-        let asked = session.ext.get_or_default(self.queries);
-        if asked.load(Ordering::Relaxed) >= MAX_QUERIES_PER_SESSION {
-            return tracing::debug!(jid = %from, "caps queries used up for this session");
-        }
+        // A local resource is asked directly (and has a quota per session); a remote one
+        // through federation, with a quota over all remote queries in flight.
+        let asker = match cx.sessions().get(full) {
+            Some(session) => {
+                let asked = session.ext.get_or_default(self.queries);
+                if asked.load(Ordering::Relaxed) >= MAX_QUERIES_PER_SESSION {
+                    return tracing::debug!(jid = %from, "caps queries used up for this session");
+                }
+                asked.fetch_add(1, Ordering::Relaxed);
+                Asker::Local(session)
+            }
+            None if cx.is_local_domain(full.domain().as_str()) => return,
+            None => match RemoteQuery::take(&self.remote_queries) {
+                Some(slot) => Asker::Remote(full.clone(), slot),
+                None => return tracing::debug!(jid = %from, "too many remote caps queries"),
+            },
+        };
         if !self
             .caps
             .wait_for(&ver, (user.to_string(), from.to_string()))
         {
             return;
         }
-        asked.fetch_add(1, Ordering::Relaxed);
+        let domain = user.domain().to_string();
         let (Some(me), handle, requests) =
             (self.me.upgrade(), cx.server_handle(), cx.requests().clone())
         else {
@@ -99,10 +137,17 @@ impl PubSub {
         tokio::spawn(async move {
             let query =
                 Element::new("query", ns::DISCO_INFO).with_attr("node", format!("{node}#{ver}"));
-            let answer = requests.get(&session, query, CAPS_TIMEOUT).await;
-            drop(session);
             let Some(state) = handle.upgrade() else {
                 return;
+            };
+            let answer = match asker {
+                Asker::Local(session) => requests.get(&session, query, CAPS_TIMEOUT).await,
+                Asker::Remote(to, _slot) => {
+                    let router = &state.router;
+                    requests
+                        .get_routed(router, &domain, &to, query, CAPS_TIMEOUT)
+                        .await
+                }
             };
             let info = answer
                 .filter(|a| a.stanza_type() == "result")
@@ -301,6 +346,7 @@ pub fn new(
         config,
         caps: super::Caps::default(),
         queries,
+        remote_queries: Arc::default(),
         wrapped,
         me: me.clone(),
     })

@@ -2,7 +2,7 @@
 //! every iq get or set is answered with a result or an error, so any answer proves the
 //! client has read everything sent before the request, TCP and stanza order being kept).
 //! Offline delivery uses it to learn what a client really received; entity-capabilities
-//! queries will too.
+//! queries use it for local resources and, through the router, for remote ones.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -75,6 +75,40 @@ impl IqRequests {
             answer = tokio::time::timeout(timeout, rx) => answer.ok()?.ok(),
             _ = session.outbox().closed() => None,
         }
+    }
+
+    /// Sends `<iq type=get>` with `payload` from `from` (a local domain) to `to`, which may
+    /// be on another server, through the router, and waits up to `timeout` for the answer.
+    pub async fn get_routed(
+        &self,
+        router: &super::Router,
+        from: &str,
+        to: &FullJid,
+        payload: Element,
+        timeout: Duration,
+    ) -> Option<Stanza> {
+        let id = format!("xmppd-{}", random_id(16));
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = self.lock();
+            if waiting.len() >= MAX_WAITING {
+                return None;
+            }
+            waiting.insert(id.clone(), (to.clone(), tx));
+        }
+        let _registered = Registration {
+            requests: self,
+            id: id.clone(),
+        };
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("id", id)
+            .with_attr("from", from)
+            .with_attr("to", to.as_str())
+            .with_child(payload);
+        let stanza = Stanza::parse(iq).ok()?;
+        Box::pin(router.route(stanza)).await;
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
     }
 
     /// Takes an iq result or error that answers one of our requests; hands it back if it
