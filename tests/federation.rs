@@ -158,7 +158,8 @@ async fn pair(setup: Setup) -> (Node, Node) {
         c.listen.component = vec!["127.0.0.2:0".parse().unwrap()];
     })
     .await;
-    let two = start_node(TWO, c2, s2, &[(ONE, s1)], setup, |_| {}).await;
+    // The component's domain is served by one.test's server too (as its SRV would say).
+    let two = start_node(TWO, c2, s2, &[(ONE, s1), (COMPONENT, s1)], setup, |_| {}).await;
     (one, two)
 }
 
@@ -644,6 +645,18 @@ async fn a_component_serves_its_domain_and_a_wrong_secret_is_refused() {
     c.send("<message from='bot@echo.one.test' to='alice@one.test/phone' id='c2'><body>back</body></message>")
         .await;
     let back = parse(&alice.stanza_with(&["id='c2'"]).await);
+    assert_eq!(back.attr("from"), Some("bot@echo.one.test"));
+    // Users of other servers reach it over federation too, and it answers them.
+    let mut bob = two.login("bob", "laptop").await;
+    bob.send("<message to='bot@echo.one.test' id='c3'><body>from afar</body></message>")
+        .await;
+    let got = c.read_until("</message>").await;
+    let start = got.find("<message").unwrap();
+    let m = xmppd_xml::parse_fragment(&got[start..], "jabber:component:accept").unwrap();
+    assert_eq!(m.attr("from"), Some("bob@two.test/laptop"));
+    c.send("<message from='bot@echo.one.test' to='bob@two.test/laptop' id='c4'><body>hi bob</body></message>")
+        .await;
+    let back = parse(&bob.stanza_with(&["id='c4'"]).await);
     assert_eq!(back.attr("from"), Some("bot@echo.one.test"));
     // Sending as another domain is refused.
     c.send("<message from='mallory@one.test' to='alice@one.test'><body>x</body></message>")

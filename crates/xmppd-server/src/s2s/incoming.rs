@@ -75,10 +75,13 @@ impl S2sIn {
         })
     }
 
-    /// Whether `domain` is ours to receive for: a served domain or a host (MUC, pubsub).
+    /// Whether `domain` is ours to receive for: a served domain, a host (MUC, pubsub) or a
+    /// configured component (a gateway reachable from other servers).
     fn serves(&self, domain: &str) -> bool {
         let router = &self.server.router;
-        router.is_local_domain(domain) || router.hooks().host(domain).is_some()
+        router.is_local_domain(domain)
+            || router.hooks().host(domain).is_some()
+            || self.server.federation.component_secret(domain).is_some()
     }
 
     fn is_authenticated(&self) -> bool {
@@ -262,9 +265,7 @@ impl S2sIn {
                 )
                 .await;
         };
-        let outcome = if !self.server.router.is_local_domain(originating)
-            && !self.serves(originating)
-        {
+        let outcome = if !self.serves(originating) {
             Outcome::Error(StanzaErrorCondition::ItemNotFound)
         } else if dialback::is_valid(&self.server.secret, receiving, originating, id, &el.text()) {
             Outcome::Valid
