@@ -647,3 +647,42 @@ async fn a_client_stream_in_another_namespace_is_invalid_namespace() {
     assert_login_works(server.c2s).await;
     server.stop().await;
 }
+
+/// Every metric the Grafana dashboard in dist/grafana graphs is one the server exports.
+#[tokio::test]
+async fn the_grafana_dashboard_graphs_metrics_the_server_exports() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dist/grafana/xmppd.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let server = TestServer::start().await;
+    let text = server.metrics_text().await;
+    let exported: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("xmppd_") || w.starts_with("process_"));
+            for name in names {
+                let base = name.strip_suffix("_total").unwrap_or(name);
+                assert!(
+                    exported.contains(base),
+                    "{name} in {expr:?} is not exported"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 10, "the dashboard graphs {checked} metrics");
+    server.stop().await;
+}
