@@ -556,31 +556,29 @@ async fn bad_server_streams_get_the_stream_error_rfc_6120_names_and_links_keep_w
     assert!(p.read_until("</failure>").await.contains("<not-authorized"));
 
     // Authenticated as evil.test, it may not send as two.test, nor to a domain not served.
-    let (mut p, features) = Peer::secure(one.s2s, "evil.test", ONE, Some("evil.test")).await;
-    assert!(features.contains("EXTERNAL"), "{features}");
-    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
-        .await;
-    p.read_until("<success").await;
-    p.send(&s2s_header("evil.test", ONE)).await;
-    p.read_until("</stream:features>").await;
-    p.send("<message from='bob@two.test' to='alice@one.test'><body>x</body></message>")
-        .await;
-    assert_eq!(
-        stream_error(&p.read_until("</stream:stream>").await),
-        "invalid-from"
-    );
-    let (mut p, _) = Peer::secure(one.s2s, "evil.test", ONE, Some("evil.test")).await;
-    p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
-        .await;
-    p.read_until("<success").await;
-    p.send(&s2s_header("evil.test", ONE)).await;
-    p.read_until("</stream:features>").await;
-    p.send("<message from='eve@evil.test' to='alice@elsewhere.test'><body>x</body></message>")
-        .await;
-    assert_eq!(
-        stream_error(&p.read_until("</stream:stream>").await),
-        "host-unknown"
-    );
+    for (stanza, condition) in [
+        (
+            "<message from='bob@two.test' to='alice@one.test'><body>x</body></message>",
+            "invalid-from",
+        ),
+        (
+            "<message from='eve@evil.test' to='alice@elsewhere.test'><body>x</body></message>",
+            "host-unknown",
+        ),
+    ] {
+        let (mut p, features) = Peer::secure(one.s2s, "evil.test", ONE, Some("evil.test")).await;
+        assert!(features.contains("EXTERNAL"), "{features}");
+        p.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+            .await;
+        p.read_until("<success").await;
+        p.send(&s2s_header("evil.test", ONE)).await;
+        p.read_until("</stream:features>").await;
+        p.send(stanza).await;
+        assert_eq!(
+            stream_error(&p.read_until("</stream:stream>").await),
+            condition
+        );
+    }
 
     // A peer that stops after <proceed/> holds nothing up for the others.
     let mut stalled = Peer::connect(one.s2s).await;
