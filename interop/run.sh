@@ -25,6 +25,7 @@ data_dir = "$work/data"
 c2s = ["127.0.0.1:$c2s"]
 c2s_direct_tls = ["127.0.0.1:$tls"]
 metrics = "127.0.0.1:$metrics"
+http = []
 TOML
 for user in alice bob; do
     "$XMPPD" --config "$work/xmppd.toml" user add "$user@localhost" --password interop-secret >/dev/null

@@ -502,8 +502,10 @@ fn check_listeners(report: &mut Report, config: &Config, server_running: bool) {
         ("s2s", &l.s2s),
         ("s2s_direct_tls", &l.s2s_direct_tls),
         ("component", &l.component),
+        ("http", &l.http),
+        ("https", &l.https),
     ];
-    let metrics = l.metrics.map(|a| vec![a]).unwrap_or_default();
+    let metrics = l.metrics.filter(|a| !l.http.contains(a)).map(|a| vec![a]).unwrap_or_default();
     for (name, list) in addrs.into_iter().chain([("metrics", &metrics)]) {
         for addr in list {
             let what = format!("listen.{name} {addr}");

@@ -163,7 +163,7 @@ fn config_with(
 ) -> std::path::PathBuf {
     let text = format!(
         "[server]\ndomains = [\"localhost\"]\ndata_dir = {data:?}\n\
-         [listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = []\nmetrics = \"127.0.0.1:{metrics}\"\n\
+         [listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = []\nmetrics = \"127.0.0.1:{metrics}\"\nhttp = []\n\
          [tls]\ncertificates = [{{ domain = \"localhost\", cert = {cert:?}, key = {key:?} }}]\n",
         data = dir.join("data"),
         metrics = free_port(),
@@ -488,7 +488,7 @@ async fn sighup_and_reload_swap_the_certificate_and_keep_sessions() {
         &config,
         format!(
             "[server]\ndata_dir = {data:?}\n[listen]\nc2s = [\"127.0.0.1:{c2s}\"]\n\
-             c2s_direct_tls = []\nmetrics = \"127.0.0.1:{metrics}\"\n\
+             c2s_direct_tls = []\nmetrics = \"127.0.0.1:{metrics}\"\nhttp = []\n\
              [tls]\ncertificates = [{{ domain = \"localhost\", cert = {cert:?}, key = {key:?} }}]\n\
              [sasl]\nscram_iterations = 4096\n",
             data = dir.path().join("data"),

@@ -102,6 +102,7 @@ async fn start_node(
     config.listen.c2s = vec![c2s];
     config.listen.c2s_direct_tls = vec![];
     config.listen.metrics = None;
+    config.listen.http = vec![];
     config.listen.s2s = vec![s2s];
     config.tls.certificates = vec![CertificateConfig {
         domain: domain.into(),

@@ -259,6 +259,7 @@ async fn a_module_config_with_an_unknown_key_or_module_is_refused() {
     config.listen.c2s = vec![];
     config.listen.c2s_direct_tls = vec![];
     config.listen.metrics = None;
+    config.listen.http = vec![];
     let dir = tempfile::tempdir().unwrap();
     config.server.data_dir = dir.path().to_path_buf();
     let mut bad = config.clone();

@@ -30,6 +30,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     config.listen.c2s = vec![];
     config.listen.c2s_direct_tls = vec![];
     config.listen.metrics = None;
+    config.listen.http = vec![];
     config.sasl.scram_iterations = 4096;
     config.sasl.failure_delay_ms = 0;
     // The fuzzer is one address opening connection after connection.

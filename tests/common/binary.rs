@@ -39,7 +39,7 @@ pub fn write_config(dir: &std::path::Path, c2s: u16, tls: u16) -> std::path::Pat
     let text = format!(
         "[server]\ndomains = [\"localhost\"]\ndata_dir = {data:?}\n\
          [listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls}\"]\n\
-         metrics = \"127.0.0.1:{metrics}\"\n\
+         metrics = \"127.0.0.1:{metrics}\"\nhttp = []\n\
          [tls]\ncertificates = [{{ domain = \"localhost\", cert = {cert:?}, key = {key:?} }}]\n\
          [sasl]\nscram_iterations = 4096\n",
         data = dir.join("data"),

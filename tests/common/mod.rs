@@ -118,6 +118,8 @@ pub struct TestServer {
     pub c2s: SocketAddr,
     pub direct_tls: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// BOSH, WebSocket and host-meta.
+    pub http: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -142,6 +144,7 @@ impl TestServer {
         config.listen.c2s = vec!["127.0.0.1:0".parse().unwrap()];
         config.listen.c2s_direct_tls = vec!["127.0.0.1:0".parse().unwrap()];
         config.listen.metrics = Some("127.0.0.1:0".parse().unwrap());
+        config.listen.http = vec!["127.0.0.1:0".parse().unwrap()];
         config.tls.certificates = vec![CertificateConfig {
             domain: DOMAIN.into(),
             cert: pki.cert_file.clone(),
@@ -159,6 +162,7 @@ impl TestServer {
             c2s: server.c2s_addrs[0],
             direct_tls: server.direct_tls_addrs[0],
             metrics: server.metrics_addr,
+            http: server.http_addrs.first().copied(),
             server: Some(server),
             config,
             _dir: dir,
@@ -200,6 +204,7 @@ impl TestServer {
         self.c2s = server.c2s_addrs[0];
         self.direct_tls = server.direct_tls_addrs[0];
         self.metrics = server.metrics_addr;
+        self.http = server.http_addrs.first().copied();
         self.server = Some(server);
     }
 

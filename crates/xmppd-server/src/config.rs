@@ -18,6 +18,7 @@ pub struct Config {
     pub im: ImConfig,
     pub log: LogConfig,
     pub s2s: S2sConfig,
+    pub http: HttpConfig,
     /// `[components."DOMAIN"]`: XEP-0114 external components allowed to connect.
     pub components: std::collections::BTreeMap<String, ComponentConfig>,
     /// `[modules.NAME]` sections, each read by its module (see `crate::modules`).
@@ -92,8 +93,13 @@ pub struct ListenConfig {
     pub c2s: Vec<SocketAddr>,
     /// Client listeners that speak TLS from the first byte (XEP-0368).
     pub c2s_direct_tls: Vec<SocketAddr>,
-    /// HTTP listener for `/metrics` (Prometheus text format); absent disables it.
+    /// A listener that serves only `/metrics` (OpenMetrics text); absent: none. `/metrics` is
+    /// also on every `http` listener, so this is for keeping it on a separate address.
     pub metrics: Option<SocketAddr>,
+    /// HTTP listeners: BOSH, WebSocket, XEP-0156 host-meta and `/metrics` (see `[http]`).
+    pub http: Vec<SocketAddr>,
+    /// The same over HTTPS, with the certificates of `[tls]`; none by default.
+    pub https: Vec<SocketAddr>,
     /// Server-to-server listeners that offer STARTTLS (RFC 6120); federation is on when
     /// there is at least one s2s listener of either kind.
     pub s2s: Vec<SocketAddr>,
@@ -108,7 +114,9 @@ impl Default for ListenConfig {
         ListenConfig {
             c2s: vec![SocketAddr::from(([127, 0, 0, 1], 5222))],
             c2s_direct_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5223))],
-            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 5280))),
+            metrics: None,
+            http: vec![SocketAddr::from(([127, 0, 0, 1], 5280))],
+            https: Vec::new(),
             s2s: Vec::new(),
             s2s_direct_tls: Vec::new(),
             component: Vec::new(),
@@ -160,6 +168,56 @@ impl Default for S2sConfig {
             max_links: 1000,
             retry_secs: 5,
             max_retry_secs: 300,
+        }
+    }
+}
+
+/// Web clients: BOSH (XEP-0124/0206) and WebSocket (RFC 7395) on the `listen.http` and
+/// `listen.https` listeners, and their discovery (XEP-0156).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub bosh_path: String,
+    pub websocket_path: String,
+    /// Origins allowed for BOSH and WebSocket from browsers (CORS, and the WebSocket
+    /// `Origin` check); `"*"` allows any.
+    pub cors_origins: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` and `X-Forwarded-Proto` headers
+    /// are believed: per-address limits and logs then see the real client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The public base URL (`https://xmpp.example.org`) that host-meta lists, for a server
+    /// behind a proxy; empty: taken from the request.
+    pub public_url: String,
+    /// Treat plain-HTTP clients as encrypted (TLS ends at a proxy that sends no
+    /// `X-Forwarded-Proto`). Loopback clients always are: their traffic stays on the machine.
+    pub consider_secure: bool,
+    /// Where `<open/>` is answered with `<close see-other-uri=…/>` (RFC 7395 §3.6.1):
+    /// WebSocket clients are sent to this URL instead; empty: none.
+    pub websocket_see_other_uri: String,
+    /// Longest `wait` a BOSH client may ask for, in seconds (XEP-0124 §7.1).
+    pub bosh_max_wait_secs: u64,
+    /// Seconds a BOSH session may have no request waiting before it ends (XEP-0124 §7.1).
+    pub bosh_inactivity_secs: u64,
+    /// Longest `pause` a BOSH client may ask for, in seconds (XEP-0124 §10).
+    pub bosh_max_pause_secs: u64,
+    /// Requests a BOSH client may have waiting at once (`hold`, XEP-0124 §7.1).
+    pub bosh_max_hold: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bosh_path: "/http-bind".into(),
+            websocket_path: "/xmpp-websocket".into(),
+            cors_origins: vec!["*".into()],
+            trusted_proxies: Vec::new(),
+            public_url: String::new(),
+            consider_secure: false,
+            websocket_see_other_uri: String::new(),
+            bosh_max_wait_secs: 60,
+            bosh_inactivity_secs: 60,
+            bosh_max_pause_secs: 300,
+            bosh_max_hold: 2,
         }
     }
 }
@@ -422,6 +480,22 @@ impl Config {
         if self.s2s.queue_size == 0 || self.s2s.connect_timeout_secs == 0 {
             return invalid("s2s.queue_size and s2s.connect_timeout_secs must be positive".into());
         }
+        for (key, path) in [
+            ("http.bosh_path", &self.http.bosh_path),
+            ("http.websocket_path", &self.http.websocket_path),
+        ] {
+            if !path.starts_with('/') || path.len() < 2 {
+                return invalid(format!("{key} must start with '/' and name a path"));
+            }
+        }
+        if self.http.bosh_path == self.http.websocket_path {
+            return invalid("http.bosh_path and http.websocket_path must differ".into());
+        }
+        if self.http.bosh_max_wait_secs == 0 || self.http.bosh_inactivity_secs == 0 {
+            return invalid(
+                "http.bosh_max_wait_secs and http.bosh_inactivity_secs must be positive".into(),
+            );
+        }
         if self.limits.outbound_queue == 0 || self.limits.max_depth == 0 {
             return invalid("limits.outbound_queue and limits.max_depth must be positive".into());
         }
@@ -433,7 +507,7 @@ impl Config {
     pub fn changed_sections(&self, other: &Config) -> Vec<&'static str> {
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let sections: [(&'static str, bool); 10] = [
+        let sections: [(&'static str, bool); 11] = [
             ("server", differs(&self.server, &other.server)),
             ("listen", differs(&self.listen, &other.listen)),
             ("sasl", differs(&self.sasl, &other.sasl)),
@@ -441,6 +515,7 @@ impl Config {
             ("im", differs(&self.im, &other.im)),
             ("log", differs(&self.log, &other.log)),
             ("s2s", differs(&self.s2s, &other.s2s)),
+            ("http", differs(&self.http, &other.http)),
             ("components", differs(&self.components, &other.components)),
             ("modules", differs(&self.modules, &other.modules)),
             (

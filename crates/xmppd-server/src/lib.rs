@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod admin;
 pub mod c2s;
 pub mod config;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
@@ -89,6 +90,9 @@ pub struct RunningServer {
     pub c2s_addrs: Vec<SocketAddr>,
     pub direct_tls_addrs: Vec<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    /// HTTP listeners (BOSH, WebSocket, host-meta, `/metrics`), and the HTTPS ones.
+    pub http_addrs: Vec<SocketAddr>,
+    pub https_addrs: Vec<SocketAddr>,
     pub s2s_addrs: Vec<SocketAddr>,
     pub s2s_direct_tls_addrs: Vec<SocketAddr>,
     pub component_addrs: Vec<SocketAddr>,
@@ -257,7 +261,11 @@ pub async fn start(
     let s2s_listeners = bind_all(&config.listen.s2s).await?;
     let s2s_direct = bind_all(&config.listen.s2s_direct_tls).await?;
     let components = bind_all(&config.listen.component).await?;
+    let http = bind_all(&config.listen.http).await?;
+    let https = bind_all(&config.listen.https).await?;
+    // An old config's metrics address that is now also an HTTP listener is served there.
     let metrics_listener = match config.listen.metrics {
+        Some(addr) if config.listen.http.contains(&addr) => None,
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
@@ -268,7 +276,12 @@ pub async fn start(
     let local = |l: &TcpListener| l.local_addr().ok();
     let c2s_addrs: Vec<_> = c2s.iter().filter_map(local).collect();
     let direct_tls_addrs: Vec<_> = direct.iter().filter_map(local).collect();
-    let metrics_addr = metrics_listener.as_ref().and_then(local);
+    let http_addrs: Vec<_> = http.iter().filter_map(local).collect();
+    let https_addrs: Vec<_> = https.iter().filter_map(local).collect();
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(local)
+        .or_else(|| http_addrs.first().copied());
     let s2s_addrs: Vec<_> = s2s_listeners.iter().filter_map(local).collect();
     let s2s_direct_tls_addrs: Vec<_> = s2s_direct.iter().filter_map(local).collect();
     let component_addrs: Vec<_> = components.iter().filter_map(local).collect();
@@ -313,6 +326,17 @@ pub async fn start(
         tasks.push(tokio::spawn(s2s::component::listen(l, state.clone())));
     }
     tasks.push(tokio::spawn(federation.close_idle(shutdown_rx.clone())));
+    if !http.is_empty() || !https.is_empty() {
+        let web = Arc::new(http::Web {
+            server: state.clone(),
+            bosh: Default::default(),
+        });
+        for (listeners, tls) in [(http, false), (https, true)] {
+            for l in listeners {
+                tasks.push(tokio::spawn(http::serve(l, tls, web.clone())));
+            }
+        }
+    }
     if let Some(l) = metrics_listener {
         tasks.push(tokio::spawn(metrics::serve(l, metrics, shutdown_rx)));
     }
@@ -335,6 +359,16 @@ pub async fn start(
     for addr in component_addrs.iter() {
         tracing::info!(%addr, "listening for components (XEP-0114)");
     }
+    for (addrs, scheme) in [(&http_addrs, "http"), (&https_addrs, "https")] {
+        for addr in addrs.iter() {
+            let paths = &state.config.http;
+            tracing::info!(
+                bosh = %format!("{scheme}://{addr}{}", paths.bosh_path),
+                websocket = %format!("{scheme}://{addr}{}", paths.websocket_path),
+                "listening for web clients"
+            );
+        }
+    }
     if let Some(addr) = metrics_addr {
         tracing::info!("metrics at http://{addr}/metrics");
     }
@@ -342,6 +376,8 @@ pub async fn start(
         c2s_addrs,
         direct_tls_addrs,
         metrics_addr,
+        http_addrs,
+        https_addrs,
         s2s_addrs,
         s2s_direct_tls_addrs,
         component_addrs,

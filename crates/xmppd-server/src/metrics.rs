@@ -295,13 +295,10 @@ impl Metrics {
 }
 
 /// Serves `/metrics` until `shutdown` fires.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+/// `/metrics`, for the metrics-only listener and every HTTP listener.
+pub fn routes(metrics: std::sync::Arc<Metrics>) -> axum::Router {
     use axum::routing::get;
-    let app = axum::Router::new().route(
+    axum::Router::new().route(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
@@ -315,8 +312,16 @@ pub async fn serve(
                 )
             }
         }),
-    );
-    let result = axum::serve(listener, app)
+    )
+}
+
+/// The `listen.metrics` listener: only `/metrics`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let result = axum::serve(listener, routes(metrics))
         .with_graceful_shutdown(async move {
             crate::shutting_down(&mut shutdown).await;
         })

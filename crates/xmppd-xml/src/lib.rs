@@ -15,5 +15,5 @@ mod escape;
 mod parser;
 
 pub use element::{Element, Node};
-pub use escape::{escape_attr, escape_text};
+pub use escape::{attr_string, escape_attr, escape_text};
 pub use parser::{parse_fragment, Limits, ParseError, StreamEvent, StreamHeader, StreamParser};

@@ -125,6 +125,7 @@ mod tests {
         config.listen.c2s = vec![];
         config.listen.c2s_direct_tls = vec![];
         config.listen.metrics = None;
+        config.listen.http = vec![];
         config.sasl.scram_iterations = 4096;
         config
     }

@@ -1,5 +1,5 @@
-//! Framings: how a stream's bytes travel. TCP with STARTTLS or direct TLS today; WebSocket
-//! frames and BOSH bodies are the next ones. The driver only reads and writes through this
+//! Framings: how a stream's bytes travel. TCP with STARTTLS or direct TLS here; WebSocket
+//! messages and BOSH bodies in `crate::http`. The driver only reads and writes through this
 //! trait, so a new transport is a new framing, not a second server.
 
 use std::future::Future;
@@ -15,6 +15,26 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::tls::{CertResolver, ChannelBindings};
+
+/// A framing's refusal of what the peer sent, carried in the `io::Error` of a read: the
+/// driver answers it with this stream error (a WebSocket message with two elements, say).
+#[derive(Debug)]
+pub struct FramingError {
+    pub condition: xmppd_core::StreamError,
+    pub text: &'static str,
+}
+
+impl std::fmt::Display for FramingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text)
+    }
+}
+
+impl std::error::Error for FramingError {}
+
+pub fn framing_error(condition: xmppd_core::StreamError, text: &'static str) -> io::Error {
+    io::Error::other(FramingError { condition, text })
+}
 
 /// Bytes read from the socket at a time.
 pub const READ_BUFFER: usize = 2048;

@@ -1,6 +1,5 @@
-//! The one stream driver: an XML stream over any [`Framing`] (TCP/TLS now; WebSocket and
-//! BOSH next), negotiated and served by a [`Profile`] (client-to-server now; server-to-server
-//! and components next).
+//! The one stream driver: an XML stream over any [`Framing`] (TCP/TLS, WebSocket, BOSH),
+//! negotiated and served by a [`Profile`] (client-to-server, server-to-server, components).
 //!
 //! The driver owns what every stream has: the parser and its limits, the output buffer,
 //! reading with a byte-rate limit, timers (login deadline, keepalive ping), the session's
@@ -28,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::router::{Kick, SessionHandle};
 use crate::tls::TlsContext;
 use crate::ServerState;
-pub use framing::{Framing, MemoryFraming, TcpFraming};
+pub use framing::{Framing, FramingError, MemoryFraming, TcpFraming};
 
 /// What the driver does after the profile handled an event.
 pub enum Flow {
@@ -558,7 +557,15 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                     read
                 }), if can_read => {
                     let n = match read {
-                        Ok(0) | Err(_) => {
+                        Err(e) => {
+                            if let Some(refused) = e.get_ref().and_then(|e| e.downcast_ref::<FramingError>()) {
+                                self.stream.stream_error(refused.condition, Some(refused.text)).await;
+                            } else {
+                                self.stream.ended = Ended::PeerGone;
+                            }
+                            return;
+                        }
+                        Ok(0) => {
                             self.stream.ended = Ended::PeerGone;
                             return;
                         }
