@@ -147,7 +147,7 @@ status=0
 if [ "$what" = all ] || [ "$what" = node ]; then
     echo "--- web interop ($SERVER): Node clients ---"
     timeout -k 5 120 node --test --test-concurrency=1 --test-timeout=60000 \
-        $web/test/host-meta.test.js $web/test/strophe-bosh.test.js \
+        $web/test/host-meta.test.js $web/test/http-protocol.test.js $web/test/strophe-bosh.test.js \
         $web/test/strophe-websocket.test.js $web/test/xmpp-client-websocket.test.js || status=$?
 fi
 if [ "$what" = all ] || [ "$what" = browser ]; then
