@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
 bash interop/run.sh
+bash interop/web/run.sh
 bash interop/federation.sh
 bash dist/systemd/verify.sh
 bash bench/run.sh --smoke

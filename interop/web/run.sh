@@ -83,6 +83,8 @@ metrics = "127.0.0.1:$metrics"
 http = ["127.0.0.1:$http"]
 [http]
 cors_origins = ["*"]
+# Short, so the test of a vanished BOSH client (XEP-0124 §10) finishes quickly.
+bosh_inactivity_secs = 5
 TOML
     for user in alice bob; do
         "$XMPPD" --config "$work/xmppd.toml" user add "$user@localhost" --password "$password" >/dev/null
@@ -116,6 +118,7 @@ consider_bosh_secure = true
 consider_websocket_secure = true
 cross_domain_bosh = true
 cross_domain_websocket = true
+bosh_max_inactivity = 5
 ssl = { certificate = "$cert"; key = "$data/certs/localhost.key" }
 http_default_host = "localhost"
 web_host_meta_bosh = "http://127.0.0.1:$http/http-bind"

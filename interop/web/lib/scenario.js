@@ -7,7 +7,9 @@ import {
   bare, config, ensureMutualSubscription, stopQuietly, tcpClient, token, waitForChat,
   waitForPresence, xml,
 } from "./common.js";
-import { $msg, $pres, childText, elementsNamed, localName, stropheConnect, stropheDisconnect } from "./strophe.js";
+import {
+  $msg, $pres, childText, elementsNamed, localName, stropheConnect, stropheDisconnect, stropheVanish,
+} from "./strophe.js";
 
 export function stropheScenario(transport, url) {
   let bob;
@@ -31,8 +33,8 @@ export function stropheScenario(transport, url) {
     await stopQuietly(bob?.xmpp);
   });
 
-  async function login(resource) {
-    const s = await stropheConnect("alice", url(), { resource });
+  async function login(resource, options = {}) {
+    const s = await stropheConnect("alice", url(), { resource, ...options });
     sessions.push(s);
     return s;
   }
@@ -107,4 +109,28 @@ export function stropheScenario(transport, url) {
     }
     await gone;
   });
+
+  if (transport === "bosh") {
+    test("strophe.js over bosh: a client that vanishes is logged out after the inactivity period (XEP-0124 §10)", async (t) => {
+      const s = await login(token("strophe"), { wait: 2 });
+      const created = s.received.find((el) => localName(el) === "body" && el.getAttribute("sid"));
+      const inactivity = Number(created?.getAttribute("inactivity"));
+      const wait = Number(created?.getAttribute("wait"));
+      if (!inactivity) {
+        t.skip("no 'inactivity' in the session creation response: the server may keep it forever");
+        stropheVanish(s);
+        return;
+      }
+      assert.ok(wait <= 2, `'wait' ${wait} is at most the requested 2`);
+      const seen = waitForPresence(bob, s.jid, "available");
+      s.conn.send($pres());
+      await seen;
+      const gone = waitForPresence(bob, s.jid, "unavailable", (inactivity + wait + 10) * 1000);
+      const t0 = Date.now();
+      stropheVanish(s);
+      await gone;
+      const secs = (Date.now() - t0) / 1000;
+      t.diagnostic(`unavailable ${secs.toFixed(1)} s after the client vanished (inactivity=${inactivity}, wait=${wait})`);
+    });
+  }
 }

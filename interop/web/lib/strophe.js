@@ -49,7 +49,7 @@ export function childText(el, name) {
  * incoming message and presence stanza (DOM elements), `sent`/`received` the raw XML
  * elements strophe passed on the wire (BOSH <body/> wrappers or WebSocket frames).
  */
-export async function stropheConnect(user, url, { resource = "strophe" } = {}) {
+export async function stropheConnect(user, url, { resource = "strophe", wait } = {}) {
   const conn = new Strophe.Connection(url, {
     mechanisms: [Strophe.SASLSHA256, Strophe.SASLSHA1],
   });
@@ -69,7 +69,7 @@ export async function stropheConnect(user, url, { resource = "strophe" } = {}) {
                 Strophe.Status.CONNTIMEOUT, Strophe.Status.DISCONNECTED].includes(status)) {
         reject(new Error(`strophe ${url}: ${STATUS_NAMES[status]} ${condition || ""} (statuses: ${s.statuses.join(", ")})`));
       }
-    });
+    }, wait);
   });
   try {
     await withTimeout(connected, `strophe login of ${user} at ${url}`);
@@ -80,6 +80,18 @@ export async function stropheConnect(user, url, { resource = "strophe" } = {}) {
   s.jid = conn.jid;
   s.transport = conn._proto instanceof Strophe.Bosh ? "bosh" : conn._proto instanceof Strophe.Websocket ? "websocket" : "?";
   return s;
+}
+
+/**
+ * Vanishes like a closed browser tab: aborts the requests in flight (their TCP connections
+ * close) and sends nothing more, no terminate, no <close/>.
+ */
+export function stropheVanish(s) {
+  const conn = s.conn;
+  conn._proto._abortAllRequests?.();
+  if (conn._proto.socket) conn._proto.socket.terminate?.();
+  clearTimeout(conn._idleTimeout);
+  conn.reset();
 }
 
 /** Disconnects gracefully (strophe sends unavailable presence first) and waits for DISCONNECTED. */

@@ -62,10 +62,15 @@ test("BOSH session creation response (XEP-0124 §7.1-§7.2, XEP-0206 §3)", asyn
   const wait = body.getAttribute("wait");
   assert.match(wait ?? "", /^\d+$/, "MUST possess 'wait' (§7.2)");
   assert.ok(Number(wait) <= 5, `'wait' MUST be <= the requested 5 (§7.2), got ${wait}`);
-  if (body.hasAttribute("hold")) assert.ok(Number(body.getAttribute("hold")) <= 1, "'hold' MUST NOT exceed the requested 1");
+  if (body.hasAttribute("hold")) {
+    assert.ok(Number(body.getAttribute("hold")) <= 1, `'hold' MUST NOT exceed the requested 1 (§7.2), got ${body.getAttribute("hold")}`);
+  }
   if (body.hasAttribute("ver")) {
     const [maj, min] = body.getAttribute("ver").split(".").map(Number);
-    assert.ok(maj < 1 || (maj === 1 && min <= 6), "'ver' is at most the client's 1.6 (§7.2)");
+    // §7.2: "the highest version of the BOSH protocol that the connection manager supports,
+    // or the version specified by the client in its request, whichever is lower".
+    assert.ok(maj < 1 || (maj === 1 && min <= 6),
+      `'ver' is the lower of the server's version and the client's 1.6 (§7.2), got ver='${body.getAttribute("ver")}'`);
   }
   // XEP-0206 §3: stream features in this response or a later one (the client polls).
   let features = children(body, STREAMS_NS, "features")[0];
