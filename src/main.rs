@@ -505,7 +505,11 @@ fn check_listeners(report: &mut Report, config: &Config, server_running: bool) {
         ("http", &l.http),
         ("https", &l.https),
     ];
-    let metrics = l.metrics.filter(|a| !l.http.contains(a)).map(|a| vec![a]).unwrap_or_default();
+    let metrics = l
+        .metrics
+        .filter(|a| !l.http.contains(a))
+        .map(|a| vec![a])
+        .unwrap_or_default();
     for (name, list) in addrs.into_iter().chain([("metrics", &metrics)]) {
         for addr in list {
             let what = format!("listen.{name} {addr}");

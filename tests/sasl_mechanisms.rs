@@ -5,56 +5,10 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use common::scram::{success_text, Hash, Scram};
 use common::{Raw, TestServer, PASSWORD};
-use hmac::{Hmac, Mac};
 
 const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-
-#[derive(Clone, Copy)]
-enum Hash {
-    Sha1,
-    Sha256,
-}
-
-impl Hash {
-    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
-        match self {
-            Hash::Sha1 => {
-                let mut m = <Hmac<sha1::Sha1> as Mac>::new_from_slice(key).unwrap();
-                m.update(data);
-                m.finalize().into_bytes().to_vec()
-            }
-            Hash::Sha256 => {
-                let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
-                m.update(data);
-                m.finalize().into_bytes().to_vec()
-            }
-        }
-    }
-
-    fn hash(self, data: &[u8]) -> Vec<u8> {
-        use sha1::Digest;
-        match self {
-            Hash::Sha1 => sha1::Sha1::digest(data).to_vec(),
-            Hash::Sha256 => sha2::Sha256::digest(data).to_vec(),
-        }
-    }
-
-    fn salted(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-        match self {
-            Hash::Sha1 => {
-                let mut out = [0u8; 20];
-                pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, &mut out);
-                out.to_vec()
-            }
-            Hash::Sha256 => {
-                let mut out = [0u8; 32];
-                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, &mut out);
-                out.to_vec()
-            }
-        }
-    }
-}
 
 fn text_of(xml: &str, tag: &str) -> String {
     let start = xml.find(&format!("<{tag} ")).expect(tag);
@@ -75,60 +29,25 @@ async fn scram(
     cb_data: &[u8],
     password: &str,
 ) -> String {
-    let client_nonce = "fyko+d2lbbFgONRv9qkxdawL";
-    let first_bare = format!("n=alice,r={client_nonce}");
-    let first = B64.encode(format!("{gs2}{first_bare}"));
+    let client = Scram::new(hash, "alice", gs2);
     raw.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{first}</auth>"
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{}</auth>",
+        client.first()
     ))
     .await;
     let reply = raw.read_sasl_outcome().await;
     if !reply.contains("<challenge") {
         return reply;
     }
-    let server_first =
-        String::from_utf8(B64.decode(text_of(&reply, "challenge")).unwrap()).unwrap();
-    let mut nonce = "";
-    let mut salt = Vec::new();
-    let mut iterations = 0;
-    for part in server_first.split(',') {
-        match part.split_at(2) {
-            ("r=", v) => nonce = v,
-            ("s=", v) => salt = B64.decode(v).unwrap(),
-            ("i=", v) => iterations = v.parse().unwrap(),
-            _ => {}
-        }
-    }
-    assert!(nonce.starts_with(client_nonce));
-    assert!(iterations >= 4096);
-    let mut cbind = gs2.as_bytes().to_vec();
-    cbind.extend_from_slice(cb_data);
-    let without_proof = format!("c={},r={nonce}", B64.encode(&cbind));
-    let auth_message = format!("{first_bare},{server_first},{without_proof}");
-    let salted = hash.salted(password.as_bytes(), &salt, iterations);
-    let client_key = hash.hmac(&salted, b"Client Key");
-    let stored_key = hash.hash(&client_key);
-    let signature = hash.hmac(&stored_key, auth_message.as_bytes());
-    let proof: Vec<u8> = client_key
-        .iter()
-        .zip(&signature)
-        .map(|(a, b)| a ^ b)
-        .collect();
-    let final_msg = B64.encode(format!("{without_proof},p={}", B64.encode(proof)));
+    let (final_msg, verifier) = client.answer(&text_of(&reply, "challenge"), password, cb_data);
     raw.send(&format!(
         "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final_msg}</response>"
     ))
     .await;
     let outcome = raw.read_sasl_outcome().await;
     if outcome.contains("<success") {
-        // The server proves it knows the password too (RFC 5802 §3, ServerSignature).
-        let server_key = hash.hmac(&salted, b"Server Key");
-        let expected = format!(
-            "v={}",
-            B64.encode(hash.hmac(&server_key, auth_message.as_bytes()))
-        );
-        let got = String::from_utf8(B64.decode(text_of(&outcome, "success")).unwrap()).unwrap();
-        assert_eq!(got, expected, "server signature");
+        let got = success_text(&text_of(&outcome, "success"));
+        assert_eq!(got, verifier, "server signature");
     }
     outcome
 }

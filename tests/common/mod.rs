@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod caps;
+pub mod scram;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

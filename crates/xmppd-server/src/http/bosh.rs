@@ -550,7 +550,9 @@ fn create(
     }
     let secs = |name: &str| el.attr(name).and_then(|v| v.parse::<u64>().ok());
     let max_wait = config.bosh_max_wait_secs;
-    let hold = secs("hold").unwrap_or(1).min(u64::from(config.bosh_max_hold)) as usize;
+    let hold = secs("hold")
+        .unwrap_or(1)
+        .min(u64::from(config.bosh_max_hold)) as usize;
     let terms = Terms {
         wait: Duration::from_secs(secs("wait").unwrap_or(max_wait).clamp(1, max_wait)),
         hold,
@@ -777,12 +779,16 @@ mod tests {
         let mut r10 = s.receive(10, message("<a/>")).unwrap();
         assert_eq!(lock(&s.state).input, b"<a/><b/>");
         // Two held with hold=1: 10 was answered (empty), 11 waits.
-        assert_eq!(&r10.try_recv().unwrap()[..], b"<body xmlns='http://jabber.org/protocol/httpbind'/>");
+        assert_eq!(
+            &r10.try_recv().unwrap()[..],
+            b"<body xmlns='http://jabber.org/protocol/httpbind'/>"
+        );
         assert!(r11.try_recv().is_err());
         // Output goes to the held request when the driver flushes.
         {
             let mut st = lock(&s.state);
-            st.output.extend_from_slice(b"<message xmlns='jabber:client'/>");
+            st.output
+                .extend_from_slice(b"<message xmlns='jabber:client'/>");
             s.answer_oldest(&mut st);
         }
         assert_eq!(
@@ -839,7 +845,10 @@ mod tests {
 
     #[test]
     fn reads_the_sid_of_a_broken_body() {
-        assert_eq!(sid_of(b"<body sid='abc' rid='1'><oops").as_deref(), Some("abc"));
+        assert_eq!(
+            sid_of(b"<body sid='abc' rid='1'><oops").as_deref(),
+            Some("abc")
+        );
         assert_eq!(sid_of(b"<body sid=\"x\">").as_deref(), Some("x"));
         assert_eq!(sid_of(b"garbage"), None);
     }

@@ -57,7 +57,8 @@ impl Web {
     /// it, which the forwarding headers betray.
     fn client(&self, conn: Conn, headers: &HeaderMap) -> Client {
         let config = &self.server.config.http;
-        let forwarded = headers.contains_key("x-forwarded-for") || headers.contains_key("forwarded");
+        let forwarded =
+            headers.contains_key("x-forwarded-for") || headers.contains_key("forwarded");
         let mut client = Client {
             addr: conn.peer,
             secure: conn.tls,
@@ -120,7 +121,11 @@ impl Web {
 /// proxies: the one the nearest untrusted hop connected from (RFC 7239 §5.2).
 fn forwarded_client(headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
     let mut hops: Vec<IpAddr> = Vec::new();
-    for value in headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()) {
+    for value in headers
+        .get_all("forwarded")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
         for element in value.split(',') {
             for pair in element.split(';') {
                 let Some((key, value)) = pair.trim().split_once('=') else {
@@ -202,7 +207,10 @@ fn routes(web: Arc<Web>) -> axum::Router {
             post(bosh_request).options(preflight).get(bosh_page),
         )
         .route(&config.websocket_path, get(websocket_upgrade))
-        .route("/.well-known/host-meta", get(host_meta_xrd).options(preflight))
+        .route(
+            "/.well-known/host-meta",
+            get(host_meta_xrd).options(preflight),
+        )
         .route(
             "/.well-known/host-meta.json",
             get(host_meta_json).options(preflight),
@@ -291,7 +299,11 @@ const XBOSH_REL: &str = "urn:xmpp:alt-connections:xbosh";
 const WEBSOCKET_REL: &str = "urn:xmpp:alt-connections:websocket";
 
 /// XEP-0156 §3.2: host-meta as XRD; any origin may read it.
-async fn host_meta_xrd(State(web): State<Arc<Web>>, client: Client, headers: HeaderMap) -> Response {
+async fn host_meta_xrd(
+    State(web): State<Arc<Web>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
     let (bosh, ws) = endpoints(&web, client, &headers);
     let body = format!(
         "<?xml version='1.0' encoding='utf-8'?>\n\
@@ -321,7 +333,13 @@ async fn host_meta_json(
     let (bosh, ws) = endpoints(&web, client, &headers);
     let links = [(XBOSH_REL, bosh), (WEBSOCKET_REL, ws)]
         .iter()
-        .map(|(rel, href)| format!("{{\"rel\":{},\"href\":{}}}", json_string(rel), json_string(href)))
+        .map(|(rel, href)| {
+            format!(
+                "{{\"rel\":{},\"href\":{}}}",
+                json_string(rel),
+                json_string(href)
+            )
+        })
         .collect::<Vec<_>>()
         .join(",");
     (
@@ -361,7 +379,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl WebListener {
     pub fn new(tcp: TcpListener, tls: bool, server: Arc<ServerState>) -> Self {
-        let local = tcp.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local = tcp
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, accepted) = mpsc::channel(64);
         tokio::spawn(accept(tcp, tls, server, tx));
         WebListener { local, accepted }

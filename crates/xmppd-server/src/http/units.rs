@@ -27,7 +27,9 @@ pub enum Unit {
 /// What a scanned piece of markup is.
 #[derive(Debug, PartialEq, Eq)]
 enum Markup {
-    Start { self_closing: bool },
+    Start {
+        self_closing: bool,
+    },
     End,
     /// `<?…?>`, `<!--…-->`, `<![CDATA[…]]>`, `<!…>`: none changes the depth.
     Other,
@@ -112,6 +114,13 @@ fn attributes(tag: &[u8]) -> Vec<(String, String)> {
     }
 }
 
+/// A stream header's attributes without its namespace declarations.
+fn open_attributes(tag: &[u8]) -> Vec<(String, String)> {
+    let mut attrs = attributes(tag);
+    attrs.retain(|(n, _)| n != "xmlns" && !n.starts_with("xmlns:"));
+    attrs
+}
+
 /// Cuts the driver's output into [`Unit`]s as it is written.
 #[derive(Default)]
 pub struct Splitter {
@@ -144,16 +153,16 @@ impl Splitter {
             let Some((markup, end)) = scan(&self.buf, i) else {
                 break;
             };
+            // A restarted stream (after SASL) opens with a new header at the same level.
+            let header = self.depth <= 1 && tag_name(&self.buf[i..end]) == b"stream:stream";
             let unit = match (markup, self.depth) {
                 (Markup::Other, _) => None,
+                (Markup::Start { .. }, 1) if header => {
+                    Some(Unit::Open(open_attributes(&self.buf[i..end])))
+                }
                 (Markup::Start { .. }, 0) => {
                     self.depth = 1;
-                    let attrs = attributes(&self.buf[i..end]).into_iter();
-                    Some(Unit::Open(
-                        attrs
-                            .filter(|(n, _)| n != "xmlns" && !n.starts_with("xmlns:"))
-                            .collect(),
-                    ))
+                    Some(Unit::Open(open_attributes(&self.buf[i..end])))
                 }
                 (Markup::End, 1) => {
                     self.depth = 0;
@@ -212,7 +221,9 @@ fn standalone(element: &[u8]) -> Vec<u8> {
     } else {
         let (_, end) = scan(element, 0).unwrap_or((Markup::Other, element.len()));
         let start_tag = &element[..end];
-        let declared = start_tag.windows(8).any(|w| w == b" xmlns='" || w == b" xmlns=\"");
+        let declared = start_tag
+            .windows(8)
+            .any(|w| w == b" xmlns='" || w == b" xmlns=\"");
         if declared {
             return element.to_vec();
         }
@@ -307,7 +318,7 @@ mod tests {
             "{HEADER}<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
              <mechanism>PLAIN</mechanism></mechanisms></stream:features> \
              <message to='a@b' title='x>y'><body>1 &gt; 0</body></message><presence/>\
-             <success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:stream>"
+             <success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>{HEADER}<presence/></stream:stream>"
         );
         let expected = vec![
             Unit::Open(vec![
@@ -326,6 +337,13 @@ mod tests {
             ),
             element("<presence xmlns='jabber:client'/>"),
             element("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"),
+            Unit::Open(vec![
+                ("id".into(), "abc".into()),
+                ("from".into(), "localhost".into()),
+                ("version".into(), "1.0".into()),
+                ("xml:lang".into(), "en".into()),
+            ]),
+            element("<presence xmlns='jabber:client'/>"),
             Unit::Close,
         ];
         // Whole, and split at every byte: the result must not depend on how writes fall.
@@ -345,7 +363,10 @@ mod tests {
 
     #[test]
     fn checks_a_message_is_one_element() {
-        assert_eq!(one_element(b"<message><body>hi</body></message>"), Ok(&b"message"[..]));
+        assert_eq!(
+            one_element(b"<message><body>hi</body></message>"),
+            Ok(&b"message"[..])
+        );
         assert_eq!(one_element(b" <presence/>\n"), Ok(&b"presence"[..]));
         assert_eq!(
             one_element(b"<presence/><presence/>"),

@@ -40,7 +40,12 @@ const REDIRECT_WAIT: Duration = Duration::from_secs(10);
 /// The WebSocket handshake: refused without the `xmpp` subprotocol (RFC 7395 §3.1) or from
 /// an origin `http.cors_origins` does not allow; otherwise the connection becomes a client
 /// stream.
-pub async fn upgrade(web: Arc<Web>, client: Client, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    web: Arc<Web>,
+    client: Client,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let offers_xmpp = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -60,7 +65,9 @@ pub async fn upgrade(web: Arc<Web>, client: Client, headers: HeaderMap, ws: WebS
             return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
         }
     }
-    let limit = web.server.config.limits.max_stanza_size + 1024;
+    // Up to twice the stanza limit the message reaches the parser, which refuses what is
+    // over the limit as on TCP; beyond, tungstenite refuses it before buffering it all.
+    let limit = 2 * web.server.config.limits.max_stanza_size + 1024;
     ws.protocols(["xmpp"])
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -86,7 +93,10 @@ async fn serve(web: Arc<Web>, client: Client, socket: WebSocket) {
 /// Answers the client's `<open/>` with `<close see-other-uri=…/>` (RFC 7395 §3.6.1).
 async fn redirect(mut socket: WebSocket, uri: &str) {
     use futures_util::{SinkExt, StreamExt};
-    if tokio::time::timeout(REDIRECT_WAIT, socket.next()).await.is_err() {
+    if tokio::time::timeout(REDIRECT_WAIT, socket.next())
+        .await
+        .is_err()
+    {
         return;
     }
     let mut close = format!("<close xmlns='{FRAMING}' see-other-uri='").into_bytes();
@@ -131,7 +141,9 @@ impl WebSocketFraming {
             let why = match e {
                 NotOneElement::Several => "one element per WebSocket message (RFC 7395 §3.3.3)",
                 NotOneElement::Text => "text outside an element (RFC 7395 §3.3.3)",
-                NotOneElement::Unfinished => "the element does not end in its message (RFC 7395 §3.3.3)",
+                NotOneElement::Unfinished => {
+                    "the element does not end in its message (RFC 7395 §3.3.3)"
+                }
             };
             framing_error(StreamError::NotWellFormed, why)
         })?;
@@ -170,7 +182,10 @@ impl WebSocketFraming {
     /// Hands `unread` to the driver's buffer, as much as fits.
     fn give(&mut self, buf: &mut Vec<u8>) -> usize {
         if buf.len() < self.unread.len() {
-            buf.resize(self.unread.len().max(crate::stream::framing::READ_BUFFER), 0);
+            buf.resize(
+                self.unread.len().max(crate::stream::framing::READ_BUFFER),
+                0,
+            );
         }
         let n = self.unread.len();
         buf[..n].copy_from_slice(&self.unread);
@@ -219,6 +234,23 @@ impl WebSocketFraming {
     }
 }
 
+/// What a failed WebSocket read means for the stream: a message over the size limit or text
+/// that is not UTF-8 gets its stream error; anything else is a lost connection.
+fn refusal(e: axum::Error) -> io::Result<()> {
+    use tungstenite::error::{CapacityError, Error};
+    match e.into_inner().downcast::<Error>().map(|e| *e) {
+        Ok(Error::Capacity(CapacityError::MessageTooLong { .. })) => Err(framing_error(
+            StreamError::PolicyViolation,
+            "stanza too large",
+        )),
+        Ok(Error::Utf8(_)) => Err(framing_error(
+            StreamError::NotWellFormed,
+            "a text message that is not UTF-8",
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Framing for WebSocketFraming {
     const TRANSPORT: &'static str = "websocket";
 
@@ -239,7 +271,8 @@ impl Framing for WebSocketFraming {
                 Poll::Ready(next) => next,
             };
             let text = match next {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(0)),
+                Some(Err(e)) => return Poll::Ready(refusal(e).map(|()| 0)),
+                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(0)),
                 // tungstenite answers pings itself; pongs only prove the peer is there.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Binary(_))) => {
@@ -315,7 +348,8 @@ mod tests {
             "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
              to='localhost' version='1.0' xml:lang='de'>"
         );
-        let close = WebSocketFraming::translate(b"<close xmlns=\"urn:ietf:params:xml:ns:xmpp-framing\"/>");
+        let close =
+            WebSocketFraming::translate(b"<close xmlns=\"urn:ietf:params:xml:ns:xmpp-framing\"/>");
         assert_eq!(close.unwrap(), b"</stream:stream>");
         let stanza = b"<message xmlns='jabber:client'><body>hi</body></message>";
         assert_eq!(WebSocketFraming::translate(stanza).unwrap(), stanza);

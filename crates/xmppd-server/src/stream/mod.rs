@@ -428,7 +428,12 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             metrics.connections_open.inc();
             // Seconds since start in 32 bits: this future is every connection's task.
             let opened = self.server.router.uptime_secs() as u32;
-            tracing::info!(peer = %self.stream.peer, kind = P::KIND, "connection opened");
+            tracing::info!(
+                peer = %self.stream.peer,
+                kind = P::KIND,
+                transport = F::TRANSPORT,
+                "connection opened"
+            );
             if (!direct_tls || self.start_tls().await) && self.start().await {
                 self.serve().await;
             }
@@ -448,6 +453,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
         tracing::info!(
             peer = %self.stream.peer,
             kind = P::KIND,
+            transport = F::TRANSPORT,
             account = who.as_deref().unwrap_or("-"),
             secs = self.server.router.uptime_secs() - i64::from(opened),
             reason = self.stream.ended.describe(),
