@@ -86,6 +86,9 @@ export async function tcpClient(user, { resource = token("tcp"), presence = true
     service: `xmpp://127.0.0.1:${config.c2sPort}`,
     domain: config.domain,
     resource,
+    // @xmpp/connection waits 2 s by default for each step (the stream reopening after
+    // STARTTLS, …), too short for a debug build on a busy machine.
+    timeout: WAIT_MS,
     credentials: async (authenticate, mechanisms) => {
       const mech = mechanisms.find((m) => m.startsWith("SCRAM-")) ?? mechanisms[0];
       result.mechanism = mech;
@@ -97,10 +100,26 @@ export async function tcpClient(user, { resource = token("tcp"), presence = true
   const result = { xmpp, log, jid: null, mechanism: null, errors: [] };
   xmpp.on("error", (err) => result.errors.push(err));
   xmpp.on("stanza", (stanza) => log.push(stanza));
-  const address = await withTimeout(xmpp.start(), `TCP login of ${user}`);
+  let address;
+  try {
+    address = await withTimeout(xmpp.start(), `TCP login of ${user}`);
+  } catch (e) {
+    abandon(xmpp);
+    throw e;
+  }
   result.jid = address.toString();
   if (presence) await xmpp.send(xml("presence"));
   return result;
+}
+
+/** Drops a client that failed to start, so its socket does not keep the process alive. */
+export function abandon(xmpp) {
+  try { xmpp.reconnect?.stop(); } catch { /* nothing to stop */ }
+  const sock = xmpp.socket;
+  try { sock?.socket?.terminate?.(); } catch { /* gone */ }
+  try { sock?.socket?.destroy?.(); } catch { /* gone */ }
+  try { sock?.destroy?.(); } catch { /* gone */ }
+  try { sock?.end?.(); } catch { /* gone */ }
 }
 
 export async function stopQuietly(xmpp) {
@@ -108,7 +127,7 @@ export async function stopQuietly(xmpp) {
   try {
     await withTimeout(xmpp.stop(), "client stop", 5000);
   } catch {
-    // already gone
+    abandon(xmpp);
   }
 }
 

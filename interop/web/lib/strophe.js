@@ -74,7 +74,7 @@ export async function stropheConnect(user, url, { resource = "strophe", wait } =
   try {
     await withTimeout(connected, `strophe login of ${user} at ${url}`);
   } catch (e) {
-    conn.reset?.();
+    stropheVanish(s);
     throw e;
   }
   s.jid = conn.jid;

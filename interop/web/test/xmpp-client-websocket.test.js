@@ -5,8 +5,8 @@ import { after, before, test } from "node:test";
 import WebSocket from "ws";
 import { client } from "@xmpp/client";
 import {
-  bare, config, ensureMutualSubscription, StanzaLog, stopQuietly, tcpClient, token,
-  waitForChat, waitForPresence, withTimeout, xml,
+  abandon, bare, config, ensureMutualSubscription, StanzaLog, stopQuietly, tcpClient, token,
+  WAIT_MS, waitForChat, waitForPresence, withTimeout, xml,
 } from "../lib/common.js";
 
 // @xmpp/websocket uses the global WebSocket, which Node 20 has only behind a flag.
@@ -37,6 +37,7 @@ async function wsLogin(resource) {
     service: config.wsUrl,
     domain: config.domain,
     resource,
+    timeout: WAIT_MS,
     credentials: async (authenticate, mechanisms) => {
       s.offered = mechanisms;
       s.mechanism = mechanisms.find((m) => m.startsWith("SCRAM-"));
@@ -51,7 +52,12 @@ async function wsLogin(resource) {
   xmpp.on("element", (el) => s.frames.push(el));
   xmpp.on("nonza", (el) => s.frames.push(el));
   s.xmpp = xmpp;
-  s.jid = (await withTimeout(xmpp.start(), "@xmpp/client WebSocket login")).toString();
+  try {
+    s.jid = (await withTimeout(xmpp.start(), "@xmpp/client WebSocket login")).toString();
+  } catch (e) {
+    abandon(xmpp);
+    throw e;
+  }
   return s;
 }
 
