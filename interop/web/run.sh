@@ -149,13 +149,13 @@ export WEB_TEST_SCREENSHOT=${WEB_TEST_SCREENSHOT:-$PWD/target/web-tests/converse
 status=0
 if [ "$what" = all ] || [ "$what" = node ]; then
     echo "--- web interop ($SERVER): Node clients ---"
-    timeout -k 5 120 node --test --test-concurrency=1 --test-timeout=60000 \
+    timeout -k 5 80 node --test --test-concurrency=1 --test-timeout=40000 \
         $web/test/host-meta.test.js $web/test/http-protocol.test.js $web/test/strophe-bosh.test.js \
         $web/test/strophe-websocket.test.js $web/test/xmpp-client-websocket.test.js || status=$?
 fi
 if [ "$what" = all ] || [ "$what" = browser ]; then
     echo "--- web interop ($SERVER): Converse.js in headless Chromium ---"
-    timeout -k 5 120 node --test --test-timeout=100000 $web/browser/converse.test.js || status=$?
+    timeout -k 5 55 node --test --test-timeout=45000 $web/browser/converse.test.js || status=$?
 fi
 if [ "$status" -ne 0 ]; then
     echo "--- server log (tail) ---"; tail -n 60 "$log" 2>/dev/null || true

@@ -19,7 +19,7 @@ import {
 const here = path.dirname(fileURLToPath(import.meta.url));
 const dist = path.resolve(here, "../node_modules/converse.js/dist");
 const screenshot = process.env.WEB_TEST_SCREENSHOT || path.resolve(here, "../../../target/web-tests/converse.png");
-const PAGE_WAIT_MS = 30000;
+const PAGE_WAIT_MS = 20000;
 const TYPES = {
   ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".mjs": "text/javascript",
   ".css": "text/css", ".json": "application/json", ".wasm": "application/wasm",
