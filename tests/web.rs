@@ -141,7 +141,18 @@ async fn exchange(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut tcp = TcpStream::connect(http).await.unwrap();
+    let tcp = TcpStream::connect(http).await.unwrap();
+    exchange_on(tcp, http, method, path, headers, body).await
+}
+
+async fn exchange_on(
+    mut tcp: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    http: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -968,6 +979,125 @@ async fn host_meta_lists_both_endpoints_in_xrd_and_json() {
     assert_eq!(
         json["links"][1]["href"],
         "wss://xmpp.example.org/xmpp-websocket"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_https_listener_serves_the_same_with_the_tls_certificates() {
+    let server =
+        TestServer::start_with(|c| c.listen.https = vec!["127.0.0.1:0".parse().unwrap()]).await;
+    let https = server.https.unwrap();
+    let tls = || async {
+        let tcp = TcpStream::connect(https).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        common::tls_connector(false)
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    };
+    let (status, _, json) = exchange_on(
+        tls().await,
+        https,
+        "GET",
+        "/.well-known/host-meta.json",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["links"][0]["href"],
+        format!("https://{https}/http-bind")
+    );
+    assert_eq!(
+        json["links"][1]["href"],
+        format!("wss://{https}/xmpp-websocket")
+    );
+    let create = format!("<body rid='3' to='localhost' wait='1' hold='1' xmlns='{HTTPBIND}'/>");
+    let (status, _, body) =
+        exchange_on(tls().await, https, "POST", "/http-bind", &[], &create).await;
+    assert_eq!(status, 200);
+    let body = standalone(&body);
+    let features = body.children().next().expect("features");
+    assert!(features.has_child("mechanisms", SASL), "{}", body.to_xml());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_and_scheme_count() {
+    let server = TestServer::start_with(|c| {
+        c.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.limits.max_connections_per_ip = 1;
+    })
+    .await;
+    let http = server.http.unwrap();
+    let create = format!("<body rid='3' to='localhost' wait='1' hold='1' xmlns='{HTTPBIND}'/>");
+    let features = |headers: &'static [(&'static str, &'static str)]| {
+        let create = create.clone();
+        async move {
+            let (_, _, body) = exchange(http, "POST", "/http-bind", headers, &create).await;
+            let body = standalone(&body);
+            assert!(body.attr("sid").is_some(), "{}", body.to_xml());
+            let features = body.children().next().expect("features").clone();
+            features
+        }
+    };
+    // Plain HTTP at the proxy: not encrypted, so no SASL (TLS before authentication).
+    let plain = features(&[
+        ("X-Forwarded-For", "203.0.113.5"),
+        ("X-Forwarded-Proto", "http"),
+    ])
+    .await;
+    assert!(!plain.has_child("mechanisms", SASL), "{}", plain.to_xml());
+    // HTTPS at the proxy, another client (each address has its own limit of one).
+    let secure = features(&[
+        ("X-Forwarded-For", "203.0.113.6"),
+        ("Forwarded", "for=203.0.113.6;proto=https"),
+    ])
+    .await;
+    assert!(secure.has_child("mechanisms", SASL), "{}", secure.to_xml());
+    server.stop().await;
+
+    // Without trusted proxies a forwarded request from loopback is someone else's: not
+    // taken as encrypted.
+    let server = TestServer::start().await;
+    let (_, _, body) = exchange(
+        server.http.unwrap(),
+        "POST",
+        "/http-bind",
+        &[
+            ("X-Forwarded-For", "203.0.113.5"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+        &create,
+    )
+    .await;
+    let body = standalone(&body);
+    let features = body.children().next().expect("features");
+    assert!(!features.has_child("mechanisms", SASL), "{}", body.to_xml());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_stops_answering_pings_is_timed_out() {
+    let server = TestServer::start_with(|c| {
+        c.limits.ping_interval_secs = 1;
+        c.limits.ping_timeout_secs = 2;
+    })
+    .await;
+    let mut ws = Ws::connect(server.http.unwrap()).await;
+    let features = ws.open().await;
+    login(&mut ws, &features, "alice", "silent").await;
+    // An XEP-0199 ping arrives; a client that does not answer it is ended.
+    let ping = ws.expect(&|e| e.has_child("ping", "urn:xmpp:ping")).await;
+    assert_eq!(ping.attr("type"), Some("get"));
+    let error = ws.stream_error().await.expect("a stream error");
+    assert!(
+        error.has_child("connection-timeout", STREAMS),
+        "{}",
+        error.to_xml()
     );
     server.stop().await;
 }

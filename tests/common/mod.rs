@@ -121,6 +121,7 @@ pub struct TestServer {
     pub metrics: Option<SocketAddr>,
     /// BOSH, WebSocket and host-meta.
     pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -164,6 +165,7 @@ impl TestServer {
             direct_tls: server.direct_tls_addrs[0],
             metrics: server.metrics_addr,
             http: server.http_addrs.first().copied(),
+            https: server.https_addrs.first().copied(),
             server: Some(server),
             config,
             _dir: dir,
@@ -206,6 +208,7 @@ impl TestServer {
         self.direct_tls = server.direct_tls_addrs[0];
         self.metrics = server.metrics_addr;
         self.http = server.http_addrs.first().copied();
+        self.https = server.https_addrs.first().copied();
         self.server = Some(server);
     }
 
