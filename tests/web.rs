@@ -1101,3 +1101,49 @@ async fn a_websocket_client_that_stops_answering_pings_is_timed_out() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn bosh_session_terms_follow_section_7() {
+    let server = TestServer::start().await;
+    let http = server.http.unwrap();
+    // §7.2: the lower version, and a polling session's wait of 0; §7.1: the client's
+    // Content-Type on every response of the session.
+    let create = format!(
+        "<body rid='20' to='localhost' wait='0' hold='0' ver='1.6' \
+         content='text/plain; charset=utf-8' xmlns='{HTTPBIND}'/>"
+    );
+    let (status, headers, body) = exchange(http, "POST", "/http-bind", &[], &create).await;
+    assert_eq!(status, 200);
+    let content_type = |headers: &[(String, String)]| {
+        headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        content_type(&headers).as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    let body = standalone(&body);
+    assert_eq!(body.attr("ver"), Some("1.6"));
+    assert_eq!(body.attr("wait"), Some("0"));
+    assert_eq!(body.attr("hold"), Some("0"));
+    let sid = body.attr("sid").unwrap();
+    let poll = format!("<body rid='21' sid='{sid}' xmlns='{HTTPBIND}'/>");
+    let (_, headers, _) = exchange(http, "POST", "/http-bind", &[], &poll).await;
+    assert_eq!(
+        content_type(&headers).as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    // A newer client gets our version.
+    let (_, _, body) = exchange(
+        http,
+        "POST",
+        "/http-bind",
+        &[],
+        &format!("<body rid='5' to='localhost' wait='1' hold='1' ver='1.12' xmlns='{HTTPBIND}'/>"),
+    )
+    .await;
+    assert_eq!(standalone(&body).attr("ver"), Some("1.11"));
+    server.stop().await;
+}

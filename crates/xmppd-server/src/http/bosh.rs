@@ -33,8 +33,10 @@ use crate::tls::{CertResolver, ChannelBindings};
 
 pub const HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 pub const XBOSH: &str = "urn:xmpp:xbosh";
-/// The BOSH version we speak (XEP-0124 §7.1 `ver`).
-const VERSION: &str = "1.11";
+/// The highest BOSH version we speak (XEP-0124 §7.1 `ver`).
+const VERSION: (u32, u32) = (1, 11);
+/// The response type when the client names none (§7.1 `content`).
+pub const CONTENT_TYPE: &str = "text/xml; charset=utf-8";
 /// Shortest interval between empty requests of a polling session (`hold='0'`), seconds.
 const POLLING_SECS: u64 = 2;
 /// A client's `ack` that lags a response sent this long ago is reported (§9.3).
@@ -81,6 +83,10 @@ struct Terms {
     max_pause: Duration,
     /// The client asked for acknowledgements (§9).
     acks: bool,
+    /// The lower of its `ver` and ours (§7.2).
+    ver: (u32, u32),
+    /// The `Content-Type` of every response in the session (§7.1 `content`).
+    content: Option<String>,
 }
 
 pub struct Session {
@@ -212,7 +218,7 @@ impl Session {
                 ("inactivity", t.inactivity.as_secs().to_string()),
                 ("polling", POLLING_SECS.to_string()),
                 ("maxpause", t.max_pause.as_secs().to_string()),
-                ("ver", VERSION.into()),
+                ("ver", format!("{}.{}", t.ver.0, t.ver.1)),
             ]);
             for (name, value) in &st.stream_attrs {
                 match name.as_str() {
@@ -471,11 +477,38 @@ fn parse_body(body: &Element, to_default: &str) -> Parsed {
     }
 }
 
-/// One BOSH request: the status and body of its response.
-pub async fn request(web: &Arc<Web>, client: Client, raw: &[u8]) -> (StatusCode, Bytes) {
+/// A BOSH response: its status, its `Content-Type` and its body.
+pub struct Response {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+fn respond(body: Bytes, session: Option<&Session>) -> Response {
+    let content = session.and_then(|s| s.terms.content.clone());
+    Response {
+        status: StatusCode::OK,
+        content_type: content.unwrap_or_else(|| CONTENT_TYPE.to_string()),
+        body,
+    }
+}
+
+/// One BOSH request: its response.
+pub async fn request(web: &Arc<Web>, client: Client, raw: &[u8]) -> Response {
+    let (session, reply) = answer(web, client, raw).await;
+    respond(reply, session.as_deref())
+}
+
+/// A `ver` attribute as (major, minor).
+fn parse_version(ver: &str) -> Option<(u32, u32)> {
+    let (major, minor) = ver.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+async fn answer(web: &Arc<Web>, client: Client, raw: &[u8]) -> (Option<Arc<Session>>, Bytes) {
     let limit = web.server.config.limits.max_stanza_size;
     if raw.len() > limit {
-        return (StatusCode::OK, terminate("policy-violation"));
+        return (None, terminate("policy-violation"));
     }
     let parsed = std::str::from_utf8(raw)
         .ok()
@@ -483,31 +516,33 @@ pub async fn request(web: &Arc<Web>, client: Client, raw: &[u8]) -> (StatusCode,
     let Some(el) = parsed.filter(|el| el.is("body", HTTPBIND)) else {
         // §19.1: a body that is not XML (or not a BOSH body). If it names a session, the
         // session ends with it.
-        if let Some(session) = sid_of(raw).and_then(|sid| web.bosh.get(&sid)) {
+        let session = sid_of(raw).and_then(|sid| web.bosh.get(&sid));
+        if let Some(session) = &session {
             session.end(&mut lock(&session.state), terminate("bad-request"));
         }
-        return (StatusCode::OK, terminate("bad-request"));
+        return (session, terminate("bad-request"));
     };
     let Some(rid) = el.attr("rid").and_then(|r| r.parse::<u64>().ok()) else {
-        return (StatusCode::OK, terminate("bad-request"));
+        return (None, terminate("bad-request"));
     };
     let (session, rx) = match el.attr("sid") {
         Some(sid) => {
             let Some(session) = web.bosh.get(sid) else {
-                return (StatusCode::OK, terminate("item-not-found"));
+                return (None, terminate("item-not-found"));
             };
             let parsed = parse_body(&el, "");
             match session.receive(rid, parsed) {
                 Ok(rx) => (session, rx),
-                Err(reply) => return (StatusCode::OK, reply),
+                Err(reply) => return (Some(session), reply),
             }
         }
         None => match create(web, client, rid, &el) {
             Ok(created) => created,
-            Err(reply) => return (StatusCode::OK, reply),
+            Err(reply) => return (None, reply),
         },
     };
-    (StatusCode::OK, wait_for(&session, rid, rx).await)
+    let reply = wait_for(&session, rid, rx).await;
+    (Some(session), reply)
 }
 
 /// Waits for the response to `rid`: output from the stream, or empty after `wait`.
@@ -553,13 +588,25 @@ fn create(
     let hold = secs("hold")
         .unwrap_or(1)
         .min(u64::from(config.bosh_max_hold)) as usize;
+    // §7.1: a Content-Type for every response, if the client names one that can be one.
+    let content = el
+        .attr("content")
+        .filter(|c| c.len() < 128 && axum::http::HeaderValue::from_str(c).is_ok())
+        .map(str::to_string);
+    let ver = el
+        .attr("ver")
+        .and_then(parse_version)
+        .map_or(VERSION, |v| v.min(VERSION));
     let terms = Terms {
-        wait: Duration::from_secs(secs("wait").unwrap_or(max_wait).clamp(1, max_wait)),
+        // A polling session (`hold='0'`) may ask for `wait='0'`.
+        wait: Duration::from_secs(secs("wait").unwrap_or(max_wait).min(max_wait)),
         hold,
         requests: hold as u64 + 1,
         inactivity: Duration::from_secs(config.bosh_inactivity_secs),
         max_pause: Duration::from_secs(config.bosh_max_pause_secs),
         acks: el.attr("ack") == Some("1"),
+        ver,
+        content,
     };
     let session = Arc::new(Session {
         sid: crate::stream::random_id(32),
@@ -752,6 +799,8 @@ mod tests {
                 inactivity: Duration::from_secs(60),
                 max_pause: Duration::from_secs(120),
                 acks: false,
+                ver: VERSION,
+                content: None,
             },
             state: Mutex::new(State {
                 next_rid: 10,
@@ -841,6 +890,40 @@ mod tests {
             .unwrap();
         assert!(r10.try_recv().is_ok() && r11.try_recv().is_ok());
         assert!(lock(&s.state).pause_until.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acknowledgements_and_reports_follow_section_9() {
+        let mut s = session(1);
+        s.terms.acks = true;
+        let mut r10 = s.receive(10, message("")).unwrap();
+        let _r11 = s.receive(11, message("")).unwrap();
+        // 10 is answered while 11 is in: the answer acknowledges up to 11 (§9.2).
+        let answer = r10.try_recv().unwrap();
+        assert!(std::str::from_utf8(&answer).unwrap().contains("ack='11'"));
+        // The client says, much later, it has only 9: the response to 10 went missing, so
+        // the next response reports it with its age (§9.3), at once.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let mut r12 = s
+            .receive(
+                12,
+                Parsed {
+                    ack: Some(9),
+                    ..message("")
+                },
+            )
+            .unwrap();
+        let _ = r12.try_recv();
+        let sent: Vec<String> = lock(&s.state)
+            .sent
+            .iter()
+            .map(|s| String::from_utf8(s.body.to_vec()).unwrap())
+            .collect();
+        assert!(
+            sent.iter()
+                .any(|b| b.contains("report='10'") && b.contains("time='6")),
+            "{sent:?}"
+        );
     }
 
     #[test]

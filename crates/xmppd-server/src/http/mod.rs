@@ -226,11 +226,11 @@ async fn bosh_request(
     body: axum::body::Bytes,
 ) -> Response {
     let cors = web.cors(&headers);
-    let (status, body) = bosh::request(&web, client, &body).await;
+    let reply = bosh::request(&web, client, &body).await;
     let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-        body,
+        reply.status,
+        [(header::CONTENT_TYPE, reply.content_type)],
+        reply.body,
     )
         .into_response();
     response.headers_mut().extend(cors);
