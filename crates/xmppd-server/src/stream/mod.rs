@@ -384,17 +384,22 @@ pub struct Driver<F, P> {
     ping_deadline: Option<Instant>,
 }
 
-async fn wait_kick(session: Option<&SessionHandle>) -> Kick {
-    match session {
-        Some(s) => s.kicked().await,
-        None => std::future::pending().await,
-    }
+/// Why a connection must end before its peer is done: its session was kicked, or (before
+/// authentication) it was evicted. One future for both, as a connection has at most one of
+/// them at a time and every byte of the select is paid by every idle connection.
+enum Ending {
+    Kicked(Kick),
+    Evicted,
 }
 
-async fn wait_evicted(eviction: Option<&Eviction>) {
-    match eviction {
-        Some(e) => e.wait().await,
-        None => std::future::pending().await,
+async fn wait_ending(session: Option<&SessionHandle>, eviction: Option<&Eviction>) -> Ending {
+    match (session, eviction) {
+        (Some(s), _) => Ending::Kicked(s.kicked().await),
+        (None, Some(e)) => {
+            e.wait().await;
+            Ending::Evicted
+        }
+        (None, None) => std::future::pending().await,
     }
 }
 
@@ -517,7 +522,17 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                     stream.stream_error(StreamError::SystemShutdown, Some("server is shutting down")).await;
                     return;
                 }
-                kick = wait_kick(session.as_deref()) => {
+                ending = wait_ending(session.as_deref(), eviction.as_deref()) => {
+                    let kick = match ending {
+                        Ending::Kicked(kick) => kick,
+                        Ending::Evicted => {
+                            stream.stream_error(
+                                StreamError::PolicyViolation,
+                                Some("too many unauthenticated connections from your address"),
+                            ).await;
+                            return;
+                        }
+                    };
                     if kick == Kick::Idle {
                         stream.ended = Ended::Idle;
                         stream.write(b"</stream:stream>").await;
@@ -536,13 +551,6 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                         _ => (StreamError::PolicyViolation, "too many stanzas waiting: the client does not read"),
                     };
                     stream.stream_error(err, Some(text)).await;
-                    return;
-                }
-                _ = wait_evicted(eviction.as_deref()) => {
-                    stream.stream_error(
-                        StreamError::PolicyViolation,
-                        Some("too many unauthenticated connections from your address"),
-                    ).await;
                     return;
                 }
                 Some(first) = recv(session.as_deref()) => {
