@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         doap: bool,
     },
+    /// Manage Multi-User Chat rooms: list, info, create, destroy (`xmppd room help`).
+    /// Goes through the running server when there is one, else through the storage.
+    Room {
+        #[arg(allow_hyphen_values = true, num_args = 0.., value_name = "ARGS")]
+        args: Vec<String>,
+    },
     /// Tell the running server to re-read its configuration and certificates (as SIGHUP
     /// does), e.g. after an ACME client renewed them. Sessions stay connected.
     Reload,
@@ -139,6 +145,10 @@ async fn main() -> ExitCode {
         Command::Check { json } => check(config, json).await,
         Command::Reload => reload(config).await,
         Command::Features { doap } => features(config, doap),
+        Command::Room { args } => {
+            let (args, given) = take_config_option(args);
+            module_command(given.as_deref().or(config), "room", args).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -255,6 +265,63 @@ async fn reload(path: Option<&Path>) -> Result<(), String> {
     }
     #[cfg(not(unix))]
     Err("reload needs the admin socket (Unix only)".into())
+}
+
+/// A module command's words take every argument after its name, `--config FILE` too:
+/// that one is the global option, wherever it is written.
+fn take_config_option(args: Vec<String>) -> (Vec<String>, Option<PathBuf>) {
+    let mut words = Vec::with_capacity(args.len());
+    let mut config = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if let Some(path) = arg.strip_prefix("--config=") {
+            config = Some(PathBuf::from(path));
+        } else if arg == "--config" || arg == "-c" {
+            config = args.next().map(PathBuf::from);
+        } else {
+            words.push(arg);
+        }
+    }
+    (words, config)
+}
+
+/// A module's admin command (`xmppd room …`): run by the running server, or, when none
+/// runs on the data directory, by the modules started here without listeners.
+async fn module_command(path: Option<&Path>, name: &str, args: Vec<String>) -> Result<(), String> {
+    let mut config = load_config(path)?;
+    let words: Vec<String> = std::iter::once(name.to_string()).chain(args).collect();
+    #[cfg(unix)]
+    {
+        let line = xmppd_server::admin::module_command_line(&words)
+            .ok_or("arguments cannot hold tabs or line breaks")?;
+        match xmppd_server::admin::request(&config.server.data_dir, &line).await {
+            Ok(Some(reply)) => {
+                return match reply.strip_prefix("ok") {
+                    Some(out) => {
+                        print_output(out.strip_prefix('\n').unwrap_or(out));
+                        Ok(())
+                    }
+                    None => Err(reply.strip_prefix("error ").unwrap_or(&reply).to_string()),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("asking the running server: {e}")),
+        }
+    }
+    config.listen = xmppd_server::config::ListenConfig::none();
+    let server = xmppd_server::start(config, xmppd_modules::standard)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = xmppd_server::admin::run_module_command(&server.state, &words).await;
+    server.shutdown().await;
+    print_output(&result?);
+    Ok(())
+}
+
+fn print_output(out: &str) {
+    if !out.is_empty() {
+        println!("{out}");
+    }
 }
 
 /// Splits `user@domain`, checking the domain is served and the JID is valid.

@@ -737,3 +737,49 @@ fn the_readme_table_and_the_doap_file_match_what_the_code_supports() {
     assert_eq!(parsed.name(), "RDF");
     assert!(doap.contains("https://xmpp.org/extensions/xep-0045.html"));
 }
+
+/// `xmppd room …`: without a server the CLI runs the MUC module itself on the storage;
+/// with one it goes through the running server, which owns the rooms' state.
+#[tokio::test]
+async fn room_commands_work_with_and_without_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let c2s = free_port();
+    let config = write_config(dir.path(), c2s, free_port());
+    let room = "team@conference.localhost";
+    let (ok, out, err) = xmppd(
+        &config,
+        &[
+            "room",
+            "create",
+            room,
+            "--owner",
+            "alice@localhost",
+            "--name",
+            "The team",
+        ],
+    );
+    assert!(ok && out.trim() == format!("created {room}"), "{out} {err}");
+    let (ok, out, err) = xmppd(&config, &["room", "list"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("{room} persistent idle"));
+
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let _server = common::binary::serve(&config, c2s, log).await;
+    let (ok, out, err) = xmppd(&config, &["room", "info", room]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"name: The team"), "{out}");
+    assert!(lines.contains(&"owners: alice@localhost"), "{out}");
+    // Errors come back from the server as a failing exit with its words.
+    let (ok, _, err) = xmppd(&config, &["room", "info", "nope@conference.localhost"]);
+    assert!(!ok && err.contains("there is no room"), "{err}");
+    let (ok, out, err) = xmppd(&config, &["room", "destroy", room, "--reason", "done"]);
+    assert!(
+        ok && out.trim() == format!("destroyed {room}"),
+        "{out} {err}"
+    );
+    let (ok, out, _) = xmppd(&config, &["room", "list"]);
+    assert!(ok && out.trim().is_empty(), "{out}");
+    let (ok, out, _) = xmppd(&config, &["room", "help"]);
+    assert!(ok && out.contains("usage: xmppd room list"), "{out}");
+}

@@ -170,6 +170,7 @@ impl EventHandler for Recorder {
             Event::Undelivered { user, .. } => format!("undelivered {user}"),
             Event::Delivered { user, .. } => format!("delivered {user}"),
             Event::PresenceReceived { from, user, .. } => format!("presence {from} to {user}"),
+            Event::ShuttingDown => "shutting down".to_string(),
         };
         self.0.lock().unwrap().push(line);
         Handled::Continue
@@ -191,6 +192,7 @@ async fn event_handlers_see_sessions_come_and_go_and_accounts_deleted() {
                 EventKind::AccountRemoved,
                 EventKind::Undelivered,
                 EventKind::PresenceReceived,
+                EventKind::ShuttingDown,
             ] {
                 // Above offline storage, so it sees undelivered messages before they stop.
                 r.on(kind, 50, handler.clone());
@@ -232,7 +234,12 @@ async fn event_handlers_see_sessions_come_and_go_and_accounts_deleted() {
     let seen = recorder.seen();
     let at = |what: &str| seen.iter().position(|s| s == what).unwrap();
     assert!(at("removing carol@localhost") < at("removed carol@localhost"));
+    assert!(!seen.iter().any(|s| s == "shutting down"));
     server.stop().await;
+    assert_eq!(
+        recorder.seen().last().map(String::as_str),
+        Some("shutting down")
+    );
 }
 
 #[tokio::test]

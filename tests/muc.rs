@@ -963,3 +963,142 @@ async fn room_presence_held_for_an_inactive_client_arrives_addressed_to_it() {
     assert_eq!(state.attr("to"), Some("bob@localhost/phone"));
     assert_eq!(state.attr("from"), Some("csi@conference.localhost/alice"));
 }
+
+/// `xmppd room …` as the running server executes it.
+async fn room_command(server: &TestServer, words: &[&str]) -> Result<String, String> {
+    let words: Vec<String> = std::iter::once("room")
+        .chain(words.iter().copied())
+        .map(str::to_string)
+        .collect();
+    xmppd_server::admin::run_module_command(server.state(), &words).await
+}
+
+fn field<'a>(info: &'a str, key: &str) -> &'a str {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+        .unwrap_or_else(|| panic!("no {key} in {info}"))
+}
+
+#[tokio::test]
+async fn the_operator_creates_lists_describes_and_destroys_rooms() {
+    let mut server = TestServer::start().await;
+    let room = format!("ops@{SERVICE}");
+    let created = room_command(
+        &server,
+        &[
+            "create",
+            &room,
+            "--owner",
+            "alice@localhost",
+            "--name",
+            "Operations",
+            "--members-only",
+        ],
+    )
+    .await;
+    assert_eq!(created, Ok(format!("created {room}")));
+    assert!(
+        room_command(&server, &["create", &room, "--owner", "bob@localhost"])
+            .await
+            .unwrap_err()
+            .contains("exists already")
+    );
+    // Created configured: the owner enters an unlocked room (no 201), others need to be
+    // members.
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    let got = join(&mut alice, "ops", "alice", "").await;
+    let own = self_presence(&got);
+    assert_eq!(codes(own), ["110"]);
+    assert_eq!(item(own).attr("affiliation"), Some("owner"));
+    let mut bob = Raw::login_quiet(server.c2s, "bob", "home").await;
+    assert_eq!(
+        refused(&mut bob, "ops", "bob", "").await,
+        "registration-required"
+    );
+    let info = room_command(&server, &["info", &room]).await.unwrap();
+    assert_eq!(field(&info, "name"), "Operations");
+    assert_eq!(field(&info, "persistent"), "yes");
+    assert_eq!(field(&info, "members-only"), "yes");
+    assert_eq!(field(&info, "locked"), "no");
+    assert_eq!(field(&info, "occupants"), "1 alice");
+    assert_eq!(field(&info, "owners"), "alice@localhost");
+    // A temporary room of a user beside it; the list tells them apart.
+    create(&mut bob, "chat").await;
+    let list = room_command(&server, &["list"]).await.unwrap();
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("chat@{SERVICE} temporary active"),
+            format!("ops@{SERVICE} persistent active"),
+        ]
+    );
+    // Destroyed with a reason and a venue: the occupant hears both (§10.9).
+    let destroyed = room_command(
+        &server,
+        &[
+            "destroy",
+            &room,
+            "--reason",
+            "moved",
+            "--venue",
+            "chat@conference.localhost",
+        ],
+    )
+    .await;
+    assert_eq!(destroyed, Ok(format!("destroyed {room}")));
+    let gone = parse(&alice.stanza_with(&["unavailable"]).await);
+    let destroy = gone
+        .get_child("x", USER)
+        .and_then(|x| x.get_child("destroy", USER))
+        .unwrap_or_else(|| panic!("no destroy in {gone:?}"));
+    assert_eq!(destroy.attr("jid"), Some("chat@conference.localhost"));
+    assert_eq!(destroy.get_child("reason", USER).unwrap().text(), "moved");
+    // Gone from storage too: not there after a restart, and info says so.
+    server.restart().await;
+    let list = room_command(&server, &["list"]).await.unwrap();
+    assert!(!list.contains("ops@"), "{list}");
+    let missing = room_command(&server, &["info", &room]).await.unwrap_err();
+    assert!(missing.contains("there is no room"), "{missing}");
+    // Bad input is explained, not guessed at.
+    for (words, says) in [
+        (vec!["create", "x@conference.localhost"], "--owner"),
+        (vec!["info", "nobody@elsewhere"], "not a MUC service"),
+        (vec!["info", "conference.localhost"], "no room name"),
+        (
+            vec!["destroy", "x@conference.localhost", "--bogus"],
+            "unknown option",
+        ),
+        (vec!["frobnicate"], "unknown room command"),
+        (vec![], "usage"),
+    ] {
+        let e = room_command(&server, &words).await.unwrap_err();
+        assert!(e.contains(says), "{words:?}: {e}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn occupants_hear_status_332_when_the_server_stops() {
+    let server = TestServer::start().await;
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    create(&mut alice, "bye").await;
+    let mut bob = Raw::login_quiet(server.c2s, "bob", "home").await;
+    join(&mut bob, "bye", "bob", "").await;
+    alice.stanza_with(&["bye@conference.localhost/bob"]).await;
+    let stopping = tokio::spawn(server.stop());
+    for raw in [&mut alice, &mut bob] {
+        // §15.6.2 (332) with 110 as self-presence, before the stream ends.
+        let rest = raw.read_to_close().await;
+        let presence = rest
+            .find("<presence")
+            .map(|start| &rest[start..])
+            .and_then(|p| p.find("</presence>").map(|end| &p[..end + 11]))
+            .unwrap_or_else(|| panic!("no presence before the end: {rest}"));
+        let presence = parse(presence);
+        assert_eq!(presence.attr("type"), Some("unavailable"));
+        assert_eq!(codes(&presence), ["110", "332"]);
+        assert!(rest.contains("<system-shutdown"), "{rest}");
+    }
+    stopping.await.unwrap();
+}

@@ -8,6 +8,11 @@
 //! ```text
 //! delete-account alice@example.org   →   ok | error <why>
 //! ```
+//!
+//! A module's admin command (see [`crate::registry::AdminCommand`]) is its words joined by
+//! tabs, after a tab: `\troom\tinfo\tlobby@conference.example.org`. Its answer is `ok`
+//! and the command's output on the following lines, or `error <why>`; the server closes
+//! the connection after it.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +29,9 @@ use crate::ServerState;
 /// The socket's file name in the data directory.
 const SOCKET_NAME: &str = "xmppd.sock";
 /// Longest command line accepted.
-const MAX_LINE: u64 = 1024;
+const MAX_LINE: u64 = 4096;
+/// Longest answer the CLI reads (a room list of a big service).
+const MAX_REPLY: u64 = 16 * 1024 * 1024;
 /// How long a client may take to send its command, and the CLI to wait for the answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -75,7 +82,7 @@ async fn answer(stream: UnixStream, state: Arc<ServerState>) {
     let mut line = String::new();
     let mut reader = BufReader::new(reader.take(MAX_LINE));
     let reply = match tokio::time::timeout(TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) => execute(&state, line.trim()).await,
+        Ok(Ok(_)) => execute(&state, line.trim_end_matches(['\r', '\n'])).await,
         _ => "error unreadable command".to_string(),
     };
     let _ = writer.write_all(format!("{reply}\n").as_bytes()).await;
@@ -83,6 +90,13 @@ async fn answer(stream: UnixStream, state: Arc<ServerState>) {
 
 async fn execute(state: &ServerState, command: &str) -> String {
     let router = &state.router;
+    if let Some(words) = command.strip_prefix('\t') {
+        let words: Vec<String> = words.split('\t').map(str::to_string).collect();
+        return match run_module_command(state, &words).await {
+            Ok(out) => format!("ok\n{out}"),
+            Err(e) => format!("error {e}"),
+        };
+    }
     match command {
         "ping" => return "pong".to_string(),
         "reload" => {
@@ -114,7 +128,32 @@ async fn execute(state: &ServerState, command: &str) -> String {
     }
 }
 
+/// Runs a module's admin command (`words[0]` is its name) in this server.
+pub async fn run_module_command(state: &ServerState, words: &[String]) -> Result<String, String> {
+    let router = &state.router;
+    let Some((name, args)) = words.split_first() else {
+        return Err("no command".into());
+    };
+    let Some(command) = router.hooks().admin_command(name).cloned() else {
+        return Err(format!("unknown command {name:?} (is its module enabled?)"));
+    };
+    let mut cx = router.context();
+    let result = command.run(&mut cx, args).await;
+    router.apply(cx).await;
+    result
+}
+
+/// The line that asks the running server for a module's admin command (see the module
+/// docs); `None` when a word holds a tab or a line break, which the line cannot carry.
+pub fn module_command_line(words: &[String]) -> Option<String> {
+    if words.iter().any(|w| w.contains(['\t', '\n', '\r'])) {
+        return None;
+    }
+    Some(format!("\t{}", words.join("\t")))
+}
+
 /// Sends one command to the server running on `data_dir`; `None` when none is running.
+/// The answer is everything the server writes before it closes the connection.
 pub async fn request(data_dir: &Path, command: &str) -> io::Result<Option<String>> {
     let mut stream = match UnixStream::connect(socket_path(data_dir)).await {
         Ok(stream) => stream,
@@ -130,8 +169,8 @@ pub async fn request(data_dir: &Path, command: &str) -> io::Result<Option<String
     };
     stream.write_all(format!("{command}\n").as_bytes()).await?;
     let mut reply = String::new();
-    let mut reader = BufReader::new(stream.take(MAX_LINE));
-    tokio::time::timeout(TIMEOUT, reader.read_line(&mut reply))
+    let mut reader = stream.take(MAX_REPLY);
+    tokio::time::timeout(TIMEOUT, reader.read_to_string(&mut reply))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the server did not answer"))??;
     Ok(Some(reply.trim_end().to_string()))

@@ -124,6 +124,23 @@ impl Default for ListenConfig {
     }
 }
 
+impl ListenConfig {
+    /// No listener at all: the server's modules and storage without its network side
+    /// (for admin commands run while no server is running).
+    pub fn none() -> Self {
+        ListenConfig {
+            c2s: Vec::new(),
+            c2s_direct_tls: Vec::new(),
+            metrics: None,
+            http: Vec::new(),
+            https: Vec::new(),
+            s2s: Vec::new(),
+            s2s_direct_tls: Vec::new(),
+            component: Vec::new(),
+        }
+    }
+}
+
 /// Federation (RFC 6120 server-to-server streams).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]

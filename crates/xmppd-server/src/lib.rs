@@ -395,6 +395,20 @@ impl RunningServer {
     /// Stops accepting, sends every stream `<system-shutdown/>`, and waits (up to 10 s) for
     /// the connections to close.
     pub async fn shutdown(self) {
+        // Modules say goodbye while the sessions are still there (bounded: a stuck
+        // module must not keep the server from stopping).
+        let router = &self.state.router;
+        let farewell = async {
+            let mut cx = router.context();
+            cx.fire(registry::Event::ShuttingDown).await;
+            router.apply(cx).await;
+        };
+        if tokio::time::timeout(Duration::from_secs(5), farewell)
+            .await
+            .is_err()
+        {
+            tracing::warn!("modules took over 5 s to shut down");
+        }
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;

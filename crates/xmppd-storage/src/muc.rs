@@ -33,6 +33,8 @@ pub trait MucStore: Send + Sync {
     async fn delete_room(&self, service: &str, room: &str) -> Result<()>;
     /// `(room, name)` of every public stored room, by room name.
     async fn public_rooms(&self, service: &str) -> Result<Vec<(String, String)>>;
+    /// The name (node) of every stored room, public or not, sorted.
+    async fn room_names(&self, service: &str) -> Result<Vec<String>>;
     async fn affiliations(&self, service: &str, room: &str) -> Result<Vec<StoredAffiliation>>;
     /// Sets one affiliation; `none` removes it.
     async fn set_affiliation(&self, service: &str, room: &str, a: &StoredAffiliation)

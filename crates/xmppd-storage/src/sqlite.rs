@@ -625,6 +625,14 @@ impl MucStore for SqliteStorage {
             .collect()
     }
 
+    async fn room_names(&self, service: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT room FROM muc_rooms WHERE service = $1 ORDER BY room")
+            .bind(service)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("room")?)).collect()
+    }
+
     async fn affiliations(&self, service: &str, room: &str) -> Result<Vec<StoredAffiliation>> {
         let rows = sqlx::query(
             "SELECT jid, affiliation, nick, reason FROM muc_affiliations \
@@ -973,11 +981,19 @@ mod tests {
             storage.muc.public_rooms(svc).await.unwrap(),
             [("lounge".to_string(), "Lounge".to_string())]
         );
+        assert_eq!(storage.muc.room_names(svc).await.unwrap(), ["lounge"]);
+        assert!(storage
+            .muc
+            .room_names("other.example")
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(storage.muc.affiliations(svc, room).await.unwrap().len(), 1);
         let history = storage.muc.history(svc, room, 2).await.unwrap();
         assert_eq!(history.iter().map(|h| h.0).collect::<Vec<_>>(), [3, 4]);
         storage.muc.delete_room(svc, room).await.unwrap();
         assert!(storage.muc.room(svc, room).await.unwrap().is_none());
+        assert!(storage.muc.room_names(svc).await.unwrap().is_empty());
         assert!(storage
             .muc
             .affiliations(svc, room)

@@ -12,7 +12,7 @@ use xmppd_storage::{StoredAffiliation, StoredRoom};
 
 use super::config::RoomConfig;
 use super::room::{Affiliation, AffiliationEntry, Change, Fanned, Limits, Outcome, Room};
-use super::{Creators, Shared};
+use super::{Command, Creators, Input, Shared};
 use crate::forms::{Form, FormKind};
 
 /// Counts the task in the metrics while it runs (whichever way it ends).
@@ -47,7 +47,7 @@ impl Drop for Counted {
 pub(super) async fn run(
     shared: Arc<Shared>,
     name: String,
-    mut rx: mpsc::Receiver<Stanza>,
+    mut rx: mpsc::Receiver<Input>,
     server: ServerHandle,
 ) {
     let Some(mut counted) = server.upgrade().map(|s| Counted::new(s.metrics.clone())) else {
@@ -58,11 +58,12 @@ pub(super) async fn run(
     let mut stored = false;
     let mut loaded = false;
     let mut summary = super::Summary::default();
-    while let Some(stanza) = rx.recv().await {
+    while let Some(input) = rx.recv().await {
         let Some(state) = server.upgrade() else {
             return;
         };
         let mut cx = state.router.context();
+        let mut created = None;
         if room.is_none() {
             let limits = Limits {
                 secret: Arc::from(state.secret.as_slice()),
@@ -74,11 +75,34 @@ pub(super) async fn run(
                 stored = room.is_some();
             }
             if room.is_none() {
-                room = create(&mut cx, &shared, &name, &stanza, limits);
+                room = match &input {
+                    Input::Stanza(stanza) => create(&mut cx, &shared, &name, stanza, limits),
+                    Input::Command(Command::Create { owners, config }, _) => {
+                        let jid = BareJid::new(&format!("{name}@{}", shared.domain)).ok();
+                        jid.map(|jid| {
+                            let (r, o) = Room::create_configured(
+                                jid,
+                                owners,
+                                config.as_ref().clone(),
+                                limits,
+                            );
+                            created = Some(o);
+                            r
+                        })
+                    }
+                    Input::Command(..) => None,
+                };
             }
         }
-        if let Some(r) = room.as_mut() {
-            let outcome = r.handle(&stanza, now_ms());
+        let (outcome, answer) = match (input, room.as_mut()) {
+            (Input::Stanza(stanza), Some(r)) => (Some(r.handle(&stanza, now_ms())), None),
+            (Input::Stanza(_), None) => (None, None),
+            (Input::Command(command, reply), r) => {
+                let (outcome, text) = operate(command, r, created.take(), &shared, &name);
+                (outcome, Some((reply, text)))
+            }
+        };
+        if let (Some(r), Some(outcome)) = (room.as_mut(), outcome) {
             save(&cx, &shared, r, &outcome.changes, &mut stored).await;
             deliver(&mut cx, &state.metrics, r, outcome).await;
             counted.occupants(r.occupant_count());
@@ -95,6 +119,10 @@ pub(super) async fn run(
             }
         }
         state.router.apply(cx).await;
+        // After the routing: the operator (and the server stopping) learn it was done.
+        if let Some((reply, text)) = answer {
+            let _ = reply.send(text);
+        }
         let done = room
             .as_ref()
             .is_none_or(|r| r.is_empty() || r.is_destroyed());
@@ -111,6 +139,36 @@ pub(super) async fn run(
                 loaded = true;
             }
         }
+    }
+}
+
+/// An operator's command on the room (`None`: there is no such room): what the room
+/// sends and stores, and the answer.
+fn operate(
+    command: Command,
+    room: Option<&mut Room>,
+    created: Option<Outcome>,
+    shared: &Shared,
+    name: &str,
+) -> (Option<Outcome>, Result<String, String>) {
+    let jid = format!("{name}@{}", shared.domain);
+    let Some(room) = room else {
+        return match command {
+            Command::ShutDown => (None, Ok(String::new())),
+            _ => (None, Err(format!("there is no room {jid}"))),
+        };
+    };
+    match command {
+        Command::Info => (None, Ok(room.describe())),
+        Command::Create { .. } => match created {
+            Some(outcome) => (Some(outcome), Ok(format!("created {jid}"))),
+            None => (None, Err(format!("{jid} exists already"))),
+        },
+        Command::Destroy { reason, venue } => {
+            let outcome = room.destroy_by_operator(reason.as_deref(), venue.as_deref());
+            (Some(outcome), Ok(format!("destroyed {jid}")))
+        }
+        Command::ShutDown => (Some(room.shut_down()), Ok(String::new())),
     }
 }
 

@@ -7,6 +7,7 @@
 //! storage by the next stanza for it, never at start-up.
 
 mod actor;
+mod commands;
 pub mod config;
 pub mod nick;
 pub mod room;
@@ -16,9 +17,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use xmppd_core::{Element, Jid, Stanza, StanzaError, StanzaErrorCondition};
-use xmppd_server::registry::{Ctx, DiscoProvider, Host, IqTarget, Module, On, Registry, Spec};
+use xmppd_server::registry::{
+    Ctx, DiscoProvider, EventKind, Host, IqTarget, Module, On, Registry, Spec,
+};
 
 use crate::rsm;
 use room::{
@@ -121,18 +124,27 @@ impl Module for Muc {
         };
         let config = Arc::new(config);
         let mut services = HashMap::new();
+        let mut shared = BTreeMap::new();
         for domain in r.server_config().server.domains.clone() {
             let host = format!("{}.{}", config.subdomain, domain).to_ascii_lowercase();
-            let service = Service(Arc::new(Shared {
+            let service = Arc::new(Shared {
                 domain: host.clone(),
                 config: config.clone(),
                 limits: limits.clone(),
                 rooms: Mutex::new(HashMap::new()),
-            }));
-            r.host(&host, Arc::new(service));
+            });
+            r.host(&host, Arc::new(Service(service.clone())));
+            shared.insert(host.clone(), service);
             services.insert(domain.to_ascii_lowercase(), host);
         }
         r.disco_provider(On::Server, Arc::new(Listing(services)));
+        let services = Arc::new(shared);
+        r.admin_command("room", Arc::new(commands::RoomCommand(services.clone())));
+        r.on(
+            EventKind::ShuttingDown,
+            0,
+            Arc::new(commands::Farewell(services)),
+        );
         Ok(())
     }
 }
@@ -183,8 +195,30 @@ struct Summary {
     name: String,
 }
 
+/// What a room's task takes from its queue.
+enum Input {
+    Stanza(Stanza),
+    /// From the operator (`xmppd room …`, or the server stopping), with where the answer
+    /// goes.
+    Command(Command, oneshot::Sender<Result<String, String>>),
+}
+
+enum Command {
+    Info,
+    Create {
+        owners: Vec<xmppd_core::BareJid>,
+        config: Box<config::RoomConfig>,
+    },
+    Destroy {
+        reason: Option<String>,
+        venue: Option<String>,
+    },
+    /// The server is stopping: occupants get status 332 and the task ends.
+    ShutDown,
+}
+
 struct Entry {
-    tx: mpsc::Sender<Stanza>,
+    tx: mpsc::Sender<Input>,
     /// The account that created it, for `max_rooms_per_user`.
     creator: Option<String>,
     summary: Summary,
@@ -202,6 +236,40 @@ struct Shared {
 impl Shared {
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `input` for a room's task, starting the task if the room is not active.
+    /// Never waits: the input comes back (boxed: it is the rare path) when the room's
+    /// queue is full.
+    fn queue(self: &Arc<Self>, name: &str, input: Input, cx: &Ctx<'_>) -> Result<(), Box<Input>> {
+        let mut rooms = self.rooms();
+        let input = match rooms.get(name) {
+            None => input,
+            Some(e) => match e.tx.try_send(input) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(input)) => return Err(Box::new(input)),
+                // The task is gone (it cannot end with input queued, but a panic could).
+                Err(mpsc::error::TrySendError::Closed(input)) => input,
+            },
+        };
+        let (tx, rx) = mpsc::channel(self.config.room_queue);
+        let _ = tx.try_send(input);
+        rooms.insert(
+            name.to_string(),
+            Entry {
+                tx,
+                creator: None,
+                summary: Summary::default(),
+            },
+        );
+        drop(rooms);
+        tokio::spawn(actor::run(
+            self.clone(),
+            name.to_string(),
+            rx,
+            cx.server_handle(),
+        ));
+        Ok(())
     }
 }
 
@@ -222,41 +290,17 @@ impl Host for Service {
 }
 
 impl Service {
-    /// Queues a stanza for a room's task, starting the task if the room is not active.
-    /// Never waits: a room whose queue is full answers `resource-constraint`.
+    /// Queues a stanza for a room's task (see [`Shared::queue`]); a room whose queue is
+    /// full answers `resource-constraint`.
     fn to_room(&self, cx: &mut Ctx<'_>, name: &str, stanza: Stanza) {
-        let mut rooms = self.0.rooms();
-        let stanza = match rooms.get(name) {
-            None => stanza,
-            Some(e) => match e.tx.try_send(stanza) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(stanza)) => {
-                    drop(rooms);
-                    let error = StanzaError::new(StanzaErrorCondition::ResourceConstraint)
-                        .with_text("the room is busy; try again");
-                    return cx.bounce(&stanza, error);
-                }
-                // The task is gone (it cannot end with stanzas queued, but a panic could).
-                Err(mpsc::error::TrySendError::Closed(stanza)) => stanza,
-            },
+        let Err(refused) = self.0.queue(name, Input::Stanza(stanza), cx) else {
+            return;
         };
-        let (tx, rx) = mpsc::channel(self.0.config.room_queue);
-        let _ = tx.try_send(stanza);
-        rooms.insert(
-            name.to_string(),
-            Entry {
-                tx,
-                creator: None,
-                summary: Summary::default(),
-            },
-        );
-        drop(rooms);
-        tokio::spawn(actor::run(
-            self.0.clone(),
-            name.to_string(),
-            rx,
-            cx.server_handle(),
-        ));
+        if let Input::Stanza(stanza) = *refused {
+            let error = StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+                .with_text("the room is busy; try again");
+            cx.bounce(&stanza, error);
+        }
     }
 
     /// Stanzas to the service itself: disco (§6.1–§6.3); anything else is not served.

@@ -122,10 +122,7 @@ mod tests {
     fn without_listeners(dir: &std::path::Path) -> crate::config::Config {
         let mut config = crate::config::Config::default();
         config.server.data_dir = dir.to_path_buf();
-        config.listen.c2s = vec![];
-        config.listen.c2s_direct_tls = vec![];
-        config.listen.metrics = None;
-        config.listen.http = vec![];
+        config.listen = crate::config::ListenConfig::none();
         config.sasl.scram_iterations = 4096;
         config
     }

@@ -158,6 +158,9 @@ pub enum Event<'a> {
     AccountRemoving(&'a BareJid),
     /// An account was deleted: forget what is cached about it.
     AccountRemoved(&'a BareJid),
+    /// The server is stopping; sessions are still connected, and what handlers route now
+    /// is written to them before their streams end (MUC's status 332).
+    ShuttingDown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -170,6 +173,7 @@ pub enum EventKind {
     PresenceReceived,
     AccountRemoving,
     AccountRemoved,
+    ShuttingDown,
 }
 
 impl Event<'_> {
@@ -183,6 +187,7 @@ impl Event<'_> {
             Event::PresenceReceived { .. } => EventKind::PresenceReceived,
             Event::AccountRemoving(_) => EventKind::AccountRemoving,
             Event::AccountRemoved(_) => EventKind::AccountRemoved,
+            Event::ShuttingDown => EventKind::ShuttingDown,
         }
     }
 }
@@ -263,6 +268,16 @@ pub struct Identity {
     pub category: &'static str,
     pub kind: &'static str,
     pub name: Option<&'static str>,
+}
+
+/// An admin command of a module: `xmppd NAME ARGS…` on the command line, run by the
+/// server (through the admin socket while it runs, else by the CLI starting the modules
+/// without listeners), so that it goes through the module's own state.
+#[async_trait]
+pub trait AdminCommand: Send + Sync {
+    /// Runs the command; `Ok` is the text to print, `Err` why it failed. `args` are the
+    /// words after the command's name, as the admin typed them.
+    async fn run(&self, cx: &mut Ctx<'_>, args: &[String]) -> Result<String, String>;
 }
 
 /// A specification a module (or the core) implements: the list of supported XEPs in the
@@ -369,6 +384,7 @@ impl Registry {
                 amenders: Vec::new(),
                 hosts: HashMap::new(),
                 disco: HashMap::new(),
+                admin_commands: HashMap::new(),
                 specs: Vec::new(),
             },
             extensions: 0,
@@ -495,6 +511,11 @@ impl Registry {
         self.hooks.disco.entry(on).or_default().push(p);
     }
 
+    /// Adds the admin command `xmppd name …` (see [`AdminCommand`]).
+    pub fn admin_command(&mut self, name: &'static str, h: Arc<dyn AdminCommand>) {
+        self.hooks.admin_commands.insert(name, h);
+    }
+
     /// A key for per-session state of type `T`.
     pub fn session_ext<T>(&mut self) -> ExtKey<T> {
         self.extensions += 1;
@@ -544,6 +565,7 @@ pub struct Hooks {
     amenders: Vec<Arc<dyn PresenceAmender>>,
     hosts: HashMap<String, Arc<dyn Host>>,
     disco: HashMap<On, Vec<Arc<dyn DiscoProvider>>>,
+    admin_commands: HashMap<&'static str, Arc<dyn AdminCommand>>,
     /// (module, spec) for every module that is on.
     specs: Vec<(&'static str, Spec)>,
 }
@@ -626,5 +648,9 @@ impl Hooks {
 
     pub fn disco_providers(&self, on: On) -> &[Arc<dyn DiscoProvider>] {
         self.disco.get(&on).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    pub fn admin_command(&self, name: &str) -> Option<&Arc<dyn AdminCommand>> {
+        self.admin_commands.get(name)
     }
 }

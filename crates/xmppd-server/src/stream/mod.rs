@@ -519,6 +519,10 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             tokio::select! {
                 biased;
                 _ = crate::shutting_down(&mut shutdown) => {
+                    // What modules sent on their way out (MUC's 332) goes before the end.
+                    if let Some(session) = &session {
+                        stream.drain_queue(session);
+                    }
                     stream.stream_error(StreamError::SystemShutdown, Some("server is shutting down")).await;
                     return;
                 }

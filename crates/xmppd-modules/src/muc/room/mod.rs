@@ -12,6 +12,7 @@ use crate::forms::{Form, FormKind};
 
 mod admin;
 mod messages;
+mod operator;
 #[cfg(test)]
 mod tests;
 
