@@ -44,7 +44,13 @@ pub struct RoomConfig {
     /// Roles whose presence is broadcast (`muc#roomconfig_presencebroadcast`).
     pub broadcast: Vec<String>,
     pub pubsub: String,
+    /// XEP-0421 occupant ids on every presence and message (on unless the owner says).
+    pub occupant_id: bool,
 }
+
+/// The room config field for XEP-0421, which registers none: named in Clark notation, as
+/// services do for their own fields.
+pub const OCCUPANT_ID_FIELD: &str = "{urn:xmpp:occupant-id:0}enabled";
 
 impl RoomConfig {
     pub fn new(history_length: usize) -> RoomConfig {
@@ -65,6 +71,7 @@ impl RoomConfig {
             logging: false,
             broadcast: ROLES.iter().map(|r| r.to_string()).collect(),
             pubsub: String::new(),
+            occupant_id: true,
         }
     }
 
@@ -184,6 +191,11 @@ impl RoomConfig {
                     .label("Associated pubsub node")
                     .value(self.pubsub.clone()),
             )
+            .field(boolean(
+                OCCUPANT_ID_FIELD,
+                "Occupant ids (XEP-0421)",
+                self.occupant_id,
+            ))
     }
 
     /// This configuration with the fields of a submitted form applied; fields left out keep
@@ -215,6 +227,7 @@ impl RoomConfig {
         flag("muc#roomconfig_changesubject", &mut c.change_subject)?;
         flag("muc#roomconfig_allowinvites", &mut c.allow_invites)?;
         flag("muc#roomconfig_enablelogging", &mut c.logging)?;
+        flag(OCCUPANT_ID_FIELD, &mut c.occupant_id)?;
         let mut protected = c.password.is_some();
         flag("muc#roomconfig_passwordprotectedroom", &mut protected)?;
         let secret = form
@@ -345,6 +358,7 @@ mod tests {
         c.whois = Whois::Anyone;
         c.allow_pm = AllowPm::Moderators;
         c.broadcast = vec!["moderator".into()];
+        c.occupant_id = false;
         let back = RoomConfig::new(5)
             .apply(&c.to_form(FormKind::Submit), 50)
             .unwrap();

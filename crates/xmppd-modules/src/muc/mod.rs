@@ -24,9 +24,7 @@ use xmppd_server::registry::{
 };
 
 use crate::rsm;
-use room::{
-    Limits, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MUC, NS_OCCUPANT_ID, NS_SELF_PING, NS_STABLE_ID,
-};
+use room::{Limits, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MUC, NS_SELF_PING, NS_STABLE_ID};
 
 /// Who may create rooms.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -391,7 +389,8 @@ fn service_info() -> Element {
         NS_DISCO_INFO,
         NS_DISCO_ITEMS,
         rsm::NS,
-        NS_OCCUPANT_ID,
+        // Not NS_OCCUPANT_ID: owners may turn occupant ids off, and XEP-0421 §4 lists it
+        // on the service only when every room has them.
         NS_SELF_PING,
         NS_STABLE_ID,
     ] {

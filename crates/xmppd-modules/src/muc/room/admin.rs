@@ -226,13 +226,15 @@ impl Room {
         );
         let mut features = vec![
             NS_MUC,
-            NS_OCCUPANT_ID,
             NS_SELF_PING,
             NS_STABLE_ID,
             NS_DISCO_INFO,
             NS_REGISTER,
         ];
         features.extend(self.config.features());
+        if self.config.occupant_id {
+            features.push(NS_OCCUPANT_ID);
+        }
         for f in features {
             q.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
         }

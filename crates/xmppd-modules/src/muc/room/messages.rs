@@ -70,11 +70,9 @@ impl Room {
             return Err(err(Cond::Forbidden)); // §7.4: visitors have no voice
         }
         let mut reflected = el.clone();
-        reflected.remove_children("occupant-id", NS_OCCUPANT_ID);
         reflected.remove_attr("to");
         reflected.set_attr("from", sender_jid);
-        reflected
-            .push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", &sender.id));
+        self.stamp_occupant_id(&mut reflected, &sender.id);
         self.fan_out(o, &reflected);
         if is_subject {
             self.subject = Some(reflected);
@@ -144,12 +142,11 @@ impl Room {
             .get(&nick::key(nick))
             .ok_or_else(|| err(Cond::ItemNotFound))?;
         let mut copy = stanza.element().clone();
-        copy.remove_children("occupant-id", NS_OCCUPANT_ID);
         copy.set_attr("from", self.occupant_jid(&sender.nick));
         if !copy.has_child("x", NS_USER) {
             copy.push_child(Element::new("x", NS_USER));
         }
-        copy.push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", &sender.id));
+        self.stamp_occupant_id(&mut copy, &sender.id);
         for s in &target.sessions {
             let mut c = copy.clone();
             c.set_attr("to", s);

@@ -406,8 +406,18 @@ impl Room {
             x.push_child(Element::new("status", NS_USER).with_attr("code", code.to_string()));
         }
         p.push_child(x);
-        p.push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", &subject.id));
+        self.stamp_occupant_id(&mut p, &subject.id);
         p
+    }
+
+    /// XEP-0421 §4: one occupant id, ours (what the sender put there is replaced), and
+    /// none where the room has them off (then clients ignore any, as the room does not
+    /// announce the feature).
+    fn stamp_occupant_id(&self, el: &mut Element, id: &str) {
+        el.remove_children("occupant-id", NS_OCCUPANT_ID);
+        if self.config.occupant_id {
+            el.push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", id));
+        }
     }
 
     /// `subject`'s presence to every other occupant (and to `subject`'s own sessions with

@@ -498,3 +498,28 @@ fn xep_0082_timestamps_parse() {
     );
     assert_eq!(parse_iso8601("yesterday"), None);
 }
+
+#[test]
+fn an_owner_can_turn_occupant_ids_off_and_then_none_go_out() {
+    let mut room = open_room();
+    join(&mut room, "bob@x/b", "bob");
+    let has_feature = |room: &Room| {
+        room.disco_info()
+            .children()
+            .any(|f| f.attr("var") == Some(NS_OCCUPANT_ID))
+    };
+    assert!(has_feature(&room));
+    let off = format!("<iq from='alice@x/a' to='room@conference.x' type='set' id='off'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='{}'><value>0</value></field></x></query></iq>", config::OCCUPANT_ID_FIELD);
+    let o = send(&mut room, &off);
+    assert_eq!(o.out[0].attr("type"), Some("result"));
+    assert!(!has_feature(&room));
+    // Neither ours nor the one a client forged goes out.
+    let o = send(&mut room, "<message from='bob@x/b' to='room@conference.x' type='groupchat' id='m'><body>hi</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='forged'/></message>");
+    let o2 = join(&mut room, "carol@x/c", "carol");
+    for el in all(&o).into_iter().chain(all(&o2)) {
+        assert!(
+            !el.children().any(|c| c.is("occupant-id", NS_OCCUPANT_ID)),
+            "{el:?}"
+        );
+    }
+}
