@@ -94,8 +94,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, String> {
 }
 
 /// The `log.level` filter, or why it is not one (so a typo fails instead of logging nothing).
-fn log_filter(config: &Config) -> Result<tracing_subscriber::EnvFilter, String> {
-    let level = &config.log.level;
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     let invalid = |why: &str| format!("log.level {level:?} is not a valid filter: {why}");
     // EnvFilter takes any bare word as a target name, so a typo would silence everything:
     // a directive without `=` must be a level or a module path.
@@ -115,24 +114,47 @@ fn log_filter(config: &Config) -> Result<tracing_subscriber::EnvFilter, String> 
         .map_err(|e| invalid(&e.to_string()))
 }
 
-fn init_logging(config: &Config) -> Result<(), String> {
-    let configured = log_filter(config)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or(configured);
+/// Installs the log output; the setter it returns applies a new `log.level` on reload
+/// (none when `RUST_LOG` chose the filter: the environment stays in charge).
+fn init_logging(config: &Config) -> Result<Option<xmppd_server::LogLevelSetter>, String> {
+    let configured = log_filter(&config.log.level)?;
+    let (filter, from_env) = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, true),
+        Err(_) => (configured, false),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match config.log.format {
+    // The filter sits behind a reload handle so that SIGHUP can change the level.
+    let setter = match config.log.format {
         // One JSON object per line, fields as keys: what log collectors parse.
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = level_setter(builder.reload_handle());
+            builder.init();
+            handle
+        }
         LogFormat::Text => {
             // Colour only for a person at a terminal (https://no-color.org), never in
             // files, pipes or the journal.
             let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-            builder.with_ansi(colour).init()
+            let builder = builder.with_ansi(colour).with_filter_reloading();
+            let handle = level_setter(builder.reload_handle());
+            builder.init();
+            handle
         }
-    }
-    Ok(())
+    };
+    Ok((!from_env).then_some(setter))
+}
+
+fn level_setter<S: Send + Sync + 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> xmppd_server::LogLevelSetter {
+    Box::new(move |level: &str| {
+        let filter = log_filter(level)?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 #[tokio::main]
@@ -161,13 +183,16 @@ async fn main() -> ExitCode {
 
 async fn serve(path: Option<&Path>) -> Result<(), String> {
     let config = load_config(path)?;
-    init_logging(&config)?;
+    let log_level = init_logging(&config)?;
     // Before anything can tell a supervisor we are up: a SIGHUP must never find the
     // default action (which ends the process) in place.
     let signals = Signals::install();
     let server = xmppd_server::start(config, xmppd_modules::standard)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(setter) = log_level {
+        let _ = server.state.log_level.set(setter);
+    }
     // Under systemd (Type=notify): ready now, and alive as long as the runtime runs.
     systemd_notify(&[sd_notify::NotifyState::Ready]);
     let mut usec = 0;
@@ -612,7 +637,7 @@ async fn check(path: Option<&Path>, json: bool) -> Result<(), String> {
         }
     };
     report.ok(format!("config {source}"), "loads");
-    match log_filter(&config) {
+    match log_filter(&config.log.level) {
         Ok(_) => report.ok("log.level", config.log.level.clone()),
         Err(e) => report.fail("log.level", e),
     }

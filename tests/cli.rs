@@ -538,6 +538,31 @@ async fn sighup_and_reload_swap_the_certificate_and_keep_sessions() {
     assert!(ok && out.contains("reloaded 1 certificates"), "{out}{err}");
     assert_ne!(served_certificate(addr).await, second);
     session.sync().await;
+
+    // The log level applies at once: at "warn" a new connection is not logged, back at
+    // "info" it is again.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let log_path = dir.path().join("server.log");
+    for (level, logged) in [("warn", false), ("info", true)] {
+        std::fs::write(&config, format!("{text}[log]\nlevel = \"{level}\"\n")).unwrap();
+        let (ok, out, err) = xmppd(&config, &["reload"]);
+        assert!(
+            ok && out.contains(&format!("log level \"{level}\"")),
+            "{out}{err}"
+        );
+        assert!(!out.contains("after a restart"), "{out}");
+        let before = std::fs::read_to_string(&log_path).unwrap().len();
+        let (mut other, _) = Raw::login(addr, "carol", level).await;
+        other.sync().await;
+        let after = std::fs::read_to_string(&log_path).unwrap();
+        let new = &after[before..];
+        assert_eq!(
+            new.contains("connection opened"),
+            logged,
+            "at {level}: {new}"
+        );
+    }
+    session.sync().await;
     drop(server);
 }
 

@@ -58,6 +58,8 @@ pub async fn serve(config: &std::path::Path, c2s: u16, log: std::fs::File) -> Ki
             .arg("serve")
             .arg("--config")
             .arg(config)
+            // The config's log level, not the caller's environment, sets what is logged.
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

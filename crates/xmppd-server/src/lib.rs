@@ -65,7 +65,13 @@ pub struct ServerState {
     /// unguessable, such as the fake SCRAM salts of unknown users.
     pub secret: Vec<u8>,
     pub shutdown: watch::Receiver<bool>,
+    /// Applies a new `log.level` to the running process, when the program that started
+    /// the server owns the log output (the binary does; tests do not).
+    pub log_level: std::sync::OnceLock<LogLevelSetter>,
 }
+
+/// Sets the log filter; `Err` says why the level cannot be applied.
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -177,15 +183,22 @@ pub fn reload(state: &ServerState) -> Result<String, String> {
         .reload(&fresh)
         .map_err(|e| e.to_string())?;
     tls::warn_expiring(&fresh, CERT_WARNING_DAYS);
-    let restart = fresh.changed_sections(&state.config);
-    let summary = if restart.is_empty() {
-        format!("reloaded {certificates} certificates")
-    } else {
-        format!(
-            "reloaded {certificates} certificates; changes to [{}] take effect after a restart",
+    let mut restart = fresh.changed_sections(&state.config);
+    let mut summary = format!("reloaded {certificates} certificates");
+    if let Some(set_level) = state.log_level.get() {
+        set_level(&fresh.log.level)?;
+        summary.push_str(&format!(", log level {:?}", fresh.log.level));
+        // Applied now; only a new format needs a restart.
+        if fresh.log.format == state.config.log.format {
+            restart.retain(|section| *section != "log");
+        }
+    }
+    if !restart.is_empty() {
+        summary.push_str(&format!(
+            "; changes to [{}] take effect after a restart",
             restart.join("], [")
-        )
-    };
+        ));
+    }
     tracing::info!(path = %path.display(), "{summary}");
     Ok(summary)
 }
@@ -311,6 +324,7 @@ pub async fn start(
         metrics: metrics.clone(),
         secret,
         shutdown: shutdown_rx.clone(),
+        log_level: std::sync::OnceLock::new(),
     });
     state.router.set_server(Arc::downgrade(&state));
     let mut tasks = Vec::new();
