@@ -445,6 +445,16 @@ async fn metrics_endpoint_counts() {
     );
     assert!(server.metric("xmppd_auth_success_total").await >= 1);
     assert!(server.metric("xmppd_stanzas_in_total{kind=\"iq\"}").await >= 2);
+    // Storage latency: the login read the account; a roster change writes, and counts.
+    assert!(
+        text.contains("# TYPE xmppd_storage_seconds histogram"),
+        "{text}"
+    );
+    let before = server.metric("xmppd_storage_seconds_count").await;
+    assert!(before >= 1);
+    raw.iq("r1", "<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='carol@localhost'/></query></iq>")
+        .await;
+    assert!(server.metric("xmppd_storage_seconds_count").await > before);
     server.stop().await;
 }
 
@@ -674,7 +684,11 @@ async fn the_grafana_dashboard_graphs_metrics_the_server_exports() {
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .filter(|w| w.starts_with("xmppd_") || w.starts_with("process_"));
             for name in names {
-                let base = name.strip_suffix("_total").unwrap_or(name);
+                // A counter's samples end in _total, a histogram's in _bucket/_count/_sum.
+                let base = ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
                 assert!(
                     exported.contains(base),
                     "{name} in {expr:?} is not exported"

@@ -242,6 +242,10 @@ pub async fn start(
     let tls = TlsContext::new(&config)?;
     tls::warn_expiring(&config, CERT_WARNING_DAYS);
     let metrics = Arc::new(Metrics::default());
+    let storage_seconds = metrics.storage_seconds.clone();
+    storage.latency.observe_with(Box::new(move |took| {
+        storage_seconds.observe(took.as_secs_f64())
+    }));
     let federation = Arc::new(s2s::Federation::new(&config, &tls.resolver, &metrics)?);
     let router = Router::new(&config, storage, hooks, metrics.clone(), federation.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use xmppd_core::StanzaKind;
 
@@ -121,6 +122,9 @@ pub struct Metrics {
     pub muc_rooms_active: Gauge,
     pub muc_occupants: Gauge,
     pub muc_messages_out: Counter,
+    /// How long each storage statement or write transaction took (see
+    /// `xmppd_storage::Latency`).
+    pub storage_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -214,6 +218,13 @@ impl Default for Metrics {
             "Stanzas received from clients.",
             family.clone(),
         );
+        // 50 µs to about 3 s, in factors of 2.5: a cached read to a stalled disk.
+        let storage_seconds = Histogram::new(exponential_buckets(0.00005, 2.5, 13));
+        registry.register(
+            "storage_seconds",
+            "Time of each storage statement or write transaction, waiting for a database connection included.",
+            storage_seconds.clone(),
+        );
         let per_kind = |kind| family.get_or_create(&KindLabel { kind }).clone();
         let stanzas_in = [per_kind("message"), per_kind("presence"), per_kind("iq")];
         Metrics {
@@ -238,6 +249,7 @@ impl Default for Metrics {
             muc_rooms_active,
             muc_occupants,
             muc_messages_out,
+            storage_seconds,
         }
     }
 }

@@ -12,6 +12,7 @@ mod offline;
 mod pubsub;
 mod roster;
 mod sqlite;
+mod timed;
 
 pub use account_data::AccountDataStore;
 pub use accounts::{Account, AccountStore, ScramKeys};
@@ -22,6 +23,7 @@ pub use offline::{OfflineMessage, OfflineStore};
 pub use pubsub::{Member, PubSubStore, StoredItem};
 pub use roster::{PendingRequest, RosterItem, RosterStore};
 pub use sqlite::SqliteStorage;
+pub use timed::{Latency, Observer};
 
 use std::sync::Arc;
 
@@ -49,6 +51,8 @@ pub struct Storage {
     pub data: Arc<dyn AccountDataStore>,
     pub muc: Arc<dyn MucStore>,
     pub pubsub: Arc<dyn PubSubStore>,
+    /// The time of every statement and write transaction (see [`Latency`]).
+    pub latency: Latency,
 }
 
 impl Storage {
@@ -57,6 +61,7 @@ impl Storage {
         if url.starts_with("sqlite:") {
             let db = Arc::new(SqliteStorage::open(url).await?);
             return Ok(Storage {
+                latency: db.pool.latency.clone(),
                 accounts: db.clone(),
                 roster: Arc::new(CachedRoster::new(db.clone())),
                 offline: db.clone(),

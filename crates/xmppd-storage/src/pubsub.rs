@@ -123,7 +123,7 @@ mod sqlite {
             owner: &str,
             limit: usize,
         ) -> Result<bool> {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let (mut tx, _timer) = self.pool.begin_write().await?;
             let count: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM pubsub_nodes WHERE service = $1")
                     .bind(service)
@@ -169,7 +169,7 @@ mod sqlite {
         }
 
         async fn delete_node(&self, service: &str, node: &str) -> Result<bool> {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let (mut tx, _timer) = self.pool.begin_write().await?;
             for table in ["pubsub_items", "pubsub_members"] {
                 sqlx::query(&format!(
                     "DELETE FROM {table} WHERE service = $1 AND node = $2"
@@ -195,7 +195,7 @@ mod sqlite {
             item: &StoredItem,
             keep: usize,
         ) -> Result<()> {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let (mut tx, _timer) = self.pool.begin_write().await?;
             let next: i64 = sqlx::query_scalar(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM pubsub_items WHERE service = $1 AND node = $2",
             )
@@ -328,7 +328,7 @@ mod sqlite {
         }
 
         async fn remove_service(&self, service: &str) -> Result<()> {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let (mut tx, _timer) = self.pool.begin_write().await?;
             for table in ["pubsub_items", "pubsub_members", "pubsub_nodes"] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE service = $1"))
                     .bind(service)

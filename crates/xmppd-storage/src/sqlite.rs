@@ -4,10 +4,11 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::Row;
 
 use crate::accounts::{Account, AccountStore, ScramKeys};
+use crate::timed::TimedPool;
 use crate::{
     AccountDataStore, MucStore, OfflineMessage, OfflineStore, PendingRequest, Result, RosterItem,
     RosterStore, StoredAffiliation, StoredRoom,
@@ -19,7 +20,7 @@ use crate::{
 /// upgrade its read lock while another connection has written gets SQLITE_BUSY at once,
 /// without the busy timeout, which tests under load hit.
 pub struct SqliteStorage {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: TimedPool,
 }
 
 impl SqliteStorage {
@@ -56,7 +57,9 @@ impl SqliteStorage {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         drop(lock);
-        Ok(SqliteStorage { pool })
+        Ok(SqliteStorage {
+            pool: TimedPool::new(pool),
+        })
     }
 }
 
@@ -74,7 +77,9 @@ impl SqliteStorage {
             .max_connections(1)
             .connect_with(options)
             .await?;
-        Ok(Some(SqliteStorage { pool }))
+        Ok(Some(SqliteStorage {
+            pool: TimedPool::new(pool),
+        }))
     }
 }
 
@@ -186,7 +191,7 @@ impl AccountStore for SqliteStorage {
     }
 
     async fn delete(&self, username: &str, domain: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (mut tx, _timer) = self.pool.begin_write().await?;
         for table in ACCOUNT_TABLES {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE domain = $1 AND username = $2"
@@ -320,7 +325,7 @@ impl RosterStore for SqliteStorage {
     }
 
     async fn put(&self, username: &str, domain: &str, item: &RosterItem) -> Result<i64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (mut tx, _timer) = self.pool.begin_write().await?;
         sqlx::query(
             "INSERT INTO roster_items (domain, username, contact, name, subscription, ask, approved, groups) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -343,7 +348,7 @@ impl RosterStore for SqliteStorage {
     }
 
     async fn remove(&self, username: &str, domain: &str, contact: &str) -> Result<i64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (mut tx, _timer) = self.pool.begin_write().await?;
         let done = sqlx::query(
             "DELETE FROM roster_items WHERE domain = $1 AND username = $2 AND contact = $3",
         )
@@ -599,7 +604,7 @@ impl MucStore for SqliteStorage {
     }
 
     async fn delete_room(&self, service: &str, room: &str) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (mut tx, _timer) = self.pool.begin_write().await?;
         for table in ["muc_rooms", "muc_affiliations", "muc_history"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE service = $1 AND room = $2"
@@ -695,7 +700,7 @@ impl MucStore for SqliteStorage {
         stanza: &str,
         keep: usize,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (mut tx, _timer) = self.pool.begin_write().await?;
         sqlx::query(
             "INSERT INTO muc_history (service, room, stamp, stanza) VALUES ($1, $2, $3, $4)",
         )

@@ -1,0 +1,175 @@
+//! How long storage takes, for the server's latency histogram: the pool behind an
+//! [`Executor`] that starts a clock per statement (waiting for a free connection included)
+//! and tells the observer when the statement is done. A write transaction is timed as a
+//! whole, from `BEGIN` to its end.
+//!
+//! Timing here, at the one place every query passes, keeps it out of each store method.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use either::Either;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
+use sqlx::sqlite::{
+    Sqlite, SqlitePool, SqliteQueryResult, SqliteRow, SqliteStatement, SqliteTypeInfo,
+};
+use sqlx::{Describe, Execute, Executor, Transaction};
+
+/// Receives the time of each statement or transaction.
+pub type Observer = Box<dyn Fn(Duration) + Send + Sync>;
+
+/// Where storage times go; nowhere until [`Latency::observe_with`] is called.
+#[derive(Clone, Default)]
+pub struct Latency(Arc<OnceLock<Observer>>);
+
+impl std::fmt::Debug for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Latency")
+    }
+}
+
+impl Latency {
+    /// Sends every later time to `observer` (the first call wins).
+    pub fn observe_with(&self, observer: Observer) {
+        let _ = self.0.set(observer);
+    }
+
+    fn start(&self) -> Timer {
+        Timer {
+            started: Instant::now(),
+            latency: self.clone(),
+        }
+    }
+}
+
+/// Reports the time since it was made when it is dropped: a statement that finished, or
+/// one abandoned half-way (its caller went away), counts either way.
+pub(crate) struct Timer {
+    started: Instant,
+    latency: Latency,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if let Some(observe) = self.latency.0.get() {
+            observe(self.started.elapsed());
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct TimedPool {
+    pool: SqlitePool,
+    pub(crate) latency: Latency,
+}
+
+impl TimedPool {
+    pub(crate) fn new(pool: SqlitePool) -> Self {
+        TimedPool {
+            pool,
+            latency: Latency::default(),
+        }
+    }
+
+    /// A write transaction (`BEGIN IMMEDIATE`: it takes the write lock at once, so it waits
+    /// for the busy timeout instead of failing half-way), with the clock that times it.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<(Transaction<'static, Sqlite>, Timer), sqlx::Error> {
+        let timer = self.latency.start();
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((tx, timer))
+    }
+}
+
+impl<'c> Executor<'c> for &'c TimedPool {
+    type Database = Sqlite;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<SqliteQueryResult, SqliteRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Sqlite>,
+    {
+        let timer = self.latency.start();
+        // The timer lives as long as the stream: it reports when the rows are all read.
+        self.pool
+            .fetch_many(query)
+            .map(move |step| {
+                let _ = &timer;
+                step
+            })
+            .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<SqliteRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Sqlite>,
+    {
+        let timer = self.latency.start();
+        let fetched = self.pool.fetch_optional(query);
+        async move {
+            let row = fetched.await;
+            drop(timer);
+            row
+        }
+        .boxed()
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [SqliteTypeInfo],
+    ) -> BoxFuture<'e, Result<SqliteStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.pool.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> BoxFuture<'e, Result<Describe<Sqlite>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.pool.describe(sql)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::Storage;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_statement_and_write_transaction_is_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        let storage = Storage::open(&url).await.unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        storage.latency.observe_with(Box::new(move |took| {
+            assert!(took < Duration::from_secs(60));
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        // A read: one statement.
+        assert!(!storage.accounts.exists("alice", "localhost").await.unwrap());
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        // A deletion is a write transaction: timed once, as a whole.
+        storage.accounts.delete("alice", "localhost").await.unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
+}
