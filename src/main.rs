@@ -585,6 +585,73 @@ fn check_certificate(report: &mut Report, config: &Config, domain: &str, subdoma
     }
 }
 
+/// With federation on: whether peers that trust what `[s2s] ca_file` (or the system's
+/// roots) holds accept each domain's certificate for it and for its subdomains (RFC 6125),
+/// as they check it before SASL EXTERNAL (XEP-0178). One they cannot verify leaves only
+/// dialback, so it fails when `[s2s] dialback` is off.
+fn check_federation_certificates(
+    report: &mut Report,
+    config: &Config,
+    hooks: &xmppd_server::registry::Hooks,
+) {
+    if config.listen.s2s.is_empty() && config.listen.s2s_direct_tls.is_empty() {
+        return;
+    }
+    let anchors = match &config.s2s.ca_file {
+        Some(path) => path.display().to_string(),
+        None => "the system's trusted roots".to_string(),
+    };
+    let verifier = match xmppd_server::s2s::certs::CertVerifier::new(config) {
+        Ok(v) => v,
+        Err(e) => return report.fail("s2s.ca_file", e.to_string()),
+    };
+    let fallback = if config.s2s.dialback {
+        "peers will authenticate it with dialback (XEP-0220) only"
+    } else {
+        "and [s2s] dialback is off: federation cannot authenticate"
+    };
+    for domain in &config.server.domains {
+        let what = format!("federation certificate {domain}");
+        let (cert, _, generated) = xmppd_server::tls::cert_paths(config, domain);
+        let suffix = format!(".{domain}");
+        let names: Vec<&str> = std::iter::once(domain.as_str())
+            .chain(hooks.host_domains().filter(|h| h.ends_with(&suffix)))
+            .collect();
+        let unverified = if generated && !cert.exists() {
+            Ok(names)
+        } else {
+            names
+                .into_iter()
+                .filter_map(|name| match verifier.verify_file(&cert, name) {
+                    Ok(true) => None,
+                    Ok(false) => Some(Ok(name)),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<&str>, _>>()
+        };
+        match unverified {
+            Err(e) => report.fail(what, e.to_string()),
+            Ok(names) if names.is_empty() => report.ok(what, format!("verifies under {anchors}")),
+            Ok(names) => {
+                let detail = format!(
+                    "{} does not verify under {anchors} for {}: {fallback}",
+                    if generated {
+                        "the self-signed certificate"
+                    } else {
+                        "it"
+                    },
+                    names.join(", ")
+                );
+                if config.s2s.dialback {
+                    report.warn(what, detail)
+                } else {
+                    report.fail(what, detail)
+                }
+            }
+        }
+    }
+}
+
 /// Whether each listen address can be bound (bound and released at once).
 fn check_listeners(report: &mut Report, config: &Config, server_running: bool) {
     let l = &config.listen;
@@ -652,6 +719,7 @@ async fn check(path: Option<&Path>, json: bool) -> Result<(), String> {
                     .collect();
                 check_certificate(&mut report, &config, domain, &subdomains);
             }
+            check_federation_certificates(&mut report, &config, &hooks);
         }
         Err(e) => report.fail("modules", e.to_string()),
     }

@@ -808,3 +808,54 @@ async fn room_commands_work_with_and_without_a_running_server() {
     let (ok, out, _) = xmppd(&config, &["room", "help"]);
     assert!(ok && out.contains("usage: xmppd room list"), "{out}");
 }
+
+/// With federation on, `check` says whether peers would accept each certificate (RFC 6125
+/// under `[s2s] ca_file`, or the system's roots), and fails when that leaves nothing to
+/// authenticate with.
+#[test]
+fn check_tells_whether_peers_would_verify_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = write_config(dir.path(), free_port(), free_port());
+    let has_item = |report: &serde_json::Value| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["check"].as_str().unwrap().starts_with("federation"))
+    };
+    assert!(!has_item(&check_json(&plain)), "federation is off");
+    // A two-label domain: webpki, like browsers, does not match `*.localhost` wildcards.
+    let (cert, key) = common::pki().domain_cert("chat.test");
+    let base = format!(
+        "[server]\ndomains = [\"chat.test\"]\ndata_dir = {data:?}\n\
+         [listen]\nc2s = []\nc2s_direct_tls = []\nhttp = []\ns2s = [\"127.0.0.1:{port}\"]\n\
+         [tls]\ncertificates = [{{ domain = \"chat.test\", cert = {cert:?}, key = {key:?} }}]\n",
+        data = dir.path().join("data"),
+        port = free_port(),
+    );
+    let ca = common::pki().ca_file.clone();
+    // A CA that did not sign it: what peers trusting other roots see.
+    let other_ca = dir.path().join("other-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&other_ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    for (extra, status) in [
+        (format!("[s2s]\nca_file = {ca:?}\n"), "ok"),
+        (format!("[s2s]\nca_file = {other_ca:?}\n"), "warning"),
+        (
+            format!("[s2s]\nca_file = {other_ca:?}\ndialback = false\n"),
+            "fail",
+        ),
+    ] {
+        let config = dir.path().join("s2s.toml");
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let report = check_json(&config);
+        assert_eq!(
+            status_of(&report, "federation certificate chat.test"),
+            status,
+            "{extra}: {report}"
+        );
+        assert_eq!(report["ok"], status != "fail", "{report}");
+    }
+}

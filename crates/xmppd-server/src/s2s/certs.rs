@@ -39,6 +39,13 @@ pub fn acceptor(resolver: &Arc<CertResolver>) -> Result<TlsAcceptor, TlsError> {
 pub struct PeerTls {
     /// One per served domain: it presents that domain's certificate.
     connectors: std::collections::HashMap<String, TlsConnector>,
+    verifier: CertVerifier,
+}
+
+/// What a server certificate proves under the trust anchors of `[s2s] ca_file` (or the
+/// system's roots): used on peers' certificates, and by `xmppd check` on our own, as
+/// peers with the same anchors will see it.
+pub struct CertVerifier {
     anchors: Vec<TrustAnchor<'static>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -189,9 +196,13 @@ impl PeerTls {
         }
         Ok(PeerTls {
             connectors,
-            anchors: load_anchors(config)?,
-            algorithms,
+            verifier: CertVerifier::new(config)?,
         })
+    }
+
+    /// See [`CertVerifier::verify`].
+    pub fn verify(&self, chain: &[CertificateDer<'_>], domain: &str) -> bool {
+        self.verifier.verify(chain, domain)
     }
 
     /// The connector presenting the certificate of `local` (a served domain, or the domain
@@ -200,6 +211,27 @@ impl PeerTls {
         self.connectors.get(local).or_else(|| {
             let (_, parent) = local.split_once('.')?;
             self.connectors.get(parent)
+        })
+    }
+}
+
+impl CertVerifier {
+    /// Whether the certificate chain in the PEM file `cert` verifies for `domain`.
+    pub fn verify_file(&self, cert: &std::path::Path, domain: &str) -> Result<bool, TlsError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| TlsError::File {
+                path: cert.display().to_string(),
+                msg: e.to_string(),
+            })?;
+        Ok(self.verify(&chain, domain))
+    }
+
+    pub fn new(config: &Config) -> Result<CertVerifier, TlsError> {
+        let provider = rustls::crypto::ring::default_provider();
+        Ok(CertVerifier {
+            anchors: load_anchors(config)?,
+            algorithms: provider.signature_verification_algorithms,
         })
     }
 
