@@ -134,6 +134,16 @@ fn init_logging(config: &Config) -> Result<Option<xmppd_server::LogLevelSetter>,
             builder.init();
             handle
         }
+        LogFormat::Text if stderr_is_journal() => {
+            let format = tracing_subscriber::fmt::format().without_time();
+            let builder = builder
+                .with_ansi(false)
+                .event_format(JournalFormat(format))
+                .with_filter_reloading();
+            let handle = level_setter(builder.reload_handle());
+            builder.init();
+            handle
+        }
         LogFormat::Text => {
             // Colour only for a person at a terminal (https://no-color.org), never in
             // files, pipes or the journal.
@@ -146,6 +156,54 @@ fn init_logging(config: &Config) -> Result<Option<xmppd_server::LogLevelSetter>,
         }
     };
     Ok((!from_env).then_some(setter))
+}
+
+/// Whether stderr is the systemd journal: systemd says so in `JOURNAL_STREAM` (the device
+/// and inode of the stream it connected), which only counts if stderr is still that stream.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|m| dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()))
+}
+
+/// Lines for the journal: the priority as an sd-daemon(3) prefix, which journald stores as
+/// the entry's level (so `journalctl -p warning` works), and no timestamp, which journald
+/// records itself.
+struct JournalFormat(
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>,
+);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 fn level_setter<S: Send + Sync + 'static>(

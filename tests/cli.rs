@@ -859,3 +859,53 @@ fn check_tells_whether_peers_would_verify_the_certificate() {
         assert_eq!(report["ok"], status != "fail", "{report}");
     }
 }
+
+/// Under systemd with stderr on the journal (JOURNAL_STREAM names that stream), lines carry
+/// their priority for journald and no timestamp of their own.
+#[tokio::test]
+async fn logs_to_the_journal_carry_priorities_and_no_timestamps() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let c2s = free_port();
+    let config = write_config(dir.path(), c2s, free_port());
+    let log_path = dir.path().join("journal.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_xmppd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{c2s}").parse().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "nothing logged");
+    for line in &lines {
+        let rest = line
+            .strip_prefix("<6>")
+            .or_else(|| line.strip_prefix("<4>"))
+            .unwrap_or_else(|| panic!("no priority prefix: {line:?}"));
+        assert!(
+            rest.trim_start().starts_with("INFO") || rest.trim_start().starts_with("WARN"),
+            "a timestamp or something else before the level: {line:?}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("listening for clients")),
+        "{text}"
+    );
+}
