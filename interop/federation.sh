@@ -3,7 +3,8 @@
 # two.test on 127.0.0.3, each routing to the other statically (Prosody through the test
 # plugin in interop/prosody/). Two rounds with slixmpp clients on both servers:
 #   1. certificates from a test CA both trust: SASL EXTERNAL both ways (XEP-0178);
-#   2. neither trusts the other's certificate: dialback both ways (XEP-0220).
+#   2. neither trusts the other's certificate: dialback both ways (XEP-0220);
+#   3. Prosody with mod_s2s_bidi: one connection carries both directions (XEP-0288).
 # Each round checks chat both ways, a subscription handshake, presence and a remote ping,
 # then the servers' logs for how the links authenticated. The first round also runs an
 # XEP-0114 component written with slixmpp against xmppd (interop/component.py).
@@ -55,9 +56,13 @@ x_c2s=$(free_port 127.0.0.2); x_s2s=$(free_port 127.0.0.2); x_comp=$(free_port 1
 p_c2s=$(free_port 127.0.0.3); p_s2s=$(free_port 127.0.0.3)
 password=federation-secret
 
-# round NAME XMPPD_CA PROSODY_CA SECURE_AUTH EXPECT_IN EXPECT_OUT
+# round NAME XMPPD_CA PROSODY_CA SECURE_AUTH EXPECT_IN EXPECT_OUT [bidi]
+# With `bidi`, Prosody loads mod_s2s_bidi (XEP-0288) and everything must go over the one
+# connection xmppd opens (EXPECT_IN is then unused: no link comes in).
 round() {
-    local name=$1 our_ca=$2 their_ca=$3 secure=$4 expect_in=$5 expect_out=$6
+    local name=$1 our_ca=$2 their_ca=$3 secure=$4 expect_in=$5 expect_out=$6 bidi=${7:-}
+    local extra_modules=""
+    [ "$bidi" = bidi ] && extra_modules='"s2s_bidi";'
     echo "--- federation with Prosody: $name ---"
     rm -rf "$work/xmppd-data" "$work/prosody-data"; mkdir -p "$work/prosody-data"
     cat > "$work/xmppd.toml" <<TOML
@@ -91,7 +96,7 @@ c2s_ports = { $p_c2s }
 s2s_ports = { $p_s2s }
 http_ports = { }
 https_ports = { }
-modules_enabled = { "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "test_s2s_routes" }
+modules_enabled = { "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "test_s2s_routes"; $extra_modules }
 authentication = "internal_hashed"
 c2s_require_encryption = true
 s2s_require_encryption = true
@@ -112,12 +117,23 @@ LUA
     .venv/bin/python interop/federation.py --local one.test --local-host 127.0.0.2 \
         --local-port "$x_c2s" --remote two.test --remote-host 127.0.0.3 --remote-port "$p_c2s" \
         --password "$password" --cafile "$work/ca.crt" || status=$?
-    if [ $status -eq 0 ]; then
+    if [ $status -eq 0 ] && [ "$bidi" = bidi ]; then
+        local links
+        links=$(grep -cE 'connection opened.*kind="?s2s-(in|out)' "$work/xmppd.log" || true)
+        [ "$links" = 1 ] || { echo "FAIL $links server-to-server connections, expected 1 (bidi)"; status=1; }
+        grep -q "incoming server link authenticated" "$work/xmppd.log" \
+            && { echo "FAIL Prosody opened a link of its own despite bidi"; status=1; }
+    elif [ $status -eq 0 ]; then
         grep -q "incoming server link authenticated.*method=\"\?$expect_in" "$work/xmppd.log" \
             || { echo "FAIL incoming link not authenticated by $expect_in"; status=1; }
         grep -q "outgoing server link authenticated.*method=\"\?$expect_out" "$work/xmppd.log" \
             || { echo "FAIL outgoing link not authenticated by $expect_out"; status=1; }
         [ $status -eq 0 ] && echo "PASS links authenticated by $expect_in (in) and $expect_out (out)"
+    fi
+    if [ $status -eq 0 ] && [ "$bidi" = bidi ]; then
+        grep -q "outgoing server link authenticated.*method=\"\?$expect_out" "$work/xmppd.log" \
+            || { echo "FAIL outgoing link not authenticated by $expect_out"; status=1; }
+        [ $status -eq 0 ] && echo "PASS one connection both ways (XEP-0288), authenticated by $expect_out"
     fi
     if [ $status -eq 0 ] && [ "$name" = "verified certificates" ]; then
         echo "--- an XEP-0114 component (slixmpp ComponentXMPP) ---"
@@ -134,3 +150,4 @@ LUA
 }
 round "verified certificates" ca ca true sasl-external sasl-external
 round "untrusted certificates" other-ca other-ca false dialback dialback
+round "bidirectional streams" ca ca true - sasl-external bidi

@@ -72,6 +72,9 @@ struct Setup {
     untrusted: bool,
     /// Refuse dialback.
     certificates_only: bool,
+    /// Bidirectional streams (XEP-0288); off here so each test sees one link per
+    /// direction unless it asks for them.
+    bidi: bool,
 }
 
 fn untrusted_ca() -> PathBuf {
@@ -116,6 +119,7 @@ async fn start_node(
         pki().ca_file.clone()
     });
     config.s2s.dialback = !setup.certificates_only;
+    config.s2s.bidi = setup.bidi;
     config.s2s.connect_timeout_secs = 10;
     for (d, addr) in routes {
         config.s2s.routes.insert(d.to_string(), *addr);
@@ -312,6 +316,52 @@ async fn two_servers_federate_with_verified_certificates() {
     two.stop().await;
 }
 
+/// XEP-0288: with bidirectional streams one connection carries both directions, whether
+/// the pair authenticated with SASL EXTERNAL or with dialback.
+#[tokio::test]
+async fn bidirectional_streams_carry_both_directions_on_one_connection() {
+    for untrusted in [false, true] {
+        let (one, two) = pair(Setup {
+            untrusted,
+            bidi: true,
+            ..Setup::default()
+        })
+        .await;
+        let mut alice = one.login("alice", "phone").await;
+        let mut bob = two.login("bob", "laptop").await;
+        // alice speaks first: one.test connects, two.test answers on that connection.
+        chat_both_ways(&mut alice, &mut bob).await;
+        befriend_across(&mut alice, &mut bob).await;
+        for node in [&one, &two] {
+            let text = node.state().metrics.render();
+            assert!(
+                text.contains("xmppd_s2s_links_open 1\n"),
+                "untrusted={untrusted}: {text}"
+            );
+            // The pool knows a link to the other domain: its own, or the one over the
+            // incoming stream.
+            assert_eq!(node.state().federation.link_count(), 1);
+        }
+        // A peer that closes the connection takes the return path with it; the next
+        // stanza opens a link of its own.
+        one.stop().await;
+        let mut gone = false;
+        for _ in 0..100 {
+            gone = two.state().federation.link_count() == 0;
+            if gone {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the link over the closed stream is still in the pool");
+        bob.send("<message to='alice@one.test' type='chat' id='late'><body>?</body></message>")
+            .await;
+        let bounce = parse(&bob.stanza_with(&["id='late'"]).await);
+        assert_eq!(bounce.attr("type"), Some("error"), "{bounce:?}");
+        two.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn dialback_when_certificates_do_not_verify() {
     let (one, two) = pair(Setup {
@@ -331,6 +381,7 @@ async fn certificates_only_bounces_when_the_peer_cannot_prove_its_name() {
     let (one, two) = pair(Setup {
         untrusted: true,
         certificates_only: true,
+        ..Setup::default()
     })
     .await;
     let mut alice = one.login("alice", "phone").await;

@@ -169,6 +169,9 @@ pub struct S2sConfig {
     /// (doubling per failure up to `max_retry_secs`) instead of reconnecting each time.
     pub retry_secs: u64,
     pub max_retry_secs: u64,
+    /// Bidirectional streams (XEP-0288): one connection carries stanzas both ways with a
+    /// peer that supports them, instead of one connection per direction.
+    pub bidi: bool,
 }
 
 impl Default for S2sConfig {
@@ -185,6 +188,7 @@ impl Default for S2sConfig {
             max_links: 1000,
             retry_secs: 5,
             max_retry_secs: 300,
+            bidi: true,
         }
     }
 }

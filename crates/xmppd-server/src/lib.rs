@@ -162,6 +162,8 @@ pub const CORE_SPECS: &[registry::Spec] = &[
     registry::Spec::xep("XEP-0185", ""),
     registry::Spec::xep("XEP-0206", "1.4").note("XMPP over BOSH"),
     registry::Spec::xep("XEP-0220", "1.1.1").note("with dialback errors; keys per XEP-0185"),
+    registry::Spec::xep("XEP-0288", "1.0.1")
+        .partial("the peer may not piggyback dialback for more of its domains on our stream"),
     registry::Spec::xep("XEP-0368", "1.1.0").note("direct TLS for clients and servers"),
     registry::Spec::xep("XEP-0440", "").note("the channel-binding types offered are listed"),
 ];

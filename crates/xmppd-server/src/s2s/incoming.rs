@@ -55,6 +55,33 @@ pub struct S2sIn {
     stream_id: String,
     deadline: Instant,
     pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when the peer asked for bidirectionality (XEP-0288): our stanzas for the pairs
+    /// it authenticates go back over this stream, as the links in it.
+    bidi: Arc<Bidi>,
+}
+
+/// The links to the peer that ride on this stream (XEP-0288), ended with it.
+#[derive(Default)]
+struct Bidi {
+    on: std::sync::atomic::AtomicBool,
+    links: Mutex<Vec<Arc<super::Link>>>,
+}
+
+impl Bidi {
+    /// With bidirectionality on: `(remote, local)` authenticated means we may send from
+    /// `local` to `remote` here (XEP-0288 §2: the inverse of the pair).
+    fn attach(&self, server: &ServerState, handle: &Arc<SessionHandle>, remote: &str, local: &str) {
+        if !self.on.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if let Some(link) = server.federation.attach(local, remote, handle) {
+            tracing::debug!(%local, %remote, "sending over the incoming stream (bidi)");
+            self.links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(link);
+        }
+    }
 }
 
 impl S2sIn {
@@ -72,16 +99,12 @@ impl S2sIn {
             stream_id: String::new(),
             deadline: Instant::now() + Duration::from_secs(timeout),
             pending: Arc::default(),
+            bidi: Arc::default(),
         })
     }
 
-    /// Whether `domain` is ours to receive for: a served domain, a host (MUC, pubsub) or a
-    /// configured component (a gateway reachable from other servers).
     fn serves(&self, domain: &str) -> bool {
-        let router = &self.server.router;
-        router.is_local_domain(domain)
-            || router.hooks().host(domain).is_some()
-            || self.server.federation.component_secret(domain).is_some()
+        serves(&self.server, domain)
     }
 
     fn is_authenticated(&self) -> bool {
@@ -106,6 +129,26 @@ impl S2sIn {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((remote.to_string(), local.to_string()));
+        self.bidi.attach(&self.server, &self.handle, remote, local);
+    }
+
+    /// `<bidi/>` (XEP-0288 §2): from now on, every pair the peer authenticates (and each
+    /// it already did) also carries our stanzas to it.
+    fn enable_bidi(&self) {
+        self.bidi
+            .on
+            .store(true, std::sync::atomic::Ordering::Release);
+        let pairs: Vec<(String, String)> = self
+            .authenticated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for (remote, local) in pairs {
+            self.bidi
+                .attach(&self.server, &self.handle, &remote, &local);
+        }
     }
 
     fn tls_required_now<F: Framing>(&self, s: &Stream<F>) -> bool {
@@ -120,6 +163,10 @@ impl S2sIn {
                 starttls.push_child(Element::new("required", ns::TLS));
             }
             features.push(starttls);
+        }
+        // XEP-0288 §2: offered before and after TLS (enabled only after it, if TLS is used).
+        if self.server.federation.config().bidi {
+            features.push(Element::new("bidi", super::FEATURES_BIDI));
         }
         if self.tls_required_now(s) {
             return features;
@@ -219,6 +266,7 @@ impl S2sIn {
         let handle = self.handle.clone();
         let authenticated = self.authenticated.clone();
         let pending = self.pending.clone();
+        let bidi = self.bidi.clone();
         let peer = self.peer;
         pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         tokio::spawn(async move {
@@ -231,6 +279,7 @@ impl S2sIn {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert((remote.clone(), local.clone()));
+                    bidi.attach(&server, &handle, &remote, &local);
                 }
                 other => {
                     tracing::info!(%peer, %remote, %local, outcome = ?other, "dialback refused");
@@ -282,9 +331,8 @@ impl S2sIn {
         s.flush_flow().await
     }
 
-    /// A stanza: addressed from an authenticated remote domain to one of ours
-    /// (RFC 6120 §8.1.1.2 and §4.9.3), then routed like any other.
-    async fn stanza<F: Framing>(&mut self, s: &mut Stream<F>, mut el: Element) -> Flow {
+    /// A stanza from the peer (RFC 6120 §8.1.1.2), for a pair it authenticated.
+    async fn stanza<F: Framing>(&mut self, s: &mut Stream<F>, el: Element) -> Flow {
         if !self.is_authenticated() {
             return s
                 .stream_error(
@@ -293,53 +341,79 @@ impl S2sIn {
                 )
                 .await;
         }
-        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
-            return s
-                .stream_error(
-                    StreamError::ImproperAddressing,
-                    Some("stanzas between servers need from and to"),
-                )
-                .await;
-        };
-        let Ok(from) = Jid::new(from) else {
-            return s
-                .stream_error(StreamError::InvalidFrom, Some("malformed from"))
-                .await;
-        };
-        let Ok(to) = Jid::new(to) else {
-            return s
-                .stream_error(StreamError::ImproperAddressing, Some("malformed to"))
-                .await;
-        };
-        let (remote, local) = (from.domain().as_str(), to.domain().as_str());
-        if !self.serves(local) {
-            return s
-                .stream_error(
-                    StreamError::HostUnknown,
-                    Some("we do not serve that domain"),
-                )
-                .await;
-        }
-        if !self.pair_authenticated(remote, local) {
-            return s
-                .stream_error(
-                    StreamError::InvalidFrom,
-                    Some("that domain is not authenticated on this stream"),
-                )
-                .await;
-        }
-        el.rename_ns(ns::SERVER, ns::CLIENT);
-        match Stanza::parse(el) {
-            Ok(stanza) => self.server.router.route_inbound(stanza).await,
-            Err(failed) => {
-                let (el, error) = *failed;
-                if let Some(reply) = xmppd_core::stanza::error_reply(&el, &error) {
-                    self.server.router.deliver_reply(reply);
-                }
+        let server = self.server.clone();
+        accept_stanza(&server, s, el, |remote, local| {
+            self.pair_authenticated(remote, local)
+        })
+        .await
+    }
+}
+
+/// Whether `domain` is ours to receive for: a served domain, a host (MUC, pubsub) or a
+/// configured component (a gateway reachable from other servers).
+fn serves(server: &ServerState, domain: &str) -> bool {
+    let router = &server.router;
+    router.is_local_domain(domain)
+        || router.hooks().host(domain).is_some()
+        || server.federation.component_secret(domain).is_some()
+}
+
+/// A stanza a peer server sent (on its stream, or back on ours with XEP-0288): addressed
+/// from a remote domain it may send for (`may(remote, local)`) to one of ours (RFC 6120
+/// §8.1.1.2 and §4.9.3 name the stream error for each violation), then routed like any
+/// other.
+pub(super) async fn accept_stanza<F: Framing>(
+    server: &ServerState,
+    s: &mut Stream<F>,
+    mut el: Element,
+    may: impl Fn(&str, &str) -> bool,
+) -> Flow {
+    let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+        return s
+            .stream_error(
+                StreamError::ImproperAddressing,
+                Some("stanzas between servers need from and to"),
+            )
+            .await;
+    };
+    let Ok(from) = Jid::new(from) else {
+        return s
+            .stream_error(StreamError::InvalidFrom, Some("malformed from"))
+            .await;
+    };
+    let Ok(to) = Jid::new(to) else {
+        return s
+            .stream_error(StreamError::ImproperAddressing, Some("malformed to"))
+            .await;
+    };
+    let (remote, local) = (from.domain().as_str(), to.domain().as_str());
+    if !serves(server, local) {
+        return s
+            .stream_error(
+                StreamError::HostUnknown,
+                Some("we do not serve that domain"),
+            )
+            .await;
+    }
+    if !may(remote, local) {
+        return s
+            .stream_error(
+                StreamError::InvalidFrom,
+                Some("that domain is not authenticated on this stream"),
+            )
+            .await;
+    }
+    el.rename_ns(ns::SERVER, ns::CLIENT);
+    match Stanza::parse(el) {
+        Ok(stanza) => server.router.route_inbound(stanza).await,
+        Err(failed) => {
+            let (el, error) = *failed;
+            if let Some(reply) = xmppd_core::stanza::error_reply(&el, &error) {
+                server.router.deliver_reply(reply);
             }
         }
-        Flow::Continue
     }
+    Flow::Continue
 }
 
 /// Whether `name` is a bare domain (no node, no resource).
@@ -410,6 +484,10 @@ impl<F: Framing> Profile<F> for S2sIn {
                 s.stream_error(StreamError::PolicyViolation, Some("use STARTTLS first"))
                     .await
             }
+            (super::NS_BIDI, "bidi") if self.server.federation.config().bidi => {
+                self.enable_bidi();
+                Flow::Continue
+            }
             (ns::SASL, "auth") => self.sasl_external(s, &el).await,
             (ns::DIALBACK, "result") => self.dialback_result(s, &el).await,
             (ns::DIALBACK, "verify") => self.dialback_verify(s, &el).await,
@@ -440,5 +518,10 @@ impl<F: Framing> Profile<F> for S2sIn {
 
     async fn close(&mut self) {
         self.handle.outbox().close();
+        let links = std::mem::take(&mut *self.bidi.links.lock().unwrap_or_else(|e| e.into_inner()));
+        for link in links {
+            link.close(&self.server, StanzaErrorCondition::RemoteServerNotFound)
+                .await;
+        }
     }
 }

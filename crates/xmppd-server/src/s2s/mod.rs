@@ -63,7 +63,23 @@ enum LinkState {
     Closed,
 }
 
+/// XEP-0288: what the initiating server sends, and what the receiving server offers.
+pub const NS_BIDI: &str = "urn:xmpp:bidi";
+pub const FEATURES_BIDI: &str = "urn:xmpp:features:bidi";
+
 impl Link {
+    /// A link over a stream the peer opened with bidirectionality (XEP-0288): ready at
+    /// once, its stanzas written by that stream.
+    fn over(local: &str, remote: &str, handle: Arc<SessionHandle>) -> Arc<Link> {
+        Arc::new(Link {
+            local: local.to_string(),
+            remote: remote.to_string(),
+            handle,
+            state: Mutex::new(LinkState::Ready),
+            last_used: Mutex::new(Instant::now()),
+        })
+    }
+
     fn new(local: &str, remote: &str, capacity: usize) -> Option<Arc<Link>> {
         // The handle names the link; it is never in the session table.
         let jid = FullJid::new(&format!("{remote}/{local}")).ok()?;
@@ -241,6 +257,22 @@ impl Federation {
         links.insert(key, link.clone());
         tokio::spawn(outgoing::run_link(server, link.clone()));
         Ok(link)
+    }
+
+    /// A bidirectional incoming stream authenticated `remote` for `local`: our stanzas
+    /// from `local` to `remote` go over it too, unless a link for the pair exists already
+    /// (both servers connected at once: each keeps its own). The link, if it was added.
+    fn attach(&self, local: &str, remote: &str, handle: &Arc<SessionHandle>) -> Option<Arc<Link>> {
+        let key = (local.to_string(), remote.to_string());
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.contains_key(&key) {
+            return None;
+        }
+        let link = Link::over(local, remote, handle.clone());
+        links.insert(key, link.clone());
+        drop(links);
+        self.succeeded(remote);
+        Some(link)
     }
 
     /// A link ended: it leaves the pool; `failed` starts (or lengthens) the domain's backoff.

@@ -51,6 +51,8 @@ pub struct S2sOut {
     peer_id: String,
     peer_verified: bool,
     dialback_offered: bool,
+    /// We asked for bidirectionality (XEP-0288): the peer may send its stanzas back here.
+    bidi: bool,
     step: Step,
     /// Why the link failed, when it did so for a reason we know.
     failure: Option<StanzaErrorCondition>,
@@ -155,6 +157,7 @@ impl S2sOut {
             peer_id: String::new(),
             peer_verified: false,
             dialback_offered: false,
+            bidi: false,
             step: Step::Negotiating,
             failure: None,
         }
@@ -250,6 +253,12 @@ impl S2sOut {
             self.ready("sasl-external");
             return Flow::Continue;
         }
+        // XEP-0288 §2: after TLS, before authenticating.
+        let offered = features.has_child("bidi", super::FEATURES_BIDI);
+        if offered && !self.bidi && self.server.federation.config().bidi {
+            s.send_element(&Element::new("bidi", super::NS_BIDI));
+            self.bidi = true;
+        }
         if !self.peer_verified && !self.dialback_allowed() {
             return self
                 .fail(
@@ -336,6 +345,32 @@ impl Profile<TcpFraming> for S2sOut {
                 self.send_dialback(s);
                 s.flush_flow().await
             }
+            (ns::SERVER, "message" | "presence" | "iq")
+                if self.bidi && self.step == Step::Ready =>
+            {
+                // The pair we authenticated, the other way (XEP-0288 §2).
+                let server = self.server.clone();
+                let (local, remote) = (self.local.clone(), self.remote.clone());
+                super::incoming::accept_stanza(&server, s, el, |from, to| {
+                    from == remote && to == local
+                })
+                .await
+            }
+            (ns::DIALBACK, "result") if self.bidi && el.attr("type").is_none() => {
+                // The peer piggybacking another of its domains on our stream: we do not
+                // verify on initiated streams, and say so (XEP-0220 §2.4 errors).
+                let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+                    return Flow::Continue;
+                };
+                s.send_raw(&dialback::answer(
+                    "result",
+                    to,
+                    from,
+                    None,
+                    Outcome::Error(StanzaErrorCondition::PolicyViolation),
+                ));
+                s.flush_flow().await
+            }
             (ns::DIALBACK, "result") => match dialback::outcome_of(&el) {
                 Outcome::Valid => {
                     self.ready("dialback");
@@ -386,8 +421,7 @@ impl Profile<TcpFraming> for S2sOut {
                 )
                 .await
             }
-            // No bidirectional streams (XEP-0288): the peer sends its stanzas on its own
-            // link, so anything else here is ignored.
+            // Stanzas without bidirectionality: the peer should use its own link.
             _ => Flow::Continue,
         }
     }
