@@ -170,6 +170,7 @@ impl EventHandler for Recorder {
             Event::Undelivered { user, .. } => format!("undelivered {user}"),
             Event::Delivered { user, .. } => format!("delivered {user}"),
             Event::PresenceReceived { from, user, .. } => format!("presence {from} to {user}"),
+            Event::Started => "started".to_string(),
             Event::ShuttingDown => "shutting down".to_string(),
         };
         self.0.lock().unwrap().push(line);

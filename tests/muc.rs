@@ -229,6 +229,7 @@ async fn enter_talk_change_nick_and_leave_with_their_status_codes() {
 
     // The metrics count the room, its occupants and the two copies.
     assert_eq!(server.metric("xmppd_muc_rooms_active").await, 1);
+    assert_eq!(server.metric("xmppd_muc_rooms_persistent").await, 0);
     assert_eq!(server.metric("xmppd_muc_occupants").await, 2);
     assert_eq!(server.metric("xmppd_muc_messages_out_total").await, 2);
 
@@ -625,7 +626,11 @@ async fn a_persistent_room_keeps_config_affiliations_and_history_across_restart(
         alice.send(&format!("<message to='keep@{SERVICE}' type='groupchat' id='old'><body>before</body></message>")).await;
         alice.stanza_with(&["id='old'"]).await;
     }
+    assert_eq!(server.metric("xmppd_muc_rooms_persistent").await, 1);
     server.restart().await;
+    // Counted at start, without loading it.
+    assert_eq!(server.metric("xmppd_muc_rooms_persistent").await, 1);
+    assert_eq!(server.metric("xmppd_muc_rooms_active").await, 0);
     let mut bob = Raw::login_quiet(server.c2s, "bob", "home").await;
     // Listed before anyone uses it: read from storage, not from a loaded room.
     let items = iq(
@@ -1001,6 +1006,7 @@ async fn the_operator_creates_lists_describes_and_destroys_rooms() {
     )
     .await;
     assert_eq!(created, Ok(format!("created {room}")));
+    assert_eq!(server.metric("xmppd_muc_rooms_persistent").await, 1);
     assert!(
         room_command(&server, &["create", &room, "--owner", "bob@localhost"])
             .await
@@ -1051,6 +1057,7 @@ async fn the_operator_creates_lists_describes_and_destroys_rooms() {
     )
     .await;
     assert_eq!(destroyed, Ok(format!("destroyed {room}")));
+    assert_eq!(server.metric("xmppd_muc_rooms_persistent").await, 0);
     let gone = parse(&alice.stanza_with(&["unavailable"]).await);
     let destroy = gone
         .get_child("x", USER)

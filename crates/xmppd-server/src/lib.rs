@@ -333,6 +333,9 @@ pub async fn start(
         log_level: std::sync::OnceLock::new(),
     });
     state.router.set_server(Arc::downgrade(&state));
+    let mut cx = state.router.context();
+    cx.fire(registry::Event::Started).await;
+    state.router.apply(cx).await;
     let mut tasks = Vec::new();
     for l in c2s {
         tasks.push(tokio::spawn(c2s::listen(l, false, state.clone())));

@@ -120,6 +120,8 @@ pub struct Metrics {
     /// Multi-user chat (set by the MUC module): rooms with a task now, their occupants,
     /// and copies of groupchat messages fanned out to occupants.
     pub muc_rooms_active: Gauge,
+    /// Rooms in storage, in use or not.
+    pub muc_rooms_persistent: Gauge,
     pub muc_occupants: Gauge,
     pub muc_messages_out: Counter,
     /// How long each storage statement or write transaction took (see
@@ -211,6 +213,10 @@ impl Default for Metrics {
             g
         };
         let muc_rooms_active = gauge("muc_rooms_active", "Multi-user chat rooms active now.");
+        let muc_rooms_persistent = gauge(
+            "muc_rooms_persistent",
+            "Persistent multi-user chat rooms (stored), in use or not.",
+        );
         let muc_occupants = gauge("muc_occupants", "Occupants of the active rooms.");
         let family = Family::<KindLabel, Counter>::default();
         registry.register(
@@ -247,6 +253,7 @@ impl Default for Metrics {
             auth_failure_reasons,
             sessions_by_transport,
             muc_rooms_active,
+            muc_rooms_persistent,
             muc_occupants,
             muc_messages_out,
             storage_seconds,

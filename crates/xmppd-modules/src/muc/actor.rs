@@ -317,6 +317,7 @@ fn create(
 
 /// Stores what changed, for rooms that are (or just became) persistent.
 async fn save(cx: &Ctx<'_>, shared: &Shared, room: &Room, changes: &[Change], stored: &mut bool) {
+    let was_stored = *stored;
     let store = &cx.storage().muc;
     let (service, name) = (
         shared.domain.as_str(),
@@ -365,6 +366,16 @@ async fn save(cx: &Ctx<'_>, shared: &Shared, room: &Room, changes: &[Change], st
     };
     if let Err(e) = result.await {
         tracing::error!(error = %e, room = name, "storing a room failed");
+    }
+    if was_stored != *stored {
+        if let Some(server) = cx.server_handle().upgrade() {
+            let persistent = &server.metrics.muc_rooms_persistent;
+            if *stored {
+                persistent.inc();
+            } else {
+                persistent.dec();
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `xmppd room list|info|create|destroy`: the operator's commands (run by the server, see
 //! `xmppd_server::registry::AdminCommand`), and status 332 to every occupant when the
-//! server stops. Both go through each room's task, like any stanza for the room.
+//! server stops. Both go through each room's task, like any stanza for the room. Also the
+//! count of stored rooms at start, for the metrics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -157,6 +158,27 @@ async fn ask(
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => Err("the room's task ended without answering".into()),
         Err(_) => Err("the room did not answer in time".into()),
+    }
+}
+
+/// At start, the persistent rooms are counted for the metrics (not loaded: a room costs
+/// nothing until it is used).
+pub(super) struct Census(pub(super) Services);
+
+#[async_trait]
+impl EventHandler for Census {
+    async fn on(&self, cx: &mut Ctx<'_>, _: &Event<'_>) -> Handled {
+        let mut stored = 0;
+        for service in self.0.keys() {
+            match cx.storage().muc.room_names(service).await {
+                Ok(names) => stored += names.len() as i64,
+                Err(e) => tracing::warn!(error = %e, %service, "counting the stored rooms failed"),
+            }
+        }
+        if let Some(server) = cx.server_handle().upgrade() {
+            server.metrics.muc_rooms_persistent.set(stored);
+        }
+        Handled::Continue
     }
 }
 

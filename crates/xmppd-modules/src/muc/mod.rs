@@ -139,6 +139,11 @@ impl Module for Muc {
         let services = Arc::new(shared);
         r.admin_command("room", Arc::new(commands::RoomCommand(services.clone())));
         r.on(
+            EventKind::Started,
+            0,
+            Arc::new(commands::Census(services.clone())),
+        );
+        r.on(
             EventKind::ShuttingDown,
             0,
             Arc::new(commands::Farewell(services)),

@@ -158,6 +158,9 @@ pub enum Event<'a> {
     AccountRemoving(&'a BareJid),
     /// An account was deleted: forget what is cached about it.
     AccountRemoved(&'a BareJid),
+    /// The server started: storage is open, listeners not yet taking connections. For a
+    /// module's start-up reading (MUC counts its stored rooms).
+    Started,
     /// The server is stopping; sessions are still connected, and what handlers route now
     /// is written to them before their streams end (MUC's status 332).
     ShuttingDown,
@@ -173,6 +176,7 @@ pub enum EventKind {
     PresenceReceived,
     AccountRemoving,
     AccountRemoved,
+    Started,
     ShuttingDown,
 }
 
@@ -187,6 +191,7 @@ impl Event<'_> {
             Event::PresenceReceived { .. } => EventKind::PresenceReceived,
             Event::AccountRemoving(_) => EventKind::AccountRemoving,
             Event::AccountRemoved(_) => EventKind::AccountRemoved,
+            Event::Started => EventKind::Started,
             Event::ShuttingDown => EventKind::ShuttingDown,
         }
     }
