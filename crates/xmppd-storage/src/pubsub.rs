@@ -19,6 +19,7 @@ pub struct StoredItem {
 pub struct Member {
     pub jid: String,
     pub affiliation: String,
+    /// "none", "pending" or "subscribed".
     pub subscription: String,
 }
 
@@ -412,10 +413,11 @@ mod tests {
         let bob = Member {
             jid: "b@x/r".into(),
             affiliation: "none".into(),
-            subscription: "subscribed".into(),
+            subscription: "pending".into(),
         };
         s.set_member("a@x", "n", &bob).await.unwrap();
         assert_eq!(s.members("a@x", "n").await.unwrap().len(), 2);
+        assert!(s.members("a@x", "n").await.unwrap().contains(&bob));
         assert_eq!(s.memberships("a@x", "b@x/r").await.unwrap().len(), 1);
         s.set_member("c@x", "n", &bob).await.unwrap();
         s.remove_service("b@x").await.unwrap();
