@@ -25,7 +25,7 @@ use serde::Deserialize;
 use xmppd_core::BareJid;
 use xmppd_server::registry::{EventKind, ExtKey, Identity, IqHandler, Module, On, Registry, Spec};
 
-pub use caps::Caps;
+pub use caps::{ver_of as caps_ver, Caps, NS as CAPS_NS};
 pub use node::NodeConfig;
 
 pub const NS: &str = "http://jabber.org/protocol/pubsub";
@@ -160,8 +160,10 @@ impl Module for PubSub {
              requests not by ad-hoc command",
         ),
         Spec::xep("XEP-0084", "1.1.4"),
-        Spec::xep("XEP-0115", "1.6.0")
-            .note("tracked for PEP notifications; unknown hashes queried, over federation too"),
+        Spec::xep("XEP-0115", "1.6.0").note(
+            "tracked for PEP notifications; unknown hashes queried, over federation too; \
+             the server's own in its stream features",
+        ),
         Spec::xep("XEP-0163", "1.2.2"),
         Spec::xep("XEP-0172", ""),
         Spec::xep("XEP-0223", "1.1.1"),
