@@ -137,6 +137,7 @@ async fn the_service_is_discoverable() {
         "publish-options",
         "rsm",
         "access-authorize",
+        "subscription-options",
     ] {
         assert!(
             features.contains(&format!("{PUBSUB}#{f}").as_str()),
@@ -144,7 +145,9 @@ async fn the_service_is_discoverable() {
         );
     }
     // Not implemented, so not advertised.
-    assert!(!features.contains(&format!("{PUBSUB}#subscription-options").as_str()));
+    for f in ["multi-subscribe", "collections", "get-pending"] {
+        assert!(!features.contains(&format!("{PUBSUB}#{f}").as_str()), "{f}");
+    }
 }
 
 #[tokio::test]
@@ -459,16 +462,6 @@ async fn configuration_forms_round_trip_and_bad_values_are_refused() {
         error_of(&closed),
         ("not-allowed".into(), Some("closed-node".into()))
     );
-    // Subscription options are not offered.
-    let options = ask(
-        &mut bob,
-        "o1",
-        "get",
-        PUBSUB,
-        "<options node='n' jid='bob@localhost'/>",
-    )
-    .await;
-    assert_eq!(error_of(&options).0, "feature-not-implemented");
 }
 
 #[tokio::test]
@@ -823,4 +816,141 @@ async fn pending_requests_are_limited_per_node_and_authorize_is_not_for_pep() {
     );
     let refused = parse(&alice.iq("pep1", &pep).await);
     assert_eq!(error_of(&refused).0, "not-acceptable");
+}
+
+const SUBSCRIBE_OPTIONS: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
+
+/// A submitted `pubsub#subscribe_options` form.
+fn options_form(fields: &[(&str, &str)]) -> String {
+    let mut form = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+         <value>{SUBSCRIBE_OPTIONS}</value></field>"
+    );
+    for (var, value) in fields {
+        form.push_str(&format!(
+            "<field var='{var}'><value>{value}</value></field>"
+        ));
+    }
+    form + "</x>"
+}
+
+/// `pubsub#deliver` in the form of an `<options/>`.
+fn deliver_of(options: &Element) -> String {
+    let x = options.get_child("x", "jabber:x:data").expect("a form");
+    x.children()
+        .find(|f| f.attr("var") == Some("pubsub#deliver"))
+        .and_then(|f| f.children().next())
+        .map(Element::text)
+        .expect("pubsub#deliver")
+}
+
+#[tokio::test]
+async fn subscription_options_turn_delivery_off_and_outlive_a_restart() {
+    let mut server = TestServer::start().await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut bob = online(&server, "bob", "b", 0).await;
+    let mut carol = online(&server, "carol", "c", 0).await;
+    ok(&ask(&mut alice, "c1", "set", PUBSUB, "<create node='news'/>").await);
+    ok(&ask(&mut alice, "p0", "set", PUBSUB, &publish("i0", "zero")).await);
+
+    // §6.3.7: subscribe and configure at once; the result shows the options.
+    let subscribe = format!(
+        "<subscribe node='news' jid='bob@localhost'/><options>{}</options>",
+        options_form(&[("pubsub#deliver", "0"), ("pubsub#digest", "false")])
+    );
+    let reply = ok(&ask(&mut bob, "s1", "set", PUBSUB, &subscribe).await).unwrap();
+    let sub = reply.get_child("subscription", PUBSUB).unwrap();
+    assert_eq!(sub.attr("subscription"), Some("subscribed"));
+    assert!(sub.get_child("subscribe-options", PUBSUB).is_some());
+    let options = reply.get_child("options", PUBSUB).expect("the options");
+    assert_eq!(deliver_of(options), "0");
+    // Delivery off: not the last item (§6.1.7), not new ones.
+    ok(&ask(&mut alice, "p1", "set", PUBSUB, &publish("i1", "one")).await);
+    assert_no_event(&mut bob).await;
+    // A plain subscription says options are supported (§6.1.2).
+    let plain = ok(&ask(
+        &mut carol,
+        "s2",
+        "set",
+        PUBSUB,
+        "<subscribe node='news' jid='carol@localhost'/>",
+    )
+    .await)
+    .unwrap();
+    let sub = plain.get_child("subscription", PUBSUB).unwrap();
+    assert!(sub.get_child("subscribe-options", PUBSUB).is_some());
+
+    // §6.3.4 errors.
+    let get = |jid: &str| format!("<options node='news' jid='{jid}'/>");
+    let errors = [
+        ("carol", get("bob@localhost"), ("forbidden", None)),
+        (
+            "bob",
+            "<options node='news'/>".into(),
+            ("bad-request", Some("jid-required")),
+        ),
+        (
+            "bob",
+            "<options node='news' jid='bob@localhost' subid='x'/>".into(),
+            ("not-acceptable", Some("invalid-subid")),
+        ),
+        (
+            "bob",
+            "<options node='gone' jid='bob@localhost'/>".into(),
+            ("item-not-found", None),
+        ),
+    ];
+    for (i, (who, body, (condition, app))) in errors.into_iter().enumerate() {
+        let raw = if who == "bob" { &mut bob } else { &mut carol };
+        let reply = ask(raw, &format!("e{i}"), "get", PUBSUB, &body).await;
+        assert_eq!(
+            error_of(&reply),
+            (condition.to_string(), app.map(str::to_string)),
+            "{body}"
+        );
+    }
+    // The owner has no subscription of its own.
+    let stranger = ask(&mut alice, "e9", "get", PUBSUB, &get("alice@localhost")).await;
+    assert_eq!(
+        error_of(&stranger),
+        ("unexpected-request".into(), Some("not-subscribed".into()))
+    );
+    // §6.3.6: what the service does not offer is refused, and nothing changes.
+    let digest = format!(
+        "<options node='news' jid='bob@localhost'>{}</options>",
+        options_form(&[("pubsub#deliver", "1"), ("pubsub#digest", "1")])
+    );
+    let refused = ask(&mut bob, "o1", "set", PUBSUB, &digest).await;
+    assert_eq!(
+        error_of(&refused),
+        ("bad-request".into(), Some("invalid-options".into()))
+    );
+    // §6.3.7: the options of a subscribe name neither node nor JID.
+    let named = format!(
+        "<subscribe node='news' jid='carol@localhost'/><options node='news'>{}</options>",
+        options_form(&[])
+    );
+    let named = ask(&mut carol, "s3", "set", PUBSUB, &named).await;
+    assert_eq!(error_of(&named).0, "bad-request");
+
+    // Kept across a restart.
+    server.restart().await;
+    let mut alice = online(&server, "alice", "a", 0).await;
+    let mut bob = online(&server, "bob", "b", 0).await;
+    let form = ok(&ask(&mut bob, "o2", "get", PUBSUB, &get("bob@localhost")).await).unwrap();
+    let options = form.get_child("options", PUBSUB).unwrap();
+    assert_eq!(options.attr("jid"), Some("bob@localhost"));
+    assert_eq!(deliver_of(options), "0");
+    ok(&ask(&mut alice, "p2", "set", PUBSUB, &publish("i2", "two")).await);
+    assert_no_event(&mut bob).await;
+
+    // §6.3.5: delivery on again.
+    let on = format!(
+        "<options node='news' jid='bob@localhost'>{}</options>",
+        options_form(&[("pubsub#deliver", "true")])
+    );
+    ok(&ask(&mut bob, "o3", "set", PUBSUB, &on).await);
+    ok(&ask(&mut alice, "p3", "set", PUBSUB, &publish("i3", "three")).await);
+    let event = notification(&mut bob).await;
+    assert_eq!(item_ids(event.get_child("items", EVENT).unwrap()), ["i3"]);
 }

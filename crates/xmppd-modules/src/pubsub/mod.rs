@@ -3,11 +3,11 @@
 //! notifications.
 //!
 //! `node.rs` holds the rules (configuration, access and publish models), `subscriptions.rs`
-//! a subscription's states (approval by owners), `service.rs` the iq protocol both services
-//! share, `pep.rs` what only PEP does (implicit subscriptions by
-//! presence and caps, last items on presence), `host.rs` the generic service's address,
-//! `caps.rs` the capabilities cache, `bookmarks.rs` and `avatars.rs` the unification of PEP
-//! with the private XML and vCard modules (XEP-0402 §5.3, XEP-0398), when those are loaded.
+//! a subscription's states (approval by owners) and options, `service.rs` the iq protocol
+//! both services share, `pep.rs` what only PEP does (implicit subscriptions by presence and
+//! caps, last items on presence), `host.rs` the generic service's address, `caps.rs` the
+//! capabilities cache, `bookmarks.rs` and `avatars.rs` the unification of PEP with the
+//! private XML and vCard modules (XEP-0402 §5.3, XEP-0398), when those are loaded.
 
 mod avatars;
 mod bookmarks;
@@ -115,6 +115,7 @@ const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
     "http://jabber.org/protocol/pubsub#rsm",
     "http://jabber.org/protocol/pubsub#subscribe",
+    "http://jabber.org/protocol/pubsub#subscription-options",
 ];
 
 /// What only PEP does (XEP-0163 §1, §4).
@@ -156,8 +157,8 @@ impl Module for PubSub {
     const NAME: &'static str = "pubsub";
     const SPECS: &'static [Spec] = &[
         Spec::xep("XEP-0060", "1.30.0").partial(
-            "no subscription options; authorize access on the generic service only, pending \
-             requests not by ad-hoc command",
+            "authorize access on the generic service only, pending requests not by ad-hoc \
+             command; subscription options: deliver only; no SubIDs, no collections",
         ),
         Spec::xep("XEP-0084", "1.1.4"),
         Spec::xep("XEP-0115", "1.6.0").note(

@@ -12,7 +12,7 @@ use super::node::{
     may_access, may_publish, AccessModel, Affiliation, Denied, NodeConfig, Relation, SendLast,
     CONFIG_NS, PUBLISH_OPTIONS_NS,
 };
-use super::subscriptions::{authorization_form, Decision, SubState};
+use super::subscriptions::{authorization_form, Decision, SubOptions, SubState};
 use super::{bookmarks, PubSub, Service, ERRORS_NS, EVENT_NS, NS, OWNER_NS};
 use crate::forms::{Form, FormKind};
 use crate::subscription::Sub;
@@ -23,15 +23,6 @@ use xmppd_server::registry::{Ctx, IqResult};
 pub fn error(condition: C, app: &str) -> StanzaError {
     let mut e = StanzaError::new(condition);
     e.app_condition = Some(Box::new(Element::new(app, ERRORS_NS)));
-    e
-}
-
-/// `feature-not-implemented` with `<unsupported feature=…/>` (§10).
-fn unsupported(feature: &str) -> StanzaError {
-    let mut e = StanzaError::new(C::FeatureNotImplemented);
-    e.app_condition = Some(Box::new(
-        Element::new("unsupported", ERRORS_NS).with_attr("feature", feature),
-    ));
     e
 }
 
@@ -69,6 +60,7 @@ impl Node {
                 jid: jid.to_string(),
                 affiliation: "none".into(),
                 subscription: "none".into(),
+                options: String::new(),
             })
     }
 
@@ -214,6 +206,16 @@ fn submitted(parent: Option<&Element>) -> Result<Option<Form>, StanzaError> {
     }
 }
 
+/// Subscription options submitted in `parent` over `base` (§6.3.5); `bad-request` with
+/// `invalid-options` for a form that asks for what is not offered (§6.3.6).
+fn submitted_options(parent: &Element, base: SubOptions) -> Result<SubOptions, StanzaError> {
+    let invalid = |text: String| error(C::BadRequest, "invalid-options").with_text(text);
+    match submitted(Some(parent)).map_err(|e| invalid(e.text.unwrap_or_default()))? {
+        Some(form) => base.apply(&form).map_err(|e| invalid(e.0)),
+        None => Ok(base),
+    }
+}
+
 fn pubsub(ns: &str, child: Element) -> Option<Element> {
     Some(Element::new("pubsub", ns).with_child(child))
 }
@@ -231,10 +233,9 @@ impl PubSub {
             (NS, "create", true) => self.create(cx, svc, &from, action, extra).await,
             (NS, "publish", true) => self.publish(cx, svc, &from, action, extra).await,
             (NS, "retract", true) => self.retract(cx, svc, &from, action).await,
-            (NS, "subscribe", true) if extra.is_some() => Err(unsupported("subscription-options")),
-            (NS, "subscribe", true) => self.subscribe(cx, svc, &from, action).await,
+            (NS, "subscribe", true) => self.subscribe(cx, svc, &from, action, extra).await,
             (NS, "unsubscribe", true) => self.unsubscribe(cx, svc, &from, action).await,
-            (NS, "options", _) => Err(unsupported("subscription-options")),
+            (NS, "options", _) => self.options(cx, svc, &from, action, set).await,
             (NS, "items", false) => self.items(cx, svc, &from, action, payload).await,
             (NS, "subscriptions", false) => self.own(cx, svc, &from, action, true).await,
             (NS, "affiliations", false) => self.own(cx, svc, &from, action, false).await,
@@ -687,9 +688,21 @@ impl PubSub {
         svc: &Service,
         from: &Jid,
         action: &Element,
+        options: Option<&Element>,
     ) -> IqResult {
         let name = node_attr(action)?;
         let jid = Self::subscriber(from, action)?;
+        // §6.3.7: options to subscribe with follow, naming neither node nor JID.
+        let options = options
+            .map(|o| {
+                let named = o.attr("node").is_some() || o.attr("jid").is_some();
+                if o.is("options", NS) && !named {
+                    submitted_options(o, SubOptions::default())
+                } else {
+                    Err(StanzaError::new(C::BadRequest))
+                }
+            })
+            .transpose()?;
         let node = self.existing(cx, svc, name).await?;
         let judge = Judge::new(cx, svc).await?;
         let mut member = node.member(jid.as_str());
@@ -699,7 +712,13 @@ impl PubSub {
             .map_err(denied)?;
         if before != after {
             self.check_room(&node, after)?;
-            member.subscription = after.as_str().into();
+        }
+        let stored = member.clone();
+        member.subscription = after.as_str().into();
+        if let Some(options) = options {
+            member.options = options.to_text();
+        }
+        if member != stored {
             cx.storage()
                 .pubsub
                 .set_member(svc.jid(), &node.name, &member)
@@ -709,15 +728,66 @@ impl PubSub {
         if after == SubState::Pending {
             ask_owners(cx, svc, &node, jid.as_str());
         } else {
-            self.welcome(cx, svc, &node, jid.as_str()).await?;
+            self.welcome(cx, svc, &node, &member).await?;
         }
-        Ok(pubsub(
-            NS,
-            Element::new("subscription", NS)
+        // §6.1.2: options are supported (not required).
+        let subscription = Element::new("subscription", NS)
+            .with_attr("node", node.name)
+            .with_attr("jid", jid.as_str())
+            .with_attr("subscription", after.as_str())
+            .with_child(Element::new("subscribe-options", NS));
+        let mut reply = Element::new("pubsub", NS).with_child(subscription);
+        if let Some(options) = options {
+            reply.push_child(
+                Element::new("options", NS)
+                    .with_child(options.to_form(FormKind::Result).to_element()),
+            );
+        }
+        Ok(Some(reply))
+    }
+
+    /// §6.3: a subscriber reads or changes the options of its subscription.
+    async fn options(
+        &self,
+        cx: &mut Ctx<'_>,
+        svc: &Service,
+        from: &Jid,
+        action: &Element,
+        set: bool,
+    ) -> IqResult {
+        let name = node_attr(action)?;
+        let jid = match action.attr("jid") {
+            None | Some("") => return Err(error(C::BadRequest, "jid-required")),
+            Some(j) => Jid::new(j).map_err(|_| C::JidMalformed)?,
+        };
+        // §6.3.4.1: the bare JIDs must match.
+        if jid.to_bare() != from.to_bare() {
+            return Err(C::Forbidden.into());
+        }
+        let node = self.existing(cx, svc, name).await?;
+        let mut member = node.member(jid.as_str());
+        if member.subscription == "none" {
+            return Err(error(C::UnexpectedRequest, "not-subscribed"));
+        }
+        // §6.3.4.4: this service hands out no SubIDs, so none is valid.
+        if action.attr("subid").is_some() {
+            return Err(error(C::NotAcceptable, "invalid-subid"));
+        }
+        let current = SubOptions::from_text(&member.options);
+        if !set {
+            let options = Element::new("options", NS)
                 .with_attr("node", node.name)
                 .with_attr("jid", jid.as_str())
-                .with_attr("subscription", after.as_str()),
-        ))
+                .with_child(current.to_form(FormKind::Form).to_element());
+            return Ok(pubsub(NS, options));
+        }
+        member.options = submitted_options(action, current)?.to_text();
+        cx.storage()
+            .pubsub
+            .set_member(svc.jid(), &node.name, &member)
+            .await
+            .map_err(storage_error)?;
+        Ok(None)
     }
 
     /// Whether a new subscription, or request for one, fits under the limits.
@@ -734,18 +804,20 @@ impl PubSub {
         Ok(())
     }
 
-    /// §6.1.7: a new subscriber gets the last item, if the node says so.
+    /// §6.1.7: a new subscriber gets the last item, if the node says so and its options
+    /// do not turn delivery off.
     async fn welcome(
         &self,
         cx: &mut Ctx<'_>,
         svc: &Service,
         node: &Node,
-        jid: &str,
+        member: &Member,
     ) -> Result<(), StanzaError> {
-        if node.config.send_last_published_item == SendLast::Never {
+        let never = node.config.send_last_published_item == SendLast::Never;
+        if never || !SubOptions::from_text(&member.options).deliver {
             return Ok(());
         }
-        self.send_last(cx, svc, node, jid).await
+        self.send_last(cx, svc, node, &member.jid).await
     }
 
     /// Stores an owner's change of `member`'s subscription and tells the subscriber (§8.6,
@@ -759,6 +831,9 @@ impl PubSub {
         state: SubState,
     ) -> Result<(), StanzaError> {
         member.subscription = state.as_str().into();
+        if state == SubState::None {
+            member.options.clear();
+        }
         cx.storage()
             .pubsub
             .set_member(svc.jid(), &node.name, &member)
@@ -770,7 +845,7 @@ impl PubSub {
             .with_attr("subscription", state.as_str());
         cx.route_element(event_message(svc, &member.jid, child));
         if state == SubState::Subscribed {
-            self.welcome(cx, svc, node, &member.jid).await?;
+            self.welcome(cx, svc, node, &member).await?;
         }
         Ok(())
     }
@@ -819,6 +894,7 @@ impl PubSub {
             return Err(error(C::UnexpectedRequest, "not-subscribed"));
         }
         member.subscription = "none".into();
+        member.options.clear();
         cx.storage()
             .pubsub
             .set_member(svc.jid(), &node.name, &member)
@@ -1050,6 +1126,7 @@ impl PubSub {
             .members
             .iter()
             .filter(|m| m.subscription == "subscribed")
+            .filter(|m| SubOptions::from_text(&m.options).deliver)
             .map(|m| m.jid.clone())
             .collect();
         if let Service::Pep(_) = svc {

@@ -1,11 +1,13 @@
 //! A subscription's state (XEP-0060 §4.2: none, pending, subscribed) and how it changes: a
-//! subscribe request (§6.1), an owner's answer to a request for approval (§8.6). Pure, so
-//! the rules are tested without a server.
+//! subscribe request (§6.1), an owner's answer to a request for approval (§8.6); and its
+//! options (§6.3, §16.4.3 `pubsub#subscribe_options`). Pure, so the rules are tested without
+//! a server.
 
 use super::node::{may_access, AccessModel, Affiliation, Denied, NodeConfig, Relation};
 use crate::forms::{Field, Form, FormError, FormKind};
 
 pub const AUTHORIZATION_NS: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
+pub const OPTIONS_NS: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SubState {
@@ -62,6 +64,70 @@ impl SubState {
             (SubState::Pending, false) => Some(SubState::None),
             _ => None,
         }
+    }
+}
+
+/// A subscription's options (§6.3). Digests, expiry and presence-based delivery
+/// (`pubsub#show-values`) are not offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubOptions {
+    /// `pubsub#deliver`: false keeps the subscription but sends no notifications.
+    pub deliver: bool,
+}
+
+impl Default for SubOptions {
+    fn default() -> Self {
+        SubOptions { deliver: true }
+    }
+}
+
+impl SubOptions {
+    /// The options form (§6.3.2), `form` to fill in or `result` to show.
+    pub fn to_form(self, kind: FormKind) -> Form {
+        Form::new(kind).field(Field::form_type(OPTIONS_NS)).field(
+            Field::new("pubsub#deliver", "boolean")
+                .label("Enable delivery?")
+                .boolean_value(self.deliver),
+        )
+    }
+
+    /// These options with a submitted form applied (§6.3.5). Anything this service does
+    /// not do is an error (§6.3.6), except asking for what it does anyway: no digests, no
+    /// body (clients send the form of the §6.3.5 example).
+    pub fn apply(self, form: &Form) -> Result<SubOptions, FormError> {
+        if form.form_type().is_some_and(|t| t != OPTIONS_NS) {
+            return Err(FormError(format!("FORM_TYPE must be {OPTIONS_NS}")));
+        }
+        let mut o = self;
+        for field in &form.fields {
+            let var = field.var.as_str();
+            match var {
+                "FORM_TYPE" => {}
+                "pubsub#deliver" => o.deliver = form.boolean(var)?.unwrap_or(o.deliver),
+                "pubsub#digest" | "pubsub#include_body" if form.boolean(var)? != Some(true) => {}
+                _ => return Err(FormError(format!("{var} is not an option of this service"))),
+            }
+        }
+        Ok(o)
+    }
+
+    /// The stored form of these options: empty for the defaults, the common case.
+    pub fn to_text(self) -> String {
+        if self == SubOptions::default() {
+            return String::new();
+        }
+        self.to_form(FormKind::Result).to_element().to_xml()
+    }
+
+    /// Reads what [`SubOptions::to_text`] wrote.
+    pub fn from_text(text: &str) -> SubOptions {
+        if text.is_empty() {
+            return SubOptions::default();
+        }
+        xmppd_xml::parse_fragment(text, crate::forms::NS)
+            .and_then(|x| Form::parse(&x).ok())
+            .and_then(|f| SubOptions::default().apply(&f).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -205,6 +271,45 @@ mod tests {
         for s in [SubState::None, SubState::Pending, SubState::Subscribed] {
             assert_eq!(SubState::parse(s.as_str()), s);
         }
+    }
+
+    fn submitted(fields: &[(&str, &str)]) -> Form {
+        fields
+            .iter()
+            .fold(Form::new(FormKind::Submit), |f, (var, value)| {
+                f.field(Field::new(*var, "text-single").value(*value))
+            })
+    }
+
+    #[test]
+    fn options_apply_what_is_offered_and_refuse_the_rest() {
+        let off = SubOptions::default()
+            .apply(&submitted(&[
+                ("FORM_TYPE", OPTIONS_NS),
+                ("pubsub#deliver", "false"),
+                ("pubsub#digest", "0"),
+                ("pubsub#include_body", "false"),
+            ]))
+            .unwrap();
+        assert!(!off.deliver);
+        assert_eq!(SubOptions::from_text(&off.to_text()), off);
+        assert_eq!(SubOptions::default().to_text(), "");
+        assert_eq!(SubOptions::from_text(""), SubOptions::default());
+        for bad in [
+            [("FORM_TYPE", AUTHORIZATION_NS)],
+            [("pubsub#deliver", "maybe")],
+            [("pubsub#digest", "1")],
+            [("pubsub#show-values", "away")],
+            [("pubsub#expire", "presence")],
+        ] {
+            assert!(
+                SubOptions::default().apply(&submitted(&bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+        let form = SubOptions::default().to_form(FormKind::Form);
+        assert_eq!(form.boolean("pubsub#deliver"), Ok(Some(true)));
+        assert_eq!(form.form_type(), Some(OPTIONS_NS));
     }
 
     #[test]
