@@ -936,3 +936,68 @@ async fn a_vcard_photo_becomes_the_pep_avatar() {
     assert_result(&alice.iq("vs", &set).await);
     assert_no_event(&mut bob).await;
 }
+
+/// The `<c/>` in a `<stream:features/>` (XEP-0115 §6.3).
+fn features_caps(features: &str) -> Element {
+    let open = "<stream:features>";
+    let start = features.find(open).expect("features") + open.len();
+    let end = features
+        .find("</stream:features>")
+        .expect("the end of the features");
+    let list = parse(&format!("<features>{}</features>", &features[start..end]));
+    let c = list
+        .get_child("c", CAPS)
+        .expect("caps among the stream features");
+    assert_eq!(c.attr("hash"), Some("sha-1"));
+    c.clone()
+}
+
+const CAPS: &str = "http://jabber.org/protocol/caps";
+
+#[tokio::test]
+async fn the_server_caps_in_its_stream_features_hash_its_disco_info() {
+    // XEP-0157 addresses make an extended form (XEP-0128) part of the hash.
+    let server = TestServer::start_with(|c| {
+        c.server
+            .contact_addresses
+            .insert("admin".into(), vec!["xmpp:admin@localhost".into()]);
+    })
+    .await;
+    server.add_user("alice", common::PASSWORD).await;
+    let (mut raw, before_auth) = Raw::secure(server.c2s).await;
+    let reply = raw.auth_plain("alice", common::PASSWORD).await;
+    assert!(reply.contains("<success"), "{reply}");
+    let after_auth = features_caps(&raw.open().await);
+    assert_eq!(
+        features_caps(&before_auth).attr("ver"),
+        after_auth.attr("ver")
+    );
+    raw.bind(Some("r")).await;
+
+    let node = after_auth.attr("node").unwrap().to_string();
+    let ver = after_auth.attr("ver").unwrap().to_string();
+    let ask = |id: &str, node: Option<&str>| {
+        let node = node.map(|n| format!(" node='{n}'")).unwrap_or_default();
+        format!("<iq type='get' id='{id}' to='localhost'><query xmlns='{DISCO_INFO}'{node}/></iq>")
+    };
+    let info = parse(&raw.iq("d1", &ask("d1", None)).await);
+    let query = info.get_child("query", DISCO_INFO).expect("disco#info");
+    assert!(query.to_xml().contains("xmpp:admin@localhost"), "{query:?}");
+    assert!(query.children().any(|f| f.attr("var") == Some(CAPS)));
+    assert_eq!(
+        xmppd_modules::pubsub::caps_ver(query).as_deref(),
+        Some(ver.as_str())
+    );
+
+    // §6.2: node#ver answers the same, naming the node.
+    let caps_node = format!("{node}#{ver}");
+    let by_node = parse(&raw.iq("d2", &ask("d2", Some(&caps_node))).await);
+    let by_node = by_node.get_child("query", DISCO_INFO).expect("disco#info");
+    assert_eq!(by_node.attr("node"), Some(caps_node.as_str()));
+    assert_eq!(xmppd_modules::pubsub::caps_ver(by_node), Some(ver));
+    assert_eq!(by_node.children().count(), query.children().count());
+    // Another ver is no node of the server.
+    let stale = ask("d3", Some(&format!("{node}#old=")));
+    let stale = parse(&raw.iq("d3", &stale).await);
+    assert_eq!(stale.attr("type"), Some("error"));
+}

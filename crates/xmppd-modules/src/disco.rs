@@ -1,16 +1,54 @@
-//! XEP-0030 Service Discovery: the identities and features the loaded modules registered.
+//! XEP-0030 Service Discovery: the identities and features the loaded modules registered;
+//! and the server's own XEP-0115 capabilities, a hash of that answer, in its stream features
+//! (XEP-0115 §6.3).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use xmppd_core::{ns, Element, Stanza, StanzaErrorCondition};
 
-use super::{roster, NoConfig};
+use super::{pubsub, roster, NoConfig};
 use xmppd_server::registry::{
-    Ctx, Identity, IqHandler, IqResult, IqTarget, Module, On, Registry, Spec,
+    Ctx, Hooks, Identity, IqHandler, IqResult, IqTarget, Module, On, Registry, Spec, Stage,
 };
 
-pub struct Disco;
+/// The XEP-0115 node naming this software.
+pub const CAPS_NODE: &str = "https://github.com/xmppd/xmppd";
+
+pub struct Disco {
+    /// XEP-0157 addresses, from `[server]` (a reload does not change them).
+    addresses: BTreeMap<String, Vec<String>>,
+    /// The `ver` of the server's disco#info, computed once: what is registered is frozen.
+    ver: OnceLock<String>,
+}
+
+impl Disco {
+    /// The server's disco#info `<query/>` (§3.1), as every domain answers it.
+    fn server_info(&self, hooks: &Hooks) -> Element {
+        let mut query = registered_info(hooks, On::Server);
+        if !self.addresses.is_empty() {
+            query.push_child(contact_form(&self.addresses));
+        }
+        query
+    }
+
+    /// XEP-0115 §5: the hash of [`Disco::server_info`].
+    fn ver(&self, hooks: &Hooks) -> &str {
+        self.ver.get_or_init(|| {
+            // Only a module registering one feature twice could make it unhashable (§5.4).
+            pubsub::caps_ver(&self.server_info(hooks)).unwrap_or_default()
+        })
+    }
+
+    /// `<c/>` for the stream features (XEP-0115 §6.3).
+    fn caps(&self, hooks: &Hooks) -> Element {
+        Element::new("c", pubsub::CAPS_NS)
+            .with_attr("hash", "sha-1")
+            .with_attr("node", CAPS_NODE)
+            .with_attr("ver", self.ver(hooks))
+    }
+}
 
 fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
     let mut el = Element::new("identity", ns::DISCO_INFO)
@@ -22,10 +60,22 @@ fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
     el
 }
 
+/// The identities and features the loaded modules registered for `on`.
+fn registered_info(hooks: &Hooks, on: On) -> Element {
+    let mut query = Element::new("query", ns::DISCO_INFO);
+    for i in hooks.identities(on) {
+        query.push_child(identity(i.category, i.kind, i.name));
+    }
+    for feature in hooks.features(on) {
+        query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *feature));
+    }
+    query
+}
+
 const DATA: &str = "jabber:x:data";
 
 /// XEP-0157 contact addresses as a XEP-0128 extended-information form.
-fn contact_form(addresses: &std::collections::BTreeMap<String, Vec<String>>) -> Element {
+fn contact_form(addresses: &BTreeMap<String, Vec<String>>) -> Element {
     let field = |var: String, kind: Option<&str>| {
         let mut f = Element::new("field", DATA).with_attr("var", var);
         if let Some(kind) = kind {
@@ -59,11 +109,22 @@ impl Module for Disco {
     type Config = NoConfig;
 
     fn register(_: NoConfig, r: &mut Registry) -> Result<(), String> {
+        let disco = Arc::new(Disco {
+            addresses: r.server_config().server.contact_addresses.clone(),
+            ver: OnceLock::new(),
+        });
         for on in [On::Server, On::Account] {
             for (ns, name) in [(ns::DISCO_INFO, "query"), (ns::DISCO_ITEMS, "query")] {
-                r.iq(on, ns, name, Arc::new(Disco));
+                r.iq(on, ns, name, disco.clone());
                 r.disco_feature(on, ns);
             }
+        }
+        // XEP-0115 §7: an entity that advertises caps lists the feature. §6.3: the caps go
+        // in the stream features before and after authentication.
+        r.disco_feature(On::Server, pubsub::CAPS_NS);
+        for stage in [Stage::PreAuth, Stage::PostAuth] {
+            let disco = disco.clone();
+            r.stream_feature(stage, Box::new(move |info| Some(disco.caps(info.hooks))));
         }
         r.disco_identity(
             On::Server,
@@ -127,6 +188,17 @@ impl IqHandler for Disco {
             }
             return Ok(Some(query));
         }
+        if on == On::Server {
+            // XEP-0115 §6.2: `node#ver` is the same answer, naming the node.
+            let caps_node = node.is_some_and(|n| n == format!("{CAPS_NODE}#{}", self.ver(hooks)));
+            if node.is_none() || caps_node {
+                let mut query = self.server_info(hooks);
+                if let Some(node) = node {
+                    query.set_attr("node", node);
+                }
+                return Ok(Some(query));
+            }
+        }
         if let Some(node) = node {
             // XEP-0030 §3.2: info about a node belongs to whoever owns the node.
             for provider in hooks.disco_providers(on) {
@@ -136,17 +208,6 @@ impl IqHandler for Disco {
             }
             return Err(StanzaErrorCondition::ItemNotFound.into());
         }
-        let mut query = Element::new("query", ns::DISCO_INFO);
-        for i in hooks.identities(on) {
-            query.push_child(identity(i.category, i.kind, i.name));
-        }
-        for feature in hooks.features(on) {
-            query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *feature));
-        }
-        let addresses = &cx.config().server.contact_addresses;
-        if on == On::Server && !addresses.is_empty() {
-            query.push_child(contact_form(addresses));
-        }
-        Ok(Some(query))
+        Ok(Some(registered_info(hooks, on)))
     }
 }

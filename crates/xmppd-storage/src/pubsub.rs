@@ -19,7 +19,10 @@ pub struct StoredItem {
 pub struct Member {
     pub jid: String,
     pub affiliation: String,
+    /// "none", "pending" or "subscribed".
     pub subscription: String,
+    /// The subscription's options as the pubsub module wrote them; empty for the defaults.
+    pub options: String,
 }
 
 #[async_trait]
@@ -89,6 +92,7 @@ mod sqlite {
             jid: row.try_get("jid")?,
             affiliation: row.try_get("affiliation")?,
             subscription: row.try_get("subscription")?,
+            options: row.try_get("options")?,
         })
     }
 
@@ -276,7 +280,7 @@ mod sqlite {
 
         async fn members(&self, service: &str, node: &str) -> Result<Vec<Member>> {
             let rows = sqlx::query(
-                "SELECT jid, affiliation, subscription FROM pubsub_members \
+                "SELECT jid, affiliation, subscription, options FROM pubsub_members \
                  WHERE service = $1 AND node = $2 ORDER BY jid",
             )
             .bind(service)
@@ -299,15 +303,17 @@ mod sqlite {
                 return Ok(());
             }
             sqlx::query(
-                "INSERT INTO pubsub_members (service, node, jid, affiliation, subscription) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, node, jid) DO UPDATE SET \
-                 affiliation = excluded.affiliation, subscription = excluded.subscription",
+                "INSERT INTO pubsub_members (service, node, jid, affiliation, subscription, options) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, node, jid) DO UPDATE SET \
+                 affiliation = excluded.affiliation, subscription = excluded.subscription, \
+                 options = excluded.options",
             )
             .bind(service)
             .bind(node)
             .bind(&m.jid)
             .bind(&m.affiliation)
             .bind(&m.subscription)
+            .bind(&m.options)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -315,7 +321,7 @@ mod sqlite {
 
         async fn memberships(&self, service: &str, jid: &str) -> Result<Vec<(String, Member)>> {
             let rows = sqlx::query(
-                "SELECT node, jid, affiliation, subscription FROM pubsub_members \
+                "SELECT node, jid, affiliation, subscription, options FROM pubsub_members \
                  WHERE service = $1 AND jid = $2 ORDER BY node",
             )
             .bind(service)
@@ -412,10 +418,13 @@ mod tests {
         let bob = Member {
             jid: "b@x/r".into(),
             affiliation: "none".into(),
-            subscription: "subscribed".into(),
+            subscription: "pending".into(),
+            options: "<x/>".into(),
         };
         s.set_member("a@x", "n", &bob).await.unwrap();
         assert_eq!(s.members("a@x", "n").await.unwrap().len(), 2);
+        // Pending subscriptions and options are kept as they were written.
+        assert!(s.members("a@x", "n").await.unwrap().contains(&bob));
         assert_eq!(s.memberships("a@x", "b@x/r").await.unwrap().len(), 1);
         s.set_member("c@x", "n", &bob).await.unwrap();
         s.remove_service("b@x").await.unwrap();

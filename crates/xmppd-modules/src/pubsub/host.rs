@@ -85,10 +85,13 @@ impl Host for ServiceHost {
             },
             // Results, errors (of notifications) and presence end here.
             StanzaKind::Iq | StanzaKind::Presence => {}
-            StanzaKind::Message => cx.bounce(
-                &stanza,
-                StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
-            ),
+            // Owners' answers to approval requests (XEP-0060 §8.6); errors are not answered.
+            StanzaKind::Message if stanza.is_error() => {}
+            StanzaKind::Message => {
+                if let Err(e) = self.module.authorization(cx, &self.svc, &stanza).await {
+                    cx.bounce(&stanza, e);
+                }
+            }
         }
     }
 }

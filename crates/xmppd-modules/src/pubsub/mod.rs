@@ -2,11 +2,12 @@
 //! generic service at `pubsub.<domain>`; entity capabilities (XEP-0115) filter PEP's
 //! notifications.
 //!
-//! `node.rs` holds the rules (configuration, access and publish models), `service.rs` the
-//! iq protocol both services share, `pep.rs` what only PEP does (implicit subscriptions by
-//! presence and caps, last items on presence), `host.rs` the generic service's address,
-//! `caps.rs` the capabilities cache, `bookmarks.rs` and `avatars.rs` the unification of PEP
-//! with the private XML and vCard modules (XEP-0402 §5.3, XEP-0398), when those are loaded.
+//! `node.rs` holds the rules (configuration, access and publish models), `subscriptions.rs`
+//! a subscription's states (approval by owners) and options, `service.rs` the iq protocol
+//! both services share, `pep.rs` what only PEP does (implicit subscriptions by presence and
+//! caps, last items on presence), `host.rs` the generic service's address, `caps.rs` the
+//! capabilities cache, `bookmarks.rs` and `avatars.rs` the unification of PEP with the
+//! private XML and vCard modules (XEP-0402 §5.3, XEP-0398), when those are loaded.
 
 mod avatars;
 mod bookmarks;
@@ -15,6 +16,7 @@ mod host;
 mod node;
 mod pep;
 mod service;
+mod subscriptions;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use serde::Deserialize;
 use xmppd_core::BareJid;
 use xmppd_server::registry::{EventKind, ExtKey, Identity, IqHandler, Module, On, Registry, Spec};
 
-pub use caps::Caps;
+pub use caps::{ver_of as caps_ver, Caps, NS as CAPS_NS};
 pub use node::NodeConfig;
 
 pub const NS: &str = "http://jabber.org/protocol/pubsub";
@@ -43,8 +45,10 @@ pub struct Config {
     pub max_items: usize,
     /// Largest item payload, in bytes of XML.
     pub max_item_size: usize,
-    /// Most subscriptions per node.
+    /// Most subscriptions per node (pending ones included).
     pub max_subscriptions: usize,
+    /// Most subscription requests per node waiting for an owner's approval.
+    pub max_pending: usize,
 }
 
 impl Default for Config {
@@ -55,6 +59,7 @@ impl Default for Config {
             max_items: 256,
             max_item_size: 64 * 1024,
             max_subscriptions: 1000,
+            max_pending: 100,
         }
     }
 }
@@ -110,6 +115,7 @@ const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
     "http://jabber.org/protocol/pubsub#rsm",
     "http://jabber.org/protocol/pubsub#subscribe",
+    "http://jabber.org/protocol/pubsub#subscription-options",
 ];
 
 /// What only PEP does (XEP-0163 §1, §4).
@@ -120,8 +126,12 @@ const PEP_FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#presence-notifications",
 ];
 
-/// What only the generic service does (§8.1.2 instant nodes).
-const SERVICE_FEATURES: &[&str] = &["http://jabber.org/protocol/pubsub#instant-nodes"];
+/// What only the generic service does (§8.1.2 instant nodes; §4.5 authorize, whose approval
+/// forms a PEP owner could not answer).
+const SERVICE_FEATURES: &[&str] = &[
+    "http://jabber.org/protocol/pubsub#access-authorize",
+    "http://jabber.org/protocol/pubsub#instant-nodes",
+];
 
 pub struct PubSub {
     config: Config,
@@ -146,11 +156,15 @@ pub struct Wrapped {
 impl Module for PubSub {
     const NAME: &'static str = "pubsub";
     const SPECS: &'static [Spec] = &[
-        Spec::xep("XEP-0060", "1.30.0")
-            .partial("no authorize access model, no subscription options"),
+        Spec::xep("XEP-0060", "1.30.0").partial(
+            "authorize access on the generic service only, pending requests not by ad-hoc \
+             command; subscription options: deliver only; no SubIDs, no collections",
+        ),
         Spec::xep("XEP-0084", "1.1.4"),
-        Spec::xep("XEP-0115", "1.6.0")
-            .note("tracked for PEP notifications; unknown hashes queried, over federation too"),
+        Spec::xep("XEP-0115", "1.6.0").note(
+            "tracked for PEP notifications; unknown hashes queried, over federation too; \
+             the server's own in its stream features",
+        ),
         Spec::xep("XEP-0163", "1.2.2"),
         Spec::xep("XEP-0172", ""),
         Spec::xep("XEP-0223", "1.1.1"),

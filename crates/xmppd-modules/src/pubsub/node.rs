@@ -6,12 +6,14 @@ use crate::forms::{Field, Form, FormError, FormKind};
 pub const CONFIG_NS: &str = "http://jabber.org/protocol/pubsub#node_config";
 pub const PUBLISH_OPTIONS_NS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 
-/// §4.5. `authorize` is not offered: a request queue for owners is not built yet.
+/// §4.5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessModel {
     Open,
     Presence,
     Roster,
+    /// Owners approve each subscriber; only subscribers see items.
+    Authorize,
     Whitelist,
 }
 
@@ -54,7 +56,7 @@ macro_rules! choices {
     };
 }
 
-choices!(AccessModel { Open => "open", Presence => "presence", Roster => "roster", Whitelist => "whitelist" });
+choices!(AccessModel { Open => "open", Presence => "presence", Roster => "roster", Authorize => "authorize", Whitelist => "whitelist" });
 choices!(PublishModel { Publishers => "publishers", Subscribers => "subscribers", Open => "open" });
 choices!(SendLast { Never => "never", OnSub => "on_sub", OnSubAndPresence => "on_sub_and_presence" });
 
@@ -271,6 +273,8 @@ pub struct Relation {
     pub presence_subscribed: bool,
     /// The owner's roster groups the requester is in.
     pub groups: Vec<String>,
+    /// Subscribed to the node (a pending request is not).
+    pub subscribed: bool,
 }
 
 /// Why access is refused: each has its own error (§6.1.3, §6.5.9).
@@ -280,6 +284,10 @@ pub enum Denied {
     PresenceSubscriptionRequired,
     NotInRosterGroup,
     ClosedNode,
+    /// An authorize node, and no subscription (a pending one included, §6.5.9.3).
+    NotSubscribed,
+    /// A subscription request already waits for an owner (§6.1.3.7).
+    Pending,
 }
 
 /// Whether `who` may subscribe to and retrieve items of a node with `config`.
@@ -302,8 +310,16 @@ pub fn may_access(config: &NodeConfig, who: &Relation) -> Result<(), Denied> {
             Ok(())
         }
         AccessModel::Roster => Err(Denied::NotInRosterGroup),
+        AccessModel::Authorize if who.subscribed => Ok(()),
+        AccessModel::Authorize => Err(Denied::NotSubscribed),
         AccessModel::Whitelist => Err(Denied::ClosedNode),
     }
+}
+
+/// Whether `who` may learn that the node exists (disco, §5.2): whoever may access it, and
+/// for an authorize node anyone but outcasts, who must find it to ask for a subscription.
+pub fn may_discover(config: &NodeConfig, who: &Relation) -> bool {
+    matches!(may_access(config, who), Ok(()) | Err(Denied::NotSubscribed))
 }
 
 /// Whether `who` may publish to a node with `config` (§7.1.3.1).
@@ -358,7 +374,7 @@ mod tests {
         let base = NodeConfig::pep_default();
         for bad in [
             ("pubsub#persist_items", "yes"),
-            ("pubsub#access_model", "authorize"),
+            ("pubsub#access_model", "bogus"),
             ("pubsub#max_items", "-1"),
             ("pubsub#max_items", "101"),
             ("pubsub#unknown", "1"),
@@ -410,6 +426,14 @@ mod tests {
         c.access_model = AccessModel::Whitelist;
         assert_eq!(may_access(&c, &contact), Err(Denied::ClosedNode));
         assert_eq!(may_access(&c, &owner), Ok(()));
+        c.access_model = AccessModel::Authorize;
+        assert_eq!(may_access(&c, &contact), Err(Denied::NotSubscribed));
+        assert!(may_discover(&c, &contact));
+        let subscriber = Relation {
+            subscribed: true,
+            ..Relation::default()
+        };
+        assert_eq!(may_access(&c, &subscriber), Ok(()));
         c.access_model = AccessModel::Open;
         assert_eq!(may_access(&c, &stranger), Ok(()));
         let outcast = Relation {
@@ -417,6 +441,8 @@ mod tests {
             ..Relation::default()
         };
         assert_eq!(may_access(&c, &outcast), Err(Denied::Outcast));
+        c.access_model = AccessModel::Authorize;
+        assert!(!may_discover(&c, &outcast));
     }
 
     #[test]

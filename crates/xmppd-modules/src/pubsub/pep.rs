@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use xmppd_core::{ns, BareJid, Element, Jid, Stanza, StanzaErrorCondition};
 
 use super::caps::{self, Features};
-use super::node::{may_access, SendLast};
+use super::node::{may_access, may_discover, SendLast};
 use super::service::Judge;
 use super::{PubSub, Service};
 use xmppd_server::registry::{
@@ -248,7 +248,14 @@ impl PubSub {
             let Ok(Some(n)) = self.load(cx, svc, &name).await else {
                 continue;
             };
-            if may_access(&n.config, &judge.relation(Some(&n), &from.to_bare())).is_err() {
+            let relation = judge.relation_of(&n, from);
+            // The node itself is listed to whoever may ask to subscribe; its items to
+            // whoever may read them.
+            let visible = match node {
+                None => may_discover(&n.config, &relation),
+                Some(_) => may_access(&n.config, &relation).is_ok(),
+            };
+            if !visible {
                 continue;
             }
             if node.is_none() {
@@ -284,7 +291,7 @@ impl PubSub {
     ) -> Option<Element> {
         let n = self.load(cx, svc, node).await.ok()??;
         let judge = Judge::new(cx, svc).await.ok()?;
-        may_access(&n.config, &judge.relation(Some(&n), &from?.to_bare())).ok()?;
+        may_discover(&n.config, &judge.relation_of(&n, from?)).then_some(())?;
         Some(
             Element::new("query", ns::DISCO_INFO)
                 .with_attr("node", node)

@@ -9,9 +9,10 @@ use xmppd_core::{ns, BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCond
 use xmppd_storage::{Member, RosterItem, StoredItem};
 
 use super::node::{
-    may_access, may_publish, Affiliation, Denied, NodeConfig, Relation, SendLast, CONFIG_NS,
-    PUBLISH_OPTIONS_NS,
+    may_access, may_publish, AccessModel, Affiliation, Denied, NodeConfig, Relation, SendLast,
+    CONFIG_NS, PUBLISH_OPTIONS_NS,
 };
+use super::subscriptions::{authorization_form, Decision, SubOptions, SubState};
 use super::{bookmarks, PubSub, Service, ERRORS_NS, EVENT_NS, NS, OWNER_NS};
 use crate::forms::{Form, FormKind};
 use crate::subscription::Sub;
@@ -25,15 +26,6 @@ pub fn error(condition: C, app: &str) -> StanzaError {
     e
 }
 
-/// `feature-not-implemented` with `<unsupported feature=…/>` (§10).
-fn unsupported(feature: &str) -> StanzaError {
-    let mut e = StanzaError::new(C::FeatureNotImplemented);
-    e.app_condition = Some(Box::new(
-        Element::new("unsupported", ERRORS_NS).with_attr("feature", feature),
-    ));
-    e
-}
-
 fn denied(d: Denied) -> StanzaError {
     match d {
         Denied::Outcast => StanzaError::new(C::Forbidden),
@@ -42,6 +34,8 @@ fn denied(d: Denied) -> StanzaError {
         }
         Denied::NotInRosterGroup => error(C::NotAuthorized, "not-in-roster-group"),
         Denied::ClosedNode => error(C::NotAllowed, "closed-node"),
+        Denied::NotSubscribed => error(C::NotAuthorized, "not-subscribed"),
+        Denied::Pending => error(C::NotAuthorized, "pending-subscription"),
     }
 }
 
@@ -66,6 +60,7 @@ impl Node {
                 jid: jid.to_string(),
                 affiliation: "none".into(),
                 subscription: "none".into(),
+                options: String::new(),
             })
     }
 
@@ -104,6 +99,14 @@ impl Judge {
         })
     }
 
+    /// How `jid` stands with `node`, its subscription (bare or full) included.
+    pub fn relation_of(&self, node: &Node, jid: &Jid) -> Relation {
+        Relation {
+            subscribed: node.subscribed(jid),
+            ..self.relation(Some(node), &jid.to_bare())
+        }
+    }
+
     /// §4.5: how `bare` stands with `node` (owner of a PEP service, contact, affiliate).
     pub fn relation(&self, node: Option<&Node>, bare: &BareJid) -> Relation {
         if let Service::Pep(owner) = &self.svc {
@@ -122,6 +125,7 @@ impl Judge {
             affiliation,
             presence_subscribed: item.is_some_and(|i| Sub::parse(&i.subscription).has_from()),
             groups: item.map(|i| i.groups.clone()).unwrap_or_default(),
+            subscribed: false,
         }
     }
 }
@@ -163,6 +167,22 @@ pub(super) fn items_element(ns: &str, node: &str, items: &[StoredItem], payloads
     el
 }
 
+/// §8.6: asks every owner of `node` to approve `jid`'s subscription.
+fn ask_owners(cx: &mut Ctx<'_>, svc: &Service, node: &Node, jid: &str) {
+    let form = authorization_form(&node.name, jid).to_element();
+    let body = format!("{jid} asks to subscribe to {}.", node.name);
+    for owner in node.members.iter().filter(|m| m.affiliation == "owner") {
+        cx.route_element(
+            Element::new("message", ns::CLIENT)
+                .with_attr("from", svc.jid())
+                .with_attr("to", owner.jid.clone())
+                .with_attr("id", xmppd_server::stream::random_id(12))
+                .with_child(Element::new("body", ns::CLIENT).with_text(body.clone()))
+                .with_child(form.clone()),
+        );
+    }
+}
+
 /// Longest node name or item id: names, not documents.
 const MAX_NAME: usize = 1024;
 
@@ -186,6 +206,16 @@ fn submitted(parent: Option<&Element>) -> Result<Option<Form>, StanzaError> {
     }
 }
 
+/// Subscription options submitted in `parent` over `base` (§6.3.5); `bad-request` with
+/// `invalid-options` for a form that asks for what is not offered (§6.3.6).
+fn submitted_options(parent: &Element, base: SubOptions) -> Result<SubOptions, StanzaError> {
+    let invalid = |text: String| error(C::BadRequest, "invalid-options").with_text(text);
+    match submitted(Some(parent)).map_err(|e| invalid(e.text.unwrap_or_default()))? {
+        Some(form) => base.apply(&form).map_err(|e| invalid(e.0)),
+        None => Ok(base),
+    }
+}
+
 fn pubsub(ns: &str, child: Element) -> Option<Element> {
     Some(Element::new("pubsub", ns).with_child(child))
 }
@@ -203,10 +233,9 @@ impl PubSub {
             (NS, "create", true) => self.create(cx, svc, &from, action, extra).await,
             (NS, "publish", true) => self.publish(cx, svc, &from, action, extra).await,
             (NS, "retract", true) => self.retract(cx, svc, &from, action).await,
-            (NS, "subscribe", true) if extra.is_some() => Err(unsupported("subscription-options")),
-            (NS, "subscribe", true) => self.subscribe(cx, svc, &from, action).await,
+            (NS, "subscribe", true) => self.subscribe(cx, svc, &from, action, extra).await,
             (NS, "unsubscribe", true) => self.unsubscribe(cx, svc, &from, action).await,
-            (NS, "options", _) => Err(unsupported("subscription-options")),
+            (NS, "options", _) => self.options(cx, svc, &from, action, set).await,
             (NS, "items", false) => self.items(cx, svc, &from, action, payload).await,
             (NS, "subscriptions", false) => self.own(cx, svc, &from, action, true).await,
             (NS, "affiliations", false) => self.own(cx, svc, &from, action, false).await,
@@ -251,15 +280,15 @@ impl PubSub {
             .ok_or_else(|| C::ItemNotFound.into())
     }
 
-    /// The node, if `from` owns it (§8: `forbidden` otherwise).
+    /// The node named `name`, if `from` owns it (§8: `forbidden` otherwise).
     async fn owned(
         &self,
         cx: &Ctx<'_>,
         svc: &Service,
         from: &Jid,
-        action: &Element,
+        name: &str,
     ) -> Result<Node, StanzaError> {
-        let node = self.existing(cx, svc, node_attr(action)?).await?;
+        let node = self.existing(cx, svc, name).await?;
         let judge = Judge::new(cx, svc).await?;
         if judge.relation(Some(&node), &from.to_bare()).affiliation != Some(Affiliation::Owner) {
             return Err(C::Forbidden.into());
@@ -278,15 +307,18 @@ impl PubSub {
         let config = base
             .apply(form, form_type, self.config.max_items)
             .map_err(|e| e.0)?;
-        // Presence and roster access need a roster: only PEP has one.
-        let needs_roster = matches!(
-            config.access_model,
-            super::node::AccessModel::Presence | super::node::AccessModel::Roster
-        );
-        if needs_roster && matches!(svc, Service::Domain(_)) {
-            return Err("this service has no presence or roster access".into());
+        // Presence and roster access need a roster: only PEP has one. Authorize needs an
+        // owner who can answer approval forms (§8.6), which a PEP owner cannot: the form
+        // would come from, and go back to, the owner's own bare JID.
+        match (config.access_model, svc) {
+            (AccessModel::Presence | AccessModel::Roster, Service::Domain(_)) => {
+                Err("this service has no presence or roster access".into())
+            }
+            (AccessModel::Authorize, Service::Pep(_)) => {
+                Err("PEP has no authorize access model".into())
+            }
+            _ => Ok(config),
         }
-        Ok(config)
     }
 
     /// Creates `name` for `owner` (§8.1): `conflict` if it exists, `not-allowed` with
@@ -376,7 +408,7 @@ impl PubSub {
         action: &Element,
         set: bool,
     ) -> IqResult {
-        let node = self.owned(cx, svc, from, action).await?;
+        let node = self.owned(cx, svc, from, node_attr(action)?).await?;
         if !set {
             let form = node.config.to_form(FormKind::Form).to_element();
             return Ok(pubsub(
@@ -413,7 +445,7 @@ impl PubSub {
         from: &Jid,
         action: &Element,
     ) -> IqResult {
-        let node = self.owned(cx, svc, from, action).await?;
+        let node = self.owned(cx, svc, from, node_attr(action)?).await?;
         // Subscribers are told before the subscriptions go with the node.
         if node.config.notify_delete {
             let mut child = Element::new("delete", EVENT_NS).with_attr("node", node.name.clone());
@@ -441,7 +473,7 @@ impl PubSub {
         from: &Jid,
         action: &Element,
     ) -> IqResult {
-        let node = self.owned(cx, svc, from, action).await?;
+        let node = self.owned(cx, svc, from, node_attr(action)?).await?;
         cx.storage()
             .pubsub
             .purge(svc.jid(), &node.name)
@@ -656,39 +688,195 @@ impl PubSub {
         svc: &Service,
         from: &Jid,
         action: &Element,
+        options: Option<&Element>,
     ) -> IqResult {
         let name = node_attr(action)?;
         let jid = Self::subscriber(from, action)?;
+        // §6.3.7: options to subscribe with follow, naming neither node nor JID.
+        let options = options
+            .map(|o| {
+                let named = o.attr("node").is_some() || o.attr("jid").is_some();
+                if o.is("options", NS) && !named {
+                    submitted_options(o, SubOptions::default())
+                } else {
+                    Err(StanzaError::new(C::BadRequest))
+                }
+            })
+            .transpose()?;
         let node = self.existing(cx, svc, name).await?;
         let judge = Judge::new(cx, svc).await?;
-        may_access(&node.config, &judge.relation(Some(&node), &jid.to_bare())).map_err(denied)?;
         let mut member = node.member(jid.as_str());
-        if member.subscription != "subscribed" {
-            let count = node
-                .members
-                .iter()
-                .filter(|m| m.subscription != "none")
-                .count();
-            if count >= self.config.max_subscriptions {
-                return Err(StanzaError::new(C::PolicyViolation).with_text("too many subscribers"));
-            }
-            member.subscription = "subscribed".into();
+        let before = SubState::parse(&member.subscription);
+        let after = before
+            .subscribe(&node.config, &judge.relation_of(&node, &jid))
+            .map_err(denied)?;
+        if before != after {
+            self.check_room(&node, after)?;
+        }
+        let stored = member.clone();
+        member.subscription = after.as_str().into();
+        if let Some(options) = options {
+            member.options = options.to_text();
+        }
+        if member != stored {
             cx.storage()
                 .pubsub
                 .set_member(svc.jid(), &node.name, &member)
                 .await
                 .map_err(storage_error)?;
         }
-        if node.config.send_last_published_item != SendLast::Never {
-            self.send_last(cx, svc, &node, jid.as_str()).await?;
+        if after == SubState::Pending {
+            ask_owners(cx, svc, &node, jid.as_str());
+        } else {
+            self.welcome(cx, svc, &node, &member).await?;
         }
-        Ok(pubsub(
-            NS,
-            Element::new("subscription", NS)
+        // §6.1.2: options are supported (not required).
+        let subscription = Element::new("subscription", NS)
+            .with_attr("node", node.name)
+            .with_attr("jid", jid.as_str())
+            .with_attr("subscription", after.as_str())
+            .with_child(Element::new("subscribe-options", NS));
+        let mut reply = Element::new("pubsub", NS).with_child(subscription);
+        if let Some(options) = options {
+            reply.push_child(
+                Element::new("options", NS)
+                    .with_child(options.to_form(FormKind::Result).to_element()),
+            );
+        }
+        Ok(Some(reply))
+    }
+
+    /// §6.3: a subscriber reads or changes the options of its subscription.
+    async fn options(
+        &self,
+        cx: &mut Ctx<'_>,
+        svc: &Service,
+        from: &Jid,
+        action: &Element,
+        set: bool,
+    ) -> IqResult {
+        let name = node_attr(action)?;
+        let jid = match action.attr("jid") {
+            None | Some("") => return Err(error(C::BadRequest, "jid-required")),
+            Some(j) => Jid::new(j).map_err(|_| C::JidMalformed)?,
+        };
+        // §6.3.4.1: the bare JIDs must match.
+        if jid.to_bare() != from.to_bare() {
+            return Err(C::Forbidden.into());
+        }
+        let node = self.existing(cx, svc, name).await?;
+        let mut member = node.member(jid.as_str());
+        if member.subscription == "none" {
+            return Err(error(C::UnexpectedRequest, "not-subscribed"));
+        }
+        // §6.3.4.4: this service hands out no SubIDs, so none is valid.
+        if action.attr("subid").is_some() {
+            return Err(error(C::NotAcceptable, "invalid-subid"));
+        }
+        let current = SubOptions::from_text(&member.options);
+        if !set {
+            let options = Element::new("options", NS)
                 .with_attr("node", node.name)
                 .with_attr("jid", jid.as_str())
-                .with_attr("subscription", "subscribed"),
-        ))
+                .with_child(current.to_form(FormKind::Form).to_element());
+            return Ok(pubsub(NS, options));
+        }
+        member.options = submitted_options(action, current)?.to_text();
+        cx.storage()
+            .pubsub
+            .set_member(svc.jid(), &node.name, &member)
+            .await
+            .map_err(storage_error)?;
+        Ok(None)
+    }
+
+    /// Whether a new subscription, or request for one, fits under the limits.
+    fn check_room(&self, node: &Node, state: SubState) -> Result<(), StanzaError> {
+        let count = |s: &str| node.members.iter().filter(|m| m.subscription == s).count();
+        let subscriptions = count("subscribed") + count("pending");
+        if subscriptions >= self.config.max_subscriptions {
+            return Err(StanzaError::new(C::PolicyViolation).with_text("too many subscribers"));
+        }
+        if state == SubState::Pending && count("pending") >= self.config.max_pending {
+            return Err(StanzaError::new(C::PolicyViolation)
+                .with_text("too many subscription requests wait for approval"));
+        }
+        Ok(())
+    }
+
+    /// §6.1.7: a new subscriber gets the last item, if the node says so and its options
+    /// do not turn delivery off.
+    async fn welcome(
+        &self,
+        cx: &mut Ctx<'_>,
+        svc: &Service,
+        node: &Node,
+        member: &Member,
+    ) -> Result<(), StanzaError> {
+        let never = node.config.send_last_published_item == SendLast::Never;
+        if never || !SubOptions::from_text(&member.options).deliver {
+            return Ok(());
+        }
+        self.send_last(cx, svc, node, &member.jid).await
+    }
+
+    /// Stores an owner's change of `member`'s subscription and tells the subscriber (§8.6,
+    /// §8.8.4), who gets the last item if newly subscribed.
+    async fn change_subscription(
+        &self,
+        cx: &mut Ctx<'_>,
+        svc: &Service,
+        node: &Node,
+        mut member: Member,
+        state: SubState,
+    ) -> Result<(), StanzaError> {
+        member.subscription = state.as_str().into();
+        if state == SubState::None {
+            member.options.clear();
+        }
+        cx.storage()
+            .pubsub
+            .set_member(svc.jid(), &node.name, &member)
+            .await
+            .map_err(storage_error)?;
+        let child = Element::new("subscription", EVENT_NS)
+            .with_attr("node", node.name.clone())
+            .with_attr("jid", member.jid.clone())
+            .with_attr("subscription", state.as_str());
+        cx.route_element(event_message(svc, &member.jid, child));
+        if state == SubState::Subscribed {
+            self.welcome(cx, svc, node, &member).await?;
+        }
+        Ok(())
+    }
+
+    /// §8.6: an owner's answer to an approval request, a message with the submitted form.
+    /// `service-unavailable` for a message that is not one (the service takes no others).
+    pub async fn authorization(
+        &self,
+        cx: &mut Ctx<'_>,
+        svc: &Service,
+        message: &Stanza,
+    ) -> Result<(), StanzaError> {
+        let from = message.from.as_ref().ok_or(C::BadRequest)?;
+        let bad = |e: crate::forms::FormError| StanzaError::new(C::BadRequest).with_text(e.0);
+        let form = match Form::find_in(message.element()) {
+            Some(form) => form.map_err(bad)?,
+            None => return Err(C::ServiceUnavailable.into()),
+        };
+        let Some(decision) = Decision::parse(&form).map_err(bad)? else {
+            return Ok(());
+        };
+        let node = self.owned(cx, svc, from, &decision.node).await?;
+        let jid = Jid::new(&decision.jid).map_err(|_| C::JidMalformed)?;
+        let member = node.member(jid.as_str());
+        match SubState::parse(&member.subscription).decide(decision.allow) {
+            Some(state) => {
+                self.change_subscription(cx, svc, &node, member, state)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     async fn unsubscribe(
@@ -706,6 +894,7 @@ impl PubSub {
             return Err(error(C::UnexpectedRequest, "not-subscribed"));
         }
         member.subscription = "none".into();
+        member.options.clear();
         cx.storage()
             .pubsub
             .set_member(svc.jid(), &node.name, &member)
@@ -745,7 +934,7 @@ impl PubSub {
     ) -> IqResult {
         let node = self.existing(cx, svc, node_attr(action)?).await?;
         let judge = Judge::new(cx, svc).await?;
-        may_access(&node.config, &judge.relation(Some(&node), &from.to_bare())).map_err(denied)?;
+        may_access(&node.config, &judge.relation_of(&node, from)).map_err(denied)?;
         let store = &cx.storage().pubsub;
         let cap = self.config.max_items;
         let wanted: Vec<&str> = action
@@ -859,7 +1048,7 @@ impl PubSub {
         action: &Element,
         set: bool,
     ) -> IqResult {
-        let node = self.owned(cx, svc, from, action).await?;
+        let node = self.owned(cx, svc, from, node_attr(action)?).await?;
         let subscriptions = action.name() == "subscriptions";
         let (name, attr) = if subscriptions {
             ("subscription", "subscription")
@@ -894,10 +1083,13 @@ impl PubSub {
             let value = entry.attr(attr).unwrap_or_default();
             let mut member = node.member(jid.as_str());
             if subscriptions {
-                if !matches!(value, "none" | "subscribed") {
-                    return Err(not_acceptable(format!("subscription {value:?}")));
-                }
-                member.subscription = value.to_string();
+                // An owner subscribes or unsubscribes; approving a pending request is the former.
+                let state = match value {
+                    "none" => SubState::None,
+                    "subscribed" => SubState::Subscribed,
+                    _ => return Err(not_acceptable(format!("subscription {value:?}"))),
+                };
+                changes.push((member, Some(state)));
             } else {
                 // Affiliations are of bare JIDs (§4.1); a PEP owner stays the owner.
                 let valid = Affiliation::parse(value).is_some() && jid.try_as_full().is_err();
@@ -905,15 +1097,24 @@ impl PubSub {
                     return Err(not_acceptable(format!("affiliation {value:?} of {jid}")));
                 }
                 member.affiliation = value.to_string();
+                changes.push((member, None));
             }
-            changes.push(member);
         }
-        let store = &cx.storage().pubsub;
-        for member in changes {
-            store
-                .set_member(svc.jid(), &node.name, &member)
-                .await
-                .map_err(storage_error)?;
+        // Validated all before changing any.
+        for (member, state) in changes {
+            match state {
+                Some(state) if state.as_str() == member.subscription => {}
+                Some(state) => {
+                    self.change_subscription(cx, svc, &node, member, state)
+                        .await?
+                }
+                None => cx
+                    .storage()
+                    .pubsub
+                    .set_member(svc.jid(), &node.name, &member)
+                    .await
+                    .map_err(storage_error)?,
+            }
         }
         Ok(None)
     }
@@ -925,6 +1126,7 @@ impl PubSub {
             .members
             .iter()
             .filter(|m| m.subscription == "subscribed")
+            .filter(|m| SubOptions::from_text(&m.options).deliver)
             .map(|m| m.jid.clone())
             .collect();
         if let Service::Pep(_) = svc {

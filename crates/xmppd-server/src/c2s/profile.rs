@@ -90,6 +90,7 @@ impl C2s {
         let info = StreamInfo {
             domain: &s.domain,
             secure: s.io.is_secure(),
+            hooks,
         };
         if self.user.is_none() && !self.tls_required_now(s) {
             features.extend(hooks.stream_features(Stage::PreAuth, &info));

@@ -78,6 +78,8 @@ pub enum Stage {
 pub struct StreamInfo<'a> {
     pub domain: &'a str,
     pub secure: bool,
+    /// Everything registered, for a feature describing the server (its XEP-0115 caps).
+    pub hooks: &'a Hooks,
 }
 
 /// Builds one stream feature element, or none for this stream.
