@@ -21,7 +21,7 @@ source "$BENCH_ROOT/lib/relay.sh"
 
 SMOKE=0
 SERVERS=""
-SCENARIOS="idle login chat presence"
+SCENARIOS="idle login chat presence idle_ws idle_bosh chat_ws"
 OUT=""
 while [ $# -gt 0 ]; do
     case $1 in
@@ -40,11 +40,13 @@ if [ "$SMOKE" = 1 ]; then
     : "${SERVERS:=xmppd}" "${PROFILE:=debug}"
     : "${IDLE_N:=20}" "${LOGIN_N:=20}" "${CHAT_PAIRS:=10}" "${CHAT_RATE:=200}" "${CHAT_SECS:=2}"
     : "${PRESENCE_N:=20}" "${PRESENCE_R:=3}" "${PRESENCE_RATE:=20}" "${PRESENCE_SECS:=2}"
+    : "${WEB_IDLE_N:=20}" "${CHAT_WS_PAIRS:=10}"
     : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}" "${QUIET_WAIT:=0}"
 else
     : "${SERVERS:=xmppd prosody ejabberd relay}" "${PROFILE:=release}"
     : "${IDLE_N:=1000}" "${LOGIN_N:=500}" "${CHAT_PAIRS:=200}" "${CHAT_RATE:=3000}" "${CHAT_SECS:=10}"
     : "${PRESENCE_N:=500}" "${PRESENCE_R:=10}" "${PRESENCE_RATE:=500}" "${PRESENCE_SECS:=10}"
+    : "${WEB_IDLE_N:=1000}" "${CHAT_WS_PAIRS:=$CHAT_PAIRS}"
     : "${HOLD:=5}" "${TIMEOUT:=30}" "${SETUP_TIMEOUT:=120}"
     : "${OUT:=$BENCH_ROOT/results}"
 fi
@@ -102,6 +104,8 @@ for scenario in $SCENARIOS; do
         login) n=$LOGIN_N ;;
         chat) n=$((CHAT_PAIRS * 2)) ;;
         presence) n=$PRESENCE_N ;;
+        idle_ws | idle_bosh) n=$WEB_IDLE_N ;;
+        chat_ws) n=$((CHAT_WS_PAIRS * 2)) ;;
         *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
     esac
     ((n > accounts)) && accounts=$n
@@ -121,7 +125,13 @@ runs_of() {
 scenario_args() {
     local common=(--scenario "${1%%-*}" --name "$1" --rate "$RATE" --max-inflight "$INFLIGHT"
         --timeout "$TIMEOUT" --password "$PASSWORD" --user-prefix bench --domain localhost)
+    # The web transports: the server's plain-HTTP listener and its endpoint paths.
+    if [ -n "${SERVER_HTTP_PORT:-}" ]; then
+        common+=(--http-addr "127.0.0.1:$SERVER_HTTP_PORT" --ws-path "$WS_PATH" --bosh-path "$BOSH_PATH")
+    fi
     case $1 in
+        idle_ws | idle_bosh) echo "${common[@]}" -n "$WEB_IDLE_N" --hold "$HOLD" ;;
+        chat_ws) echo "${common[@]}" -n $((CHAT_WS_PAIRS * 2)) --msg-rate "$CHAT_RATE" --duration "$CHAT_SECS" ;;
         idle-*) echo "${common[@]}" -n "${1#idle-}" --hold "$HOLD" ;;
         idle) echo "${common[@]}" -n "$IDLE_N" --hold "$HOLD" ;;
         login) echo "${common[@]}" -n "$LOGIN_N" ;;
@@ -146,7 +156,7 @@ failed_result() {
 
 failures=0
 meta=(--meta "date=$(date -u +%Y-%m-%dT%H:%MZ)")
-meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
+meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s, idle_ws/idle_bosh $WEB_IDLE_N, chat_ws $CHAT_WS_PAIRS pairs; logins at $RATE/s, at most $INFLIGHT at once")
 for server in $SERVERS; do
     server_runs=()
     for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do

@@ -11,6 +11,7 @@ mod scenario;
 mod scram;
 mod summary;
 mod tls;
+mod web;
 mod xml;
 
 use std::collections::BTreeMap;
@@ -40,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one scenario against a server and print its result as JSON.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Combine result files into a Markdown table and a JSON summary.
     Summarize(SummarizeArgs),
     /// Print a TCP port that is free on 127.0.0.1 now (for scripts).
@@ -56,6 +57,15 @@ enum ScenarioName {
     Idle,
     Chat,
     Presence,
+    /// idle over WebSocket (RFC 7395).
+    #[value(name = "idle_ws")]
+    IdleWs,
+    /// idle over BOSH (XEP-0124/0206), one held request per session.
+    #[value(name = "idle_bosh")]
+    IdleBosh,
+    /// chat between a WebSocket session and a TCP session in each pair.
+    #[value(name = "chat_ws")]
+    ChatWs,
 }
 
 #[derive(Args)]
@@ -67,6 +77,15 @@ struct RunArgs {
     addr: SocketAddr,
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// The server's plain-HTTP listener for WebSocket and BOSH (idle_ws, idle_bosh, chat_ws).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Path of the WebSocket endpoint on --http-addr.
+    #[arg(long, default_value = "/xmpp-websocket")]
+    ws_path: String,
+    /// Path of the BOSH endpoint on --http-addr.
+    #[arg(long, default_value = "/http-bind")]
+    bosh_path: String,
     /// Accounts are PREFIX1 … PREFIXn, all with the same password.
     #[arg(long, default_value = "bench")]
     user_prefix: String,
@@ -160,7 +179,7 @@ struct SummarizeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Summarize(args) => summarize(args),
         Command::FreePort => std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -200,20 +219,29 @@ fn run(args: RunArgs) -> Result<(), String> {
     if args.sessions == 0 {
         return Err("--sessions must be at least 1".into());
     }
-    if !args.addr.ip().is_loopback() || args.source_addrs.iter().any(|a| !a.is_loopback()) {
+    if !args.addr.ip().is_loopback()
+        || args.source_addrs.iter().any(|a| !a.is_loopback())
+        || args.http_addr.is_some_and(|a| !a.ip().is_loopback())
+    {
         return Err("only loopback addresses may be used".into());
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let report = runtime.block_on(async {
+        let mut target = Target::new(
+            args.addr,
+            args.domain.clone(),
+            args.user_prefix.clone(),
+            &args.password,
+            args.source_addrs.clone(),
+            timeout,
+        );
+        target.http = args.http_addr.map(|addr| conn::HttpTarget {
+            addr,
+            ws_path: args.ws_path.clone(),
+            bosh_path: args.bosh_path.clone(),
+        });
         let run = Arc::new(Run {
-            target: Arc::new(Target::new(
-                args.addr,
-                args.domain.clone(),
-                args.user_prefix.clone(),
-                &args.password,
-                args.source_addrs.clone(),
-                timeout,
-            )),
+            target: Arc::new(target),
             server_pid: args.server_pid,
             errors: Default::default(),
             epoch: Instant::now(),
@@ -279,6 +307,9 @@ fn scenario_name(s: ScenarioName) -> &'static str {
         ScenarioName::Idle => "idle",
         ScenarioName::Chat => "chat",
         ScenarioName::Presence => "presence",
+        ScenarioName::IdleWs => "idle_ws",
+        ScenarioName::IdleBosh => "idle_bosh",
+        ScenarioName::ChatWs => "chat_ws",
     }
 }
 
@@ -293,19 +324,26 @@ async fn run_scenario(run: Arc<Run>, args: &RunArgs) -> (Value, &'static str) {
             };
             scenario::login::run(run, params).await
         }
-        ScenarioName::Idle => {
+        ScenarioName::Idle | ScenarioName::IdleWs | ScenarioName::IdleBosh => {
+            let transport = match args.scenario {
+                ScenarioName::IdleWs => conn::Transport::Ws,
+                ScenarioName::IdleBosh => conn::Transport::Bosh,
+                _ => conn::Transport::Tcp,
+            };
             let params = scenario::idle::Params {
                 sessions: args.sessions,
                 hold: secs(args.hold.max(0.0)),
+                transport,
             };
             scenario::idle::run(run, params).await
         }
-        ScenarioName::Chat => {
+        ScenarioName::Chat | ScenarioName::ChatWs => {
             let params = scenario::chat::Params {
                 pairs: (args.sessions / 2).max(1),
                 rate: args.msg_rate,
                 duration: secs(args.duration.max(0.1)),
                 drain: secs(args.drain.max(0.0)),
+                ws_side: matches!(args.scenario, ScenarioName::ChatWs),
             };
             scenario::chat::run(run, params).await
         }

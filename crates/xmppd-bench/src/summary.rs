@@ -121,7 +121,15 @@ const PRESENCE: &[Headline] = &[
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
-const SCENARIO_ORDER: [&str; 4] = ["login", "idle", "chat", "presence"];
+const SCENARIO_ORDER: [&str; 7] = [
+    "login",
+    "idle",
+    "chat",
+    "presence",
+    "idle_ws",
+    "idle_bosh",
+    "chat_ws",
+];
 
 /// A result's scenario may be a variant such as `idle-10000` (one size of several).
 fn kind(scenario: &str) -> &str {
@@ -145,8 +153,8 @@ fn sort_key(scenario: &str) -> (usize, u64, String) {
 fn headlines(scenario: &str) -> &'static [Headline] {
     match scenario {
         "login" => LOGIN,
-        "idle" => IDLE,
-        "chat" => CHAT,
+        "idle" | "idle_ws" | "idle_bosh" => IDLE,
+        "chat" | "chat_ws" => CHAT,
         "presence" => PRESENCE,
         _ => &[],
     }
