@@ -21,7 +21,7 @@ source "$BENCH_ROOT/lib/relay.sh"
 
 SMOKE=0
 SERVERS=""
-SCENARIOS="idle login chat presence idle_ws idle_bosh chat_ws"
+SCENARIOS="idle login chat presence idle_ws idle_bosh chat_ws pep muc_join muc"
 OUT=""
 while [ $# -gt 0 ]; do
     case $1 in
@@ -41,12 +41,16 @@ if [ "$SMOKE" = 1 ]; then
     : "${IDLE_N:=20}" "${LOGIN_N:=20}" "${CHAT_PAIRS:=10}" "${CHAT_RATE:=200}" "${CHAT_SECS:=2}"
     : "${PRESENCE_N:=20}" "${PRESENCE_R:=3}" "${PRESENCE_RATE:=20}" "${PRESENCE_SECS:=2}"
     : "${WEB_IDLE_N:=20}" "${CHAT_WS_PAIRS:=10}"
+    : "${PEP_N:=20}" "${PEP_R:=3}" "${PEP_RATE:=10}" "${PEP_SECS:=2}"
+    : "${MUC_JOIN_N:=10}" "${MUC_JOIN_RATE:=50}" "${MUC_N:=10}" "${MUC_RATE:=5}" "${MUC_SECS:=2}"
     : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}" "${QUIET_WAIT:=0}"
 else
     : "${SERVERS:=xmppd prosody ejabberd relay}" "${PROFILE:=release}"
     : "${IDLE_N:=1000}" "${LOGIN_N:=500}" "${CHAT_PAIRS:=200}" "${CHAT_RATE:=3000}" "${CHAT_SECS:=10}"
     : "${PRESENCE_N:=500}" "${PRESENCE_R:=10}" "${PRESENCE_RATE:=500}" "${PRESENCE_SECS:=10}"
     : "${WEB_IDLE_N:=1000}" "${CHAT_WS_PAIRS:=$CHAT_PAIRS}"
+    : "${PEP_N:=500}" "${PEP_R:=50}" "${PEP_RATE:=50}" "${PEP_SECS:=10}"
+    : "${MUC_JOIN_N:=400}" "${MUC_JOIN_RATE:=100}" "${MUC_N:=200}" "${MUC_RATE:=20}" "${MUC_SECS:=10}"
     : "${HOLD:=5}" "${TIMEOUT:=30}" "${SETUP_TIMEOUT:=120}"
     : "${OUT:=$BENCH_ROOT/results}"
 fi
@@ -106,6 +110,9 @@ for scenario in $SCENARIOS; do
         presence) n=$PRESENCE_N ;;
         idle_ws | idle_bosh) n=$WEB_IDLE_N ;;
         chat_ws) n=$((CHAT_WS_PAIRS * 2)) ;;
+        pep) n=$PEP_N ;;
+        muc_join) n=$MUC_JOIN_N ;;
+        muc) n=$MUC_N ;;
         *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
     esac
     ((n > accounts)) && accounts=$n
@@ -132,6 +139,10 @@ scenario_args() {
     case $1 in
         idle_ws | idle_bosh) echo "${common[@]}" -n "$WEB_IDLE_N" --hold "$HOLD" ;;
         chat_ws) echo "${common[@]}" -n $((CHAT_WS_PAIRS * 2)) --msg-rate "$CHAT_RATE" --duration "$CHAT_SECS" ;;
+        pep) echo "${common[@]}" -n "$PEP_N" --contacts "$PEP_R" --publish-rate "$PEP_RATE" \
+            --duration "$PEP_SECS" --setup-timeout "$SETUP_TIMEOUT" ;;
+        muc_join) echo "${common[@]}" -n "$MUC_JOIN_N" --join-rate "$MUC_JOIN_RATE" ;;
+        muc) echo "${common[@]}" -n "$MUC_N" --msg-rate "$MUC_RATE" --duration "$MUC_SECS" ;;
         idle-*) echo "${common[@]}" -n "${1#idle-}" --hold "$HOLD" ;;
         idle) echo "${common[@]}" -n "$IDLE_N" --hold "$HOLD" ;;
         login) echo "${common[@]}" -n "$LOGIN_N" ;;
@@ -156,7 +167,7 @@ failed_result() {
 
 failures=0
 meta=(--meta "date=$(date -u +%Y-%m-%dT%H:%MZ)")
-meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s, idle_ws/idle_bosh $WEB_IDLE_N, chat_ws $CHAT_WS_PAIRS pairs; logins at $RATE/s, at most $INFLIGHT at once")
+meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s, idle_ws/idle_bosh $WEB_IDLE_N, chat_ws $CHAT_WS_PAIRS pairs, pep $PEP_N accounts with $PEP_R contacts at $PEP_RATE publishes/s for $PEP_SECS s, muc_join $MUC_JOIN_N occupants at $MUC_JOIN_RATE joins/s, muc $MUC_N occupants at $MUC_RATE msg/s for $MUC_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
 for server in $SERVERS; do
     server_runs=()
     for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do

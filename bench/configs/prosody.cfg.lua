@@ -22,11 +22,14 @@ admin_socket = "@DIR@/prosody.sock"
 network_backend = "epoll"
 
 -- The modules our server has a counterpart for. Deliberately left out: mod_limits (its
--- default c2s rate limit would throttle the benchmark), carbons, smacks, MAM, PEP, CSI.
+-- default c2s rate limit would throttle the benchmark), carbons, smacks, MAM, CSI. PEP,
+-- BOSH and WebSocket are on (the pep and web scenarios need them; xmppd has them on).
 modules_enabled = {
 	"roster"; "saslauth"; "tls"; "disco"; "ping"; "time"; "version";
 	"private"; "vcard_legacy"; "lastactivity"; "admin_shell";
 	"bosh"; "websocket";
+	-- PEP (XEP-0163) with caps-based notifications, for the pep scenario; xmppd has it on.
+	"pep";
 }
 
 -- Web clients on loopback: plain HTTP counts as secure (as xmppd treats loopback), so SASL
@@ -52,3 +55,6 @@ ssl = {
 }
 
 VirtualHost "localhost"
+
+-- Multi-user chat for the muc scenarios (xmppd has it at conference.<domain> too).
+Component "conference.localhost" "muc"

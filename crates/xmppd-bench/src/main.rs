@@ -66,6 +66,13 @@ enum ScenarioName {
     /// chat between a WebSocket session and a TCP session in each pair.
     #[value(name = "chat_ws")]
     ChatWs,
+    /// PEP nickname publishes (XEP-0163/0172) notified to contacts with caps (XEP-0115).
+    Pep,
+    /// Joins to one MUC room (XEP-0045), measured one by one.
+    #[value(name = "muc_join")]
+    MucJoin,
+    /// Groupchat fan-out in one MUC room.
+    Muc,
 }
 
 #[derive(Args)]
@@ -122,7 +129,7 @@ struct RunArgs {
     /// idle: seconds to hold the sessions before reading memory.
     #[arg(long, default_value_t = 5.0)]
     hold: f64,
-    /// chat: messages per second, all senders together.
+    /// chat, muc: messages per second, all senders together.
     #[arg(long, default_value_t = 1000.0)]
     msg_rate: f64,
     /// chat, presence: seconds of the measured window.
@@ -131,12 +138,18 @@ struct RunArgs {
     /// chat, presence: longest wait for stanzas in flight after sending stops.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
-    /// presence: mutual contacts per account.
+    /// presence, pep: mutual contacts per account.
     #[arg(long, default_value_t = 10)]
     contacts: usize,
     /// presence: presence changes per second, all sessions together.
     #[arg(long, default_value_t = 200.0)]
     presence_rate: f64,
+    /// muc_join: joins per second.
+    #[arg(long, default_value_t = 100.0)]
+    join_rate: f64,
+    /// pep: nickname publishes per second, all sessions together.
+    #[arg(long, default_value_t = 50.0)]
+    publish_rate: f64,
     /// presence: longest wait for the subscriptions that make the rosters (it ends sooner
     /// when all are made, or when the server sends nothing for 10 s).
     #[arg(long, default_value_t = 120.0)]
@@ -211,6 +224,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         ("rate", args.rate),
         ("msg-rate", args.msg_rate),
         ("presence-rate", args.presence_rate),
+        ("publish-rate", args.publish_rate),
+        ("join-rate", args.join_rate),
     ] {
         if !(v.is_finite() && v > 0.0) {
             return Err(format!("--{name} must be positive"));
@@ -310,6 +325,9 @@ fn scenario_name(s: ScenarioName) -> &'static str {
         ScenarioName::IdleWs => "idle_ws",
         ScenarioName::IdleBosh => "idle_bosh",
         ScenarioName::ChatWs => "chat_ws",
+        ScenarioName::Pep => "pep",
+        ScenarioName::MucJoin => "muc_join",
+        ScenarioName::Muc => "muc",
     }
 }
 
@@ -357,6 +375,28 @@ async fn run_scenario(run: Arc<Run>, args: &RunArgs) -> (Value, &'static str) {
                 setup_timeout: secs(args.setup_timeout.max(0.0)),
             };
             scenario::presence::run(run, params).await
+        }
+        ScenarioName::Pep => {
+            let params = scenario::pep::Params {
+                accounts: args.sessions,
+                contacts: args.contacts.max(1),
+                rate: args.publish_rate,
+                duration: secs(args.duration.max(0.1)),
+                drain: secs(args.drain.max(0.0)),
+                setup_timeout: secs(args.setup_timeout.max(0.0)),
+            };
+            scenario::pep::run(run, params).await
+        }
+        ScenarioName::MucJoin | ScenarioName::Muc => {
+            let fanout = matches!(args.scenario, ScenarioName::Muc);
+            let params = scenario::muc::Params {
+                occupants: args.sessions,
+                join_rate: args.join_rate,
+                msg_rate: fanout.then_some(args.msg_rate),
+                duration: secs(args.duration.max(0.1)),
+                drain: secs(args.drain.max(0.0)),
+            };
+            scenario::muc::run(run, params).await
         }
     }
 }

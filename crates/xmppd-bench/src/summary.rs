@@ -121,7 +121,85 @@ const PRESENCE: &[Headline] = &[
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
-const SCENARIO_ORDER: [&str; 7] = [
+const PEP: &[Headline] = &[
+    h("notifications_per_s", "PEP notifications to contacts/s", UP),
+    h(
+        "server_cpu_us_per_notification",
+        "server CPU µs per notification",
+        DOWN,
+    ),
+    h("latency/p50_ms", "notification latency p50 (ms)", DOWN),
+    h("latency/p99_ms", "notification latency p99 (ms)", DOWN),
+    h(
+        "server_rss_kib_per_account",
+        "server RSS per account online (KiB)",
+        DOWN,
+    ),
+    h("roster_contacts_avg", "mutual contacts per account", None),
+    h(
+        "disco_queries_answered",
+        "caps disco#info queries answered",
+        None,
+    ),
+    h("publishes_sent", "nickname publishes sent", None),
+    h(
+        "notifications_expected",
+        "notifications expected (publishes × contacts)",
+        None,
+    ),
+    h("notifications_received", "notifications received", None),
+    h(
+        "own_notifications_received",
+        "own notifications received",
+        None,
+    ),
+    h(
+        "server_cpu_ms_per_login",
+        "server CPU ms per login with roster and caps",
+        DOWN,
+    ),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
+];
+
+const MUC_JOIN: &[Headline] = &[
+    h("join_latency/p50_ms", "join latency p50 (ms)", DOWN),
+    h("join_latency/p99_ms", "join latency p99 (ms)", DOWN),
+    h("join_total_s", "first join to last self-presence (s)", DOWN),
+    h("server_cpu_ms_per_join", "server CPU ms per join", DOWN),
+    h("joins", "joins completed", None),
+    h("occupants_at_end", "occupants at the end", None),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
+];
+
+const MUC: &[Headline] = &[
+    h("delivered_per_s", "groupchat deliveries/s", UP),
+    h(
+        "server_cpu_us_per_delivery",
+        "server CPU µs per delivered message",
+        DOWN,
+    ),
+    h("latency/p50_ms", "latency p50 (ms)", DOWN),
+    h("latency/p90_ms", "latency p90 (ms)", DOWN),
+    h("latency/p99_ms", "latency p99 (ms)", DOWN),
+    h("latency/max_ms", "latency max (ms)", DOWN),
+    h("occupants", "occupants", None),
+    h("sent", "messages sent", None),
+    h(
+        "deliveries_expected",
+        "deliveries expected (messages × occupants)",
+        None,
+    ),
+    h("received", "deliveries received", None),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
+];
+
+const SCENARIO_ORDER: [&str; 10] = [
     "login",
     "idle",
     "chat",
@@ -129,6 +207,9 @@ const SCENARIO_ORDER: [&str; 7] = [
     "idle_ws",
     "idle_bosh",
     "chat_ws",
+    "pep",
+    "muc_join",
+    "muc",
 ];
 
 /// A result's scenario may be a variant such as `idle-10000` (one size of several).
@@ -155,6 +236,9 @@ fn headlines(scenario: &str) -> &'static [Headline] {
         "login" => LOGIN,
         "idle" | "idle_ws" | "idle_bosh" => IDLE,
         "chat" | "chat_ws" => CHAT,
+        "pep" => PEP,
+        "muc_join" => MUC_JOIN,
+        "muc" => MUC,
         "presence" => PRESENCE,
         _ => &[],
     }
