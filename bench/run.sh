@@ -212,7 +212,10 @@ for server in $SERVERS; do
     done
 done
 
-"$BENCH" summarize --ours xmppd --servers "${SERVERS// /,}" "${meta[@]}" \
+# A full run of some scenarios keeps the other scenarios' sections of the previous results.
+keep=()
+[ "$SMOKE" = 1 ] || keep=(--keep "$OUT/latest.json")
+"$BENCH" summarize --ours xmppd --servers "${SERVERS// /,}" "${meta[@]}" "${keep[@]}" \
     --markdown "$OUT/latest.md" --json "$OUT/latest.json" "$WORK"/results/*.json
 log "results: $OUT/latest.md and $OUT/latest.json"
 if [ "$SMOKE" = 1 ]; then

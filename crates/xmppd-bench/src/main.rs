@@ -187,6 +187,10 @@ struct SummarizeArgs {
     markdown: PathBuf,
     #[arg(long)]
     json: PathBuf,
+    /// An earlier summary (latest.json): its results for scenarios these results do not
+    /// have are kept, with its header facts marked as the earlier run's.
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -409,7 +413,7 @@ fn summarize(args: SummarizeArgs) -> Result<(), String> {
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         results.push(value);
     }
-    let meta: BTreeMap<String, String> = args
+    let mut meta: BTreeMap<String, String> = args
         .meta
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -417,6 +421,15 @@ fn summarize(args: SummarizeArgs) -> Result<(), String> {
             None => Err(format!("--meta {kv}: expected KEY=VALUE")),
         })
         .collect::<Result<_, _>>()?;
+    if let Some(path) = &args.keep {
+        if path.exists() {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let earlier: Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            summary::keep_earlier(&earlier, &mut results, &mut meta);
+        }
+    }
     let out = summary::summarize(&summary::Input {
         results,
         ours: args.ours,

@@ -292,6 +292,42 @@ pub fn machine() -> Value {
     })
 }
 
+/// Adds to `results` the raw results of an earlier summary for every scenario `results` does
+/// not have (a run of some scenarios only keeps the others' sections), and its header facts
+/// to `meta` as `earlier run: KEY`, naming the scenarios they belong to.
+pub fn keep_earlier(
+    earlier: &Value,
+    results: &mut Vec<Value>,
+    meta: &mut BTreeMap<String, String>,
+) {
+    let have: std::collections::BTreeSet<String> = results
+        .iter()
+        .filter_map(|r| r["scenario"].as_str().map(str::to_owned))
+        .collect();
+    let Some(scenarios) = earlier["scenarios"].as_object() else {
+        return;
+    };
+    let mut kept: Vec<&String> = scenarios.keys().filter(|s| !have.contains(*s)).collect();
+    if kept.is_empty() {
+        return;
+    }
+    kept.sort_by_key(|s| sort_key(s));
+    for name in &kept {
+        if let Some(by_server) = scenarios[*name]["results"].as_object() {
+            results.extend(by_server.values().cloned());
+        }
+    }
+    let names: Vec<&str> = kept.iter().map(|s| s.as_str()).collect();
+    meta.insert("earlier run: scenarios".into(), names.join(", "));
+    if let Some(old) = earlier["meta"].as_object() {
+        for (k, v) in old {
+            if let Some(v) = v.as_str() {
+                meta.insert(format!("earlier run: {k}"), v.to_owned());
+            }
+        }
+    }
+}
+
 pub struct Output {
     pub markdown: String,
     pub json: Value,
@@ -504,6 +540,26 @@ mod tests {
             ]
         );
         assert_eq!(kind("idle-10000"), "idle");
+    }
+
+    #[test]
+    fn keeps_the_earlier_scenarios_only() {
+        let earlier = json!({
+            "meta": {"date": "yesterday"},
+            "scenarios": {
+                "login": {"results": {"xmppd": result("xmppd", 1.0, "ok")}},
+                "idle": {"results": {"xmppd": {"label": "xmppd", "scenario": "idle"}}},
+            },
+        });
+        let mut results = vec![result("xmppd", 2.0, "ok")];
+        let mut meta = BTreeMap::from([("date".to_owned(), "today".to_owned())]);
+        keep_earlier(&earlier, &mut results, &mut meta);
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0]["metrics"]["logins_per_s"], json!(2.0));
+        assert_eq!(results[1]["scenario"], "idle");
+        assert_eq!(meta["date"], "today");
+        assert_eq!(meta["earlier run: date"], "yesterday");
+        assert_eq!(meta["earlier run: scenarios"], "idle");
     }
 
     #[test]
