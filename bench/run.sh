@@ -21,7 +21,7 @@ source "$BENCH_ROOT/lib/relay.sh"
 
 SMOKE=0
 SERVERS=""
-SCENARIOS="idle login chat presence"
+SCENARIOS="idle login chat presence idle_ws idle_bosh chat_ws pep muc_join muc"
 OUT=""
 while [ $# -gt 0 ]; do
     case $1 in
@@ -40,11 +40,17 @@ if [ "$SMOKE" = 1 ]; then
     : "${SERVERS:=xmppd}" "${PROFILE:=debug}"
     : "${IDLE_N:=20}" "${LOGIN_N:=20}" "${CHAT_PAIRS:=10}" "${CHAT_RATE:=200}" "${CHAT_SECS:=2}"
     : "${PRESENCE_N:=20}" "${PRESENCE_R:=3}" "${PRESENCE_RATE:=20}" "${PRESENCE_SECS:=2}"
+    : "${WEB_IDLE_N:=20}" "${CHAT_WS_PAIRS:=10}"
+    : "${PEP_N:=20}" "${PEP_R:=3}" "${PEP_RATE:=10}" "${PEP_SECS:=2}"
+    : "${MUC_JOIN_N:=10}" "${MUC_JOIN_RATE:=50}" "${MUC_N:=10}" "${MUC_RATE:=5}" "${MUC_SECS:=2}"
     : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}" "${QUIET_WAIT:=0}"
 else
     : "${SERVERS:=xmppd prosody ejabberd relay}" "${PROFILE:=release}"
     : "${IDLE_N:=1000}" "${LOGIN_N:=500}" "${CHAT_PAIRS:=200}" "${CHAT_RATE:=3000}" "${CHAT_SECS:=10}"
     : "${PRESENCE_N:=500}" "${PRESENCE_R:=10}" "${PRESENCE_RATE:=500}" "${PRESENCE_SECS:=10}"
+    : "${WEB_IDLE_N:=1000}" "${CHAT_WS_PAIRS:=$CHAT_PAIRS}"
+    : "${PEP_N:=500}" "${PEP_R:=50}" "${PEP_RATE:=50}" "${PEP_SECS:=10}"
+    : "${MUC_JOIN_N:=400}" "${MUC_JOIN_RATE:=100}" "${MUC_N:=200}" "${MUC_RATE:=20}" "${MUC_SECS:=10}"
     : "${HOLD:=5}" "${TIMEOUT:=30}" "${SETUP_TIMEOUT:=120}"
     : "${OUT:=$BENCH_ROOT/results}"
 fi
@@ -102,6 +108,11 @@ for scenario in $SCENARIOS; do
         login) n=$LOGIN_N ;;
         chat) n=$((CHAT_PAIRS * 2)) ;;
         presence) n=$PRESENCE_N ;;
+        idle_ws | idle_bosh) n=$WEB_IDLE_N ;;
+        chat_ws) n=$((CHAT_WS_PAIRS * 2)) ;;
+        pep) n=$PEP_N ;;
+        muc_join) n=$MUC_JOIN_N ;;
+        muc) n=$MUC_N ;;
         *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
     esac
     ((n > accounts)) && accounts=$n
@@ -121,7 +132,17 @@ runs_of() {
 scenario_args() {
     local common=(--scenario "${1%%-*}" --name "$1" --rate "$RATE" --max-inflight "$INFLIGHT"
         --timeout "$TIMEOUT" --password "$PASSWORD" --user-prefix bench --domain localhost)
+    # The web transports: the server's plain-HTTP listener and its endpoint paths.
+    if [ -n "${SERVER_HTTP_PORT:-}" ]; then
+        common+=(--http-addr "127.0.0.1:$SERVER_HTTP_PORT" --ws-path "$WS_PATH" --bosh-path "$BOSH_PATH")
+    fi
     case $1 in
+        idle_ws | idle_bosh) echo "${common[@]}" -n "$WEB_IDLE_N" --hold "$HOLD" ;;
+        chat_ws) echo "${common[@]}" -n $((CHAT_WS_PAIRS * 2)) --msg-rate "$CHAT_RATE" --duration "$CHAT_SECS" ;;
+        pep) echo "${common[@]}" -n "$PEP_N" --contacts "$PEP_R" --publish-rate "$PEP_RATE" \
+            --duration "$PEP_SECS" --setup-timeout "$SETUP_TIMEOUT" ;;
+        muc_join) echo "${common[@]}" -n "$MUC_JOIN_N" --join-rate "$MUC_JOIN_RATE" ;;
+        muc) echo "${common[@]}" -n "$MUC_N" --msg-rate "$MUC_RATE" --duration "$MUC_SECS" ;;
         idle-*) echo "${common[@]}" -n "${1#idle-}" --hold "$HOLD" ;;
         idle) echo "${common[@]}" -n "$IDLE_N" --hold "$HOLD" ;;
         login) echo "${common[@]}" -n "$LOGIN_N" ;;
@@ -146,7 +167,7 @@ failed_result() {
 
 failures=0
 meta=(--meta "date=$(date -u +%Y-%m-%dT%H:%MZ)")
-meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
+meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s, idle_ws/idle_bosh $WEB_IDLE_N, chat_ws $CHAT_WS_PAIRS pairs, pep $PEP_N accounts with $PEP_R contacts at $PEP_RATE publishes/s for $PEP_SECS s, muc_join $MUC_JOIN_N occupants at $MUC_JOIN_RATE joins/s, muc $MUC_N occupants at $MUC_RATE msg/s for $MUC_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
 for server in $SERVERS; do
     server_runs=()
     for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do
@@ -191,7 +212,10 @@ for server in $SERVERS; do
     done
 done
 
-"$BENCH" summarize --ours xmppd --servers "${SERVERS// /,}" "${meta[@]}" \
+# A full run of some scenarios keeps the other scenarios' sections of the previous results.
+keep=()
+[ "$SMOKE" = 1 ] || keep=(--keep "$OUT/latest.json")
+"$BENCH" summarize --ours xmppd --servers "${SERVERS// /,}" "${meta[@]}" "${keep[@]}" \
     --markdown "$OUT/latest.md" --json "$OUT/latest.json" "$WORK"/results/*.json
 log "results: $OUT/latest.md and $OUT/latest.json"
 if [ "$SMOKE" = 1 ]; then

@@ -1,5 +1,5 @@
 -- Prosody for the benchmark: loopback only, foreground, run by root, no throttles.
--- @DIR@, @CERT_DIR@ and @C2S_PORT@ are filled in by bench/lib/prosody.sh.
+-- @DIR@, @CERT_DIR@, @C2S_PORT@ and @HTTP_PORT@ are filled in by bench/lib/prosody.sh.
 run_as_root = true
 daemonize = false
 pidfile = "@DIR@/prosody.pid"
@@ -11,7 +11,9 @@ local_interfaces = { "127.0.0.1" }
 c2s_ports = { @C2S_PORT@ }
 c2s_direct_tls_ports = { }
 s2s_ports = { }
-http_ports = { }
+-- BOSH at /http-bind and WebSocket at /xmpp-websocket, plain HTTP on loopback.
+http_ports = { @HTTP_PORT@ }
+http_interfaces = { "127.0.0.1" }
 https_ports = { }
 component_ports = { }
 admin_socket = "@DIR@/prosody.sock"
@@ -20,11 +22,22 @@ admin_socket = "@DIR@/prosody.sock"
 network_backend = "epoll"
 
 -- The modules our server has a counterpart for. Deliberately left out: mod_limits (its
--- default c2s rate limit would throttle the benchmark), carbons, smacks, MAM, PEP, CSI.
+-- default c2s rate limit would throttle the benchmark), carbons, smacks, MAM, CSI. PEP,
+-- BOSH and WebSocket are on (the pep and web scenarios need them; xmppd has them on).
 modules_enabled = {
 	"roster"; "saslauth"; "tls"; "disco"; "ping"; "time"; "version";
 	"private"; "vcard_legacy"; "lastactivity"; "admin_shell";
+	"bosh"; "websocket";
+	-- PEP (XEP-0163) with caps-based notifications, for the pep scenario; xmppd has it on.
+	"pep";
 }
+
+-- Web clients on loopback: plain HTTP counts as secure (as xmppd treats loopback), so SASL
+-- is offered; BOSH sessions outlive the scenarios' 60 s wait.
+consider_bosh_secure = true
+consider_websocket_secure = true
+bosh_max_inactivity = 120
+bosh_max_wait = 120
 
 c2s_require_encryption = true
 allow_registration = false
@@ -42,3 +55,6 @@ ssl = {
 }
 
 VirtualHost "localhost"
+
+-- Multi-user chat for the muc scenarios (xmppd has it at conference.<domain> too).
+Component "conference.localhost" "muc"

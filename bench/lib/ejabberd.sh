@@ -22,8 +22,11 @@ ejabberd_setup() {
     mkdir -p "$EJABBERD_DIR/spool" "$EJABBERD_DIR/logs"
     SERVER_PORT=$("$BENCH" free-port)
     EJABBERD_API_PORT=$("$BENCH" free-port)
+    SERVER_HTTP_PORT=$("$BENCH" free-port)
+    WS_PATH=/ws
+    BOSH_PATH=/bosh
     fill "$BENCH_ROOT/configs/ejabberd.yml" DIR="$EJABBERD_DIR" CERT_DIR="$CERT_DIR" \
-        C2S_PORT="$SERVER_PORT" API_PORT="$EJABBERD_API_PORT" >"$EJABBERD_DIR/ejabberd.yml"
+        C2S_PORT="$SERVER_PORT" HTTP_PORT="$SERVER_HTTP_PORT" API_PORT="$EJABBERD_API_PORT" >"$EJABBERD_DIR/ejabberd.yml"
     fill "$BENCH_ROOT/configs/ejabberdctl.cfg" DIST_PORT="$("$BENCH" free-port)" \
         >"$EJABBERD_DIR/ejabberdctl.cfg"
     cp /etc/ejabberd/inetrc "$EJABBERD_DIR/inetrc"

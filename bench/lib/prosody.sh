@@ -8,8 +8,11 @@ prosody_setup() {
     local accounts=$2
     mkdir -p "$PROSODY_DIR/data"
     SERVER_PORT=$("$BENCH" free-port)
+    SERVER_HTTP_PORT=$("$BENCH" free-port)
+    WS_PATH=/xmpp-websocket
+    BOSH_PATH=/http-bind
     fill "$BENCH_ROOT/configs/prosody.cfg.lua" DIR="$PROSODY_DIR" CERT_DIR="$CERT_DIR" \
-        C2S_PORT="$SERVER_PORT" >"$PROSODY_DIR/prosody.cfg.lua"
+        C2S_PORT="$SERVER_PORT" HTTP_PORT="$SERVER_HTTP_PORT" >"$PROSODY_DIR/prosody.cfg.lua"
     # prosodyctl writes the account files itself (no server needed), about 0.1 s each.
     seq 1 "$accounts" | xargs -P "$JOBS" -I{} \
         prosodyctl --config "$PROSODY_DIR/prosody.cfg.lua" register "bench{}" localhost "$PASSWORD"

@@ -9,6 +9,7 @@ relay_setup() {
     RELAY_DIR=$1
     mkdir -p "$RELAY_DIR"
     SERVER_PORT=$("$BENCH" free-port)
+    SERVER_HTTP_PORT=
     # Any account logs in; the password only enters the SCRAM signature the generator checks.
     if [ ! -s "$CERT_DIR/localhost.crt" ]; then
         log "relay: no certificate in $CERT_DIR (is openssl installed?)"

@@ -6,11 +6,14 @@ xmppd_setup() {
     local accounts=$2 certificates=""
     mkdir -p "$XMPPD_DIR"
     SERVER_PORT=$("$BENCH" free-port)
+    SERVER_HTTP_PORT=$("$BENCH" free-port)
+    WS_PATH=/xmpp-websocket
+    BOSH_PATH=/http-bind
     if [ -s "$CERT_DIR/localhost.crt" ]; then
         certificates="certificates = [{ domain = \"localhost\", cert = \"$CERT_DIR/localhost.crt\", key = \"$CERT_DIR/localhost.key\" }]"
     fi
     fill "$BENCH_ROOT/configs/xmppd.toml" DIR="$XMPPD_DIR" CERTIFICATES="$certificates" \
-        C2S_PORT="$SERVER_PORT" TLS_PORT="$("$BENCH" free-port)" \
+        C2S_PORT="$SERVER_PORT" HTTP_PORT="$SERVER_HTTP_PORT" TLS_PORT="$("$BENCH" free-port)" \
         METRICS_PORT="$("$BENCH" free-port)" >"$XMPPD_DIR/xmppd.toml"
     # Each `user add` derives the SCRAM keys (PBKDF2) for SHA-1 and SHA-256: run a few at once
     # (the first ones to open the fresh database take turns at its migrations).

@@ -1,8 +1,9 @@
 //! Opening an authenticated session: TCP, STARTTLS, SASL SCRAM-SHA-1, resource binding.
 //!
-//! The transport is TCP + STARTTLS for now; direct TLS or BOSH would be other ways of
-//! producing a [`Session`] (a byte stream carrying an XMPP stream), so scenarios need not
-//! change when they are added.
+//! Three transports produce a [`Session`] (a byte stream carrying XMPP): TCP + STARTTLS,
+//! WebSocket (RFC 7395) and BOSH (XEP-0124/0206). The web ones run a small pump task per
+//! session (`web.rs`) behind an in-memory pipe, and speak the RFC 7395 framing (`<open/>`,
+//! `<close/>`) on it, so scenarios do not care which one a session uses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -35,7 +38,41 @@ pub struct Target {
     next_source: AtomicUsize,
     /// Protocol and cipher suite of the first TLS session, for the report.
     pub tls_params: OnceLock<String>,
+    /// The server's HTTP listener, for WebSocket and BOSH sessions.
+    pub http: Option<HttpTarget>,
 }
+
+/// Where a server serves its web transports (plain HTTP on loopback).
+#[derive(Clone, Debug)]
+pub struct HttpTarget {
+    pub addr: SocketAddr,
+    pub ws_path: String,
+    pub bosh_path: String,
+}
+
+/// How a session reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP, STARTTLS, then XMPP streams.
+    Tcp,
+    /// WebSocket, subprotocol `xmpp`, one element per text message (RFC 7395).
+    Ws,
+    /// BOSH: HTTP/1.1 requests carrying `<body/>` wrappers (XEP-0124/0206).
+    Bosh,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "websocket",
+            Transport::Bosh => "bosh",
+        }
+    }
+}
+
+/// The RFC 7395 framing elements the web transports carry on their pipe.
+pub const FRAMED_CLOSE: &[u8] = b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>";
 
 impl Target {
     pub fn new(
@@ -57,6 +94,7 @@ impl Target {
             keys: KeyCache::new(password),
             next_source: AtomicUsize::new(0),
             tls_params: OnceLock::new(),
+            http: None,
         }
     }
 
@@ -69,12 +107,19 @@ impl Target {
         format!("{}@{}", self.username(index), self.domain)
     }
 
-    fn stream_header(&self) -> String {
-        format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
-            self.domain
-        )
+    fn stream_header(&self, framed: bool) -> String {
+        if framed {
+            format!(
+                "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{}' version='1.0'/>",
+                self.domain
+            )
+        } else {
+            format!(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+                 xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
+                self.domain
+            )
+        }
     }
 }
 
@@ -96,12 +141,69 @@ impl Failure {
 
 pub type Tls = TlsStream<TcpStream>;
 
+/// A session's byte stream: TLS over TCP, or the pipe to a web transport's pump task.
+pub enum Io {
+    Tls(Box<Tls>),
+    Pipe(DuplexStream),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+            Io::Pipe(p) => Pin::new(p).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            Io::Pipe(p) => Pin::new(p).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            Io::Pipe(p) => Pin::new(p).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            Io::Pipe(p) => Pin::new(p).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An authenticated, bound session.
 pub struct Session {
-    pub io: Tls,
+    pub io: Io,
     pub reader: StanzaReader,
     /// The full JID the server bound.
     pub jid: String,
+    /// Whether the stream uses the RFC 7395 framing (`<open/>`/`<close/>`): web transports.
+    pub framed: bool,
+}
+
+/// What ends a session's stream: `</stream:stream>`, or `<close/>` on a web transport.
+pub fn close_tag(framed: bool) -> &'static [u8] {
+    if framed {
+        FRAMED_CLOSE
+    } else {
+        b"</stream:stream>"
+    }
 }
 
 /// Waits for the next event, bounded by the target's timeout.
@@ -152,11 +254,13 @@ async fn open_stream<'r, S: AsyncRead + AsyncWrite + Unpin>(
     target: &Target,
     reader: &'r mut StanzaReader,
     io: &mut S,
+    framed: bool,
     stage: &'static str,
 ) -> Result<Stanza<'r>, Failure> {
-    send(io, target.stream_header().as_bytes(), stage).await?;
+    send(io, target.stream_header(framed).as_bytes(), stage).await?;
     match next_event(reader, io, target.timeout, stage).await? {
-        Event::StreamOpen => {}
+        Event::StreamOpen if !framed => {}
+        Event::Stanza(s) if framed && s.name() == b"open" => {}
         _ => return Err(Failure::new(stage, "expected a stream header")),
     }
     let features = next_stanza(reader, io, target.timeout, stage).await?;
@@ -167,6 +271,11 @@ async fn open_stream<'r, S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn connect_tcp(target: &Target) -> Result<TcpStream, Failure> {
+    connect_to(target, target.addr).await
+}
+
+/// A TCP connection to `addr` from the next source address, without Nagle.
+pub async fn connect_to(target: &Target, addr: SocketAddr) -> Result<TcpStream, Failure> {
     let socket = TcpSocket::new_v4().map_err(|e| Failure::new("connect", e))?;
     if !target.sources.is_empty() {
         let i = target.next_source.fetch_add(1, Ordering::Relaxed) % target.sources.len();
@@ -174,7 +283,7 @@ async fn connect_tcp(target: &Target) -> Result<TcpStream, Failure> {
             .bind(SocketAddr::new(target.sources[i], 0))
             .map_err(|e| Failure::new("connect", e))?;
     }
-    let stream = tokio::time::timeout(target.timeout, socket.connect(target.addr))
+    let stream = tokio::time::timeout(target.timeout, socket.connect(addr))
         .await
         .map_err(|_| Failure::new("connect", "timed out"))?
         .map_err(|e| Failure::new("connect", e))?;
@@ -187,7 +296,7 @@ async fn connect_tcp(target: &Target) -> Result<TcpStream, Failure> {
 
 async fn starttls(target: &Target, mut tcp: TcpStream) -> Result<Tls, Failure> {
     let mut reader = StanzaReader::default();
-    let features = open_stream(target, &mut reader, &mut tcp, "stream").await?;
+    let features = open_stream(target, &mut reader, &mut tcp, false, "stream").await?;
     if !features.has_child(b"starttls") {
         return Err(Failure::new("starttls", "STARTTLS not offered"));
     }
@@ -225,10 +334,15 @@ async fn starttls(target: &Target, mut tcp: TcpStream) -> Result<Tls, Failure> {
     Ok(tls)
 }
 
-async fn authenticate(target: &Target, io: &mut Tls, username: &str) -> Result<(), Failure> {
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    target: &Target,
+    io: &mut S,
+    framed: bool,
+    username: &str,
+) -> Result<(), Failure> {
     let mut reader = StanzaReader::default();
     let timeout = target.timeout;
-    let features = open_stream(target, &mut reader, io, "stream").await?;
+    let features = open_stream(target, &mut reader, io, framed, "stream").await?;
     if !features.raw().windows(13).any(|w| w == b">SCRAM-SHA-1<") {
         return Err(Failure::new("auth", "SCRAM-SHA-1 not offered"));
     }
@@ -295,9 +409,13 @@ fn sasl_failure(stanza: Stanza<'_>) -> Failure {
     )
 }
 
-async fn bind(target: &Target, io: &mut Tls) -> Result<(StanzaReader, String), Failure> {
+async fn bind<S: AsyncRead + AsyncWrite + Unpin>(
+    target: &Target,
+    io: &mut S,
+    framed: bool,
+) -> Result<(StanzaReader, String), Failure> {
     let mut reader = StanzaReader::default();
-    let features = open_stream(target, &mut reader, io, "stream").await?;
+    let features = open_stream(target, &mut reader, io, framed, "stream").await?;
     if !features.has_child(b"bind") {
         return Err(Failure::new("bind", "bind not offered"));
     }
@@ -331,11 +449,31 @@ async fn bind(target: &Target, io: &mut Tls) -> Result<(StanzaReader, String), F
 
 /// Connects and logs account `index` in, up to a bound resource (no presence sent yet).
 pub async fn login(target: &Arc<Target>, index: usize) -> Result<Session, Failure> {
-    let tcp = connect_tcp(target).await?;
-    let mut io = starttls(target, tcp).await?;
-    authenticate(target, &mut io, &target.username(index)).await?;
-    let (reader, jid) = bind(target, &mut io).await?;
-    Ok(Session { io, reader, jid })
+    login_via(target, index, Transport::Tcp).await
+}
+
+/// [`login`] over the given transport.
+pub async fn login_via(
+    target: &Arc<Target>,
+    index: usize,
+    transport: Transport,
+) -> Result<Session, Failure> {
+    let (mut io, framed) = match transport {
+        Transport::Tcp => {
+            let tcp = connect_tcp(target).await?;
+            (Io::Tls(Box::new(starttls(target, tcp).await?)), false)
+        }
+        Transport::Ws => (Io::Pipe(crate::web::websocket(target).await?), true),
+        Transport::Bosh => (Io::Pipe(crate::web::bosh(target)?), true),
+    };
+    authenticate(target, &mut io, framed, &target.username(index)).await?;
+    let (reader, jid) = bind(target, &mut io, framed).await?;
+    Ok(Session {
+        io,
+        reader,
+        jid,
+        framed,
+    })
 }
 
 impl Session {
@@ -370,7 +508,8 @@ impl Session {
     /// Closes the stream politely and then the connection, bounded in time.
     pub async fn close(mut self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, async {
-            let _ = self.io.write_all(b"</stream:stream>").await;
+            let _ = self.io.write_all(close_tag(self.framed)).await;
+            let _ = self.io.flush().await;
             let _ = self.io.shutdown().await;
         })
         .await;

@@ -11,6 +11,7 @@ mod scenario;
 mod scram;
 mod summary;
 mod tls;
+mod web;
 mod xml;
 
 use std::collections::BTreeMap;
@@ -40,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one scenario against a server and print its result as JSON.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Combine result files into a Markdown table and a JSON summary.
     Summarize(SummarizeArgs),
     /// Print a TCP port that is free on 127.0.0.1 now (for scripts).
@@ -56,6 +57,22 @@ enum ScenarioName {
     Idle,
     Chat,
     Presence,
+    /// idle over WebSocket (RFC 7395).
+    #[value(name = "idle_ws")]
+    IdleWs,
+    /// idle over BOSH (XEP-0124/0206), one held request per session.
+    #[value(name = "idle_bosh")]
+    IdleBosh,
+    /// chat between a WebSocket session and a TCP session in each pair.
+    #[value(name = "chat_ws")]
+    ChatWs,
+    /// PEP nickname publishes (XEP-0163/0172) notified to contacts with caps (XEP-0115).
+    Pep,
+    /// Joins to one MUC room (XEP-0045), measured one by one.
+    #[value(name = "muc_join")]
+    MucJoin,
+    /// Groupchat fan-out in one MUC room.
+    Muc,
 }
 
 #[derive(Args)]
@@ -67,6 +84,15 @@ struct RunArgs {
     addr: SocketAddr,
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// The server's plain-HTTP listener for WebSocket and BOSH (idle_ws, idle_bosh, chat_ws).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Path of the WebSocket endpoint on --http-addr.
+    #[arg(long, default_value = "/xmpp-websocket")]
+    ws_path: String,
+    /// Path of the BOSH endpoint on --http-addr.
+    #[arg(long, default_value = "/http-bind")]
+    bosh_path: String,
     /// Accounts are PREFIX1 … PREFIXn, all with the same password.
     #[arg(long, default_value = "bench")]
     user_prefix: String,
@@ -103,7 +129,7 @@ struct RunArgs {
     /// idle: seconds to hold the sessions before reading memory.
     #[arg(long, default_value_t = 5.0)]
     hold: f64,
-    /// chat: messages per second, all senders together.
+    /// chat, muc: messages per second, all senders together.
     #[arg(long, default_value_t = 1000.0)]
     msg_rate: f64,
     /// chat, presence: seconds of the measured window.
@@ -112,12 +138,18 @@ struct RunArgs {
     /// chat, presence: longest wait for stanzas in flight after sending stops.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
-    /// presence: mutual contacts per account.
+    /// presence, pep: mutual contacts per account.
     #[arg(long, default_value_t = 10)]
     contacts: usize,
     /// presence: presence changes per second, all sessions together.
     #[arg(long, default_value_t = 200.0)]
     presence_rate: f64,
+    /// muc_join: joins per second.
+    #[arg(long, default_value_t = 100.0)]
+    join_rate: f64,
+    /// pep: nickname publishes per second, all sessions together.
+    #[arg(long, default_value_t = 50.0)]
+    publish_rate: f64,
     /// presence: longest wait for the subscriptions that make the rosters (it ends sooner
     /// when all are made, or when the server sends nothing for 10 s).
     #[arg(long, default_value_t = 120.0)]
@@ -155,12 +187,16 @@ struct SummarizeArgs {
     markdown: PathBuf,
     #[arg(long)]
     json: PathBuf,
+    /// An earlier summary (latest.json): its results for scenarios these results do not
+    /// have are kept, with its header facts marked as the earlier run's.
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Summarize(args) => summarize(args),
         Command::FreePort => std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -192,6 +228,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         ("rate", args.rate),
         ("msg-rate", args.msg_rate),
         ("presence-rate", args.presence_rate),
+        ("publish-rate", args.publish_rate),
+        ("join-rate", args.join_rate),
     ] {
         if !(v.is_finite() && v > 0.0) {
             return Err(format!("--{name} must be positive"));
@@ -200,20 +238,29 @@ fn run(args: RunArgs) -> Result<(), String> {
     if args.sessions == 0 {
         return Err("--sessions must be at least 1".into());
     }
-    if !args.addr.ip().is_loopback() || args.source_addrs.iter().any(|a| !a.is_loopback()) {
+    if !args.addr.ip().is_loopback()
+        || args.source_addrs.iter().any(|a| !a.is_loopback())
+        || args.http_addr.is_some_and(|a| !a.ip().is_loopback())
+    {
         return Err("only loopback addresses may be used".into());
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let report = runtime.block_on(async {
+        let mut target = Target::new(
+            args.addr,
+            args.domain.clone(),
+            args.user_prefix.clone(),
+            &args.password,
+            args.source_addrs.clone(),
+            timeout,
+        );
+        target.http = args.http_addr.map(|addr| conn::HttpTarget {
+            addr,
+            ws_path: args.ws_path.clone(),
+            bosh_path: args.bosh_path.clone(),
+        });
         let run = Arc::new(Run {
-            target: Arc::new(Target::new(
-                args.addr,
-                args.domain.clone(),
-                args.user_prefix.clone(),
-                &args.password,
-                args.source_addrs.clone(),
-                timeout,
-            )),
+            target: Arc::new(target),
             server_pid: args.server_pid,
             errors: Default::default(),
             epoch: Instant::now(),
@@ -279,6 +326,12 @@ fn scenario_name(s: ScenarioName) -> &'static str {
         ScenarioName::Idle => "idle",
         ScenarioName::Chat => "chat",
         ScenarioName::Presence => "presence",
+        ScenarioName::IdleWs => "idle_ws",
+        ScenarioName::IdleBosh => "idle_bosh",
+        ScenarioName::ChatWs => "chat_ws",
+        ScenarioName::Pep => "pep",
+        ScenarioName::MucJoin => "muc_join",
+        ScenarioName::Muc => "muc",
     }
 }
 
@@ -293,19 +346,26 @@ async fn run_scenario(run: Arc<Run>, args: &RunArgs) -> (Value, &'static str) {
             };
             scenario::login::run(run, params).await
         }
-        ScenarioName::Idle => {
+        ScenarioName::Idle | ScenarioName::IdleWs | ScenarioName::IdleBosh => {
+            let transport = match args.scenario {
+                ScenarioName::IdleWs => conn::Transport::Ws,
+                ScenarioName::IdleBosh => conn::Transport::Bosh,
+                _ => conn::Transport::Tcp,
+            };
             let params = scenario::idle::Params {
                 sessions: args.sessions,
                 hold: secs(args.hold.max(0.0)),
+                transport,
             };
             scenario::idle::run(run, params).await
         }
-        ScenarioName::Chat => {
+        ScenarioName::Chat | ScenarioName::ChatWs => {
             let params = scenario::chat::Params {
                 pairs: (args.sessions / 2).max(1),
                 rate: args.msg_rate,
                 duration: secs(args.duration.max(0.1)),
                 drain: secs(args.drain.max(0.0)),
+                ws_side: matches!(args.scenario, ScenarioName::ChatWs),
             };
             scenario::chat::run(run, params).await
         }
@@ -320,6 +380,28 @@ async fn run_scenario(run: Arc<Run>, args: &RunArgs) -> (Value, &'static str) {
             };
             scenario::presence::run(run, params).await
         }
+        ScenarioName::Pep => {
+            let params = scenario::pep::Params {
+                accounts: args.sessions,
+                contacts: args.contacts.max(1),
+                rate: args.publish_rate,
+                duration: secs(args.duration.max(0.1)),
+                drain: secs(args.drain.max(0.0)),
+                setup_timeout: secs(args.setup_timeout.max(0.0)),
+            };
+            scenario::pep::run(run, params).await
+        }
+        ScenarioName::MucJoin | ScenarioName::Muc => {
+            let fanout = matches!(args.scenario, ScenarioName::Muc);
+            let params = scenario::muc::Params {
+                occupants: args.sessions,
+                join_rate: args.join_rate,
+                msg_rate: fanout.then_some(args.msg_rate),
+                duration: secs(args.duration.max(0.1)),
+                drain: secs(args.drain.max(0.0)),
+            };
+            scenario::muc::run(run, params).await
+        }
     }
 }
 
@@ -331,7 +413,7 @@ fn summarize(args: SummarizeArgs) -> Result<(), String> {
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         results.push(value);
     }
-    let meta: BTreeMap<String, String> = args
+    let mut meta: BTreeMap<String, String> = args
         .meta
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -339,6 +421,15 @@ fn summarize(args: SummarizeArgs) -> Result<(), String> {
             None => Err(format!("--meta {kv}: expected KEY=VALUE")),
         })
         .collect::<Result<_, _>>()?;
+    if let Some(path) = &args.keep {
+        if path.exists() {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let earlier: Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            summary::keep_earlier(&earlier, &mut results, &mut meta);
+        }
+    }
     let out = summary::summarize(&summary::Input {
         results,
         ours: args.ours,

@@ -704,6 +704,7 @@ mod tests {
             rate: 400.0,
             duration: Duration::from_millis(500),
             drain: Duration::from_secs(2),
+            ws_side: false,
         };
         let (metrics, status) = scenario::chat::run(run.clone(), params).await;
         server.abort();

@@ -121,7 +121,96 @@ const PRESENCE: &[Headline] = &[
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
-const SCENARIO_ORDER: [&str; 4] = ["login", "idle", "chat", "presence"];
+const PEP: &[Headline] = &[
+    h("notifications_per_s", "PEP notifications to contacts/s", UP),
+    h(
+        "server_cpu_us_per_notification",
+        "server CPU µs per notification",
+        DOWN,
+    ),
+    h("latency/p50_ms", "notification latency p50 (ms)", DOWN),
+    h("latency/p99_ms", "notification latency p99 (ms)", DOWN),
+    h(
+        "server_rss_kib_per_account",
+        "server RSS per account online (KiB)",
+        DOWN,
+    ),
+    h("roster_contacts_avg", "mutual contacts per account", None),
+    h(
+        "disco_queries_answered",
+        "caps disco#info queries answered",
+        None,
+    ),
+    h("publishes_sent", "nickname publishes sent", None),
+    h(
+        "notifications_expected",
+        "notifications expected (publishes × contacts)",
+        None,
+    ),
+    h("notifications_received", "notifications received", None),
+    h(
+        "own_notifications_received",
+        "own notifications received",
+        None,
+    ),
+    h(
+        "server_cpu_ms_per_login",
+        "server CPU ms per login with roster and caps",
+        DOWN,
+    ),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
+];
+
+const MUC_JOIN: &[Headline] = &[
+    h("join_latency/p50_ms", "join latency p50 (ms)", DOWN),
+    h("join_latency/p99_ms", "join latency p99 (ms)", DOWN),
+    h("join_total_s", "first join to last self-presence (s)", DOWN),
+    h("server_cpu_ms_per_join", "server CPU ms per join", DOWN),
+    h("joins", "joins completed", None),
+    h("occupants_at_end", "occupants at the end", None),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
+];
+
+const MUC: &[Headline] = &[
+    h("delivered_per_s", "groupchat deliveries/s", UP),
+    h(
+        "server_cpu_us_per_delivery",
+        "server CPU µs per delivered message",
+        DOWN,
+    ),
+    h("latency/p50_ms", "latency p50 (ms)", DOWN),
+    h("latency/p90_ms", "latency p90 (ms)", DOWN),
+    h("latency/p99_ms", "latency p99 (ms)", DOWN),
+    h("latency/max_ms", "latency max (ms)", DOWN),
+    h("occupants", "occupants", None),
+    h("sent", "messages sent", None),
+    h(
+        "deliveries_expected",
+        "deliveries expected (messages × occupants)",
+        None,
+    ),
+    h("received", "deliveries received", None),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
+];
+
+const SCENARIO_ORDER: [&str; 10] = [
+    "login",
+    "idle",
+    "chat",
+    "presence",
+    "idle_ws",
+    "idle_bosh",
+    "chat_ws",
+    "pep",
+    "muc_join",
+    "muc",
+];
 
 /// A result's scenario may be a variant such as `idle-10000` (one size of several).
 fn kind(scenario: &str) -> &str {
@@ -145,8 +234,11 @@ fn sort_key(scenario: &str) -> (usize, u64, String) {
 fn headlines(scenario: &str) -> &'static [Headline] {
     match scenario {
         "login" => LOGIN,
-        "idle" => IDLE,
-        "chat" => CHAT,
+        "idle" | "idle_ws" | "idle_bosh" => IDLE,
+        "chat" | "chat_ws" => CHAT,
+        "pep" => PEP,
+        "muc_join" => MUC_JOIN,
+        "muc" => MUC,
         "presence" => PRESENCE,
         _ => &[],
     }
@@ -198,6 +290,42 @@ pub fn machine() -> Value {
         "memory_gib": mem_kib.map(|k| (k as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
     })
+}
+
+/// Adds to `results` the raw results of an earlier summary for every scenario `results` does
+/// not have (a run of some scenarios only keeps the others' sections), and its header facts
+/// to `meta` as `earlier run: KEY`, naming the scenarios they belong to.
+pub fn keep_earlier(
+    earlier: &Value,
+    results: &mut Vec<Value>,
+    meta: &mut BTreeMap<String, String>,
+) {
+    let have: std::collections::BTreeSet<String> = results
+        .iter()
+        .filter_map(|r| r["scenario"].as_str().map(str::to_owned))
+        .collect();
+    let Some(scenarios) = earlier["scenarios"].as_object() else {
+        return;
+    };
+    let mut kept: Vec<&String> = scenarios.keys().filter(|s| !have.contains(*s)).collect();
+    if kept.is_empty() {
+        return;
+    }
+    kept.sort_by_key(|s| sort_key(s));
+    for name in &kept {
+        if let Some(by_server) = scenarios[*name]["results"].as_object() {
+            results.extend(by_server.values().cloned());
+        }
+    }
+    let names: Vec<&str> = kept.iter().map(|s| s.as_str()).collect();
+    meta.insert("earlier run: scenarios".into(), names.join(", "));
+    if let Some(old) = earlier["meta"].as_object() {
+        for (k, v) in old {
+            if let Some(v) = v.as_str() {
+                meta.insert(format!("earlier run: {k}"), v.to_owned());
+            }
+        }
+    }
 }
 
 pub struct Output {
@@ -412,6 +540,26 @@ mod tests {
             ]
         );
         assert_eq!(kind("idle-10000"), "idle");
+    }
+
+    #[test]
+    fn keeps_the_earlier_scenarios_only() {
+        let earlier = json!({
+            "meta": {"date": "yesterday"},
+            "scenarios": {
+                "login": {"results": {"xmppd": result("xmppd", 1.0, "ok")}},
+                "idle": {"results": {"xmppd": {"label": "xmppd", "scenario": "idle"}}},
+            },
+        });
+        let mut results = vec![result("xmppd", 2.0, "ok")];
+        let mut meta = BTreeMap::from([("date".to_owned(), "today".to_owned())]);
+        keep_earlier(&earlier, &mut results, &mut meta);
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0]["metrics"]["logins_per_s"], json!(2.0));
+        assert_eq!(results[1]["scenario"], "idle");
+        assert_eq!(meta["date"], "today");
+        assert_eq!(meta["earlier run: date"], "yesterday");
+        assert_eq!(meta["earlier run: scenarios"], "idle");
     }
 
     #[test]

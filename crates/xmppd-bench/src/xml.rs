@@ -94,7 +94,7 @@ pub fn next_item(buf: &[u8]) -> Result<Option<(Item, usize, usize)>, MalformedXm
 
 /// The index just past the `>` closing the tag that starts at `start`, honouring quotes
 /// (a `>` inside an attribute value does not end the tag).
-fn tag_end(buf: &[u8], start: usize) -> Result<Option<usize>, MalformedXml> {
+pub fn tag_end(buf: &[u8], start: usize) -> Result<Option<usize>, MalformedXml> {
     let mut quote = 0u8;
     for (i, &b) in buf.iter().enumerate().skip(start + 1) {
         match b {

@@ -28,6 +28,8 @@ pub struct Params {
     pub duration: Duration,
     /// Longest wait, after sending stops, for messages still in flight.
     pub drain: Duration,
+    /// chat_ws: the first session of each pair connects over WebSocket, its partner over TCP.
+    pub ws_side: bool,
 }
 
 #[derive(Default)]
@@ -50,6 +52,7 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
     // Each sender's share of the rate, as an interval.
     let period = Duration::from_secs_f64(n as f64 / params.rate);
 
+    let ws_side = params.ws_side;
     let login = Window::start(run.server_pid);
     let tasks = ramp(&run, n, |i, permit| {
         let run = run.clone();
@@ -58,8 +61,15 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
         let jids = jids.clone();
         let rx = phase_rx.clone();
         async move {
-            let result =
-                session_task(&run, i, permit, &progress, &counters, &jids, rx, period).await;
+            let transport = if ws_side && i % 2 == 0 {
+                conn::Transport::Ws
+            } else {
+                conn::Transport::Tcp
+            };
+            let result = session_task(
+                &run, i, transport, permit, &progress, &counters, &jids, rx, period,
+            )
+            .await;
             if let Err(e) = result {
                 run.errors.record(&e);
             }
@@ -102,7 +112,7 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
         "message bounced with type='error'",
     );
     let status = if delivered == 0 { "failed" } else { "ok" };
-    let metrics = json!({
+    let mut metrics = json!({
         "sessions_online": online,
         "target_msgs_per_s": params.rate,
         "sent": sent,
@@ -119,6 +129,9 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
             "duration_s": params.duration.as_secs_f64(),
         },
     });
+    if params.ws_side {
+        metrics["params"]["transports"] = json!("websocket to tcp and back, one of each per pair");
+    }
     (metrics, status)
 }
 
@@ -126,6 +139,7 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
 async fn session_task(
     run: &Run,
     i: usize,
+    transport: conn::Transport,
     permit: tokio::sync::OwnedSemaphorePermit,
     progress: &Progress,
     counters: &Counters,
@@ -134,7 +148,7 @@ async fn session_task(
     period: Duration,
 ) -> Result<(), Failure> {
     let target = &run.target;
-    let mut session = match conn::login(target, i).await {
+    let mut session = match conn::login_via(target, i, transport).await {
         Ok(s) => s,
         Err(e) => {
             progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +175,12 @@ async fn session_task(
     };
     // Senders start spread over one period so they do not tick in lockstep.
     let offset = period.mul_f64((i as f64 * 0.618_034).fract());
-    let conn::Session { io, mut reader, .. } = session;
+    let conn::Session {
+        io,
+        mut reader,
+        framed,
+        ..
+    } = session;
     let (rd, wr) = tokio::io::split(io);
     let sending = send_loop(run, wr, partner, period, offset, rx.clone(), counters);
     let receiving = receive_loop(run, rd, &mut reader, rx, counters);
@@ -169,7 +188,8 @@ async fn session_task(
     let mut wr = wr?;
     read_result?;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = wr.write_all(b"</stream:stream>").await;
+        let _ = wr.write_all(conn::close_tag(framed)).await;
+        let _ = wr.flush().await;
         let _ = wr.shutdown().await;
     })
     .await;

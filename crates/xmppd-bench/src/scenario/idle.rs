@@ -18,6 +18,23 @@ pub struct Params {
     /// Seconds to wait once everyone is online before reading memory (lets the server
     /// finish lazy work) — also the window for its idle CPU.
     pub hold: Duration,
+    /// How the sessions connect (idle over TCP, idle_ws, idle_bosh).
+    pub transport: conn::Transport,
+}
+
+/// The parameters in the result; the transport only when it is not TCP (as before).
+fn idle_params(params: &Params) -> Value {
+    let mut p = json!({ "sessions": params.sessions, "hold_s": params.hold.as_secs_f64() });
+    match params.transport {
+        conn::Transport::Tcp => {}
+        conn::Transport::Bosh => {
+            p["transport"] = json!("bosh");
+            p["bosh_hold"] = json!(1);
+            p["bosh_wait_s"] = json!(crate::web::BOSH_WAIT);
+        }
+        t => p["transport"] = json!(t.name()),
+    }
+    p
 }
 
 pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
@@ -26,13 +43,14 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
     let (phase, phase_rx) = watch::channel(Phase::Setup);
     let progress = Arc::new(Progress::default());
     let baseline = Window::start(run.server_pid);
+    let transport = params.transport;
     let tasks = ramp(&run, n, |i, permit| {
         let run = run.clone();
         let progress = progress.clone();
         let mut rx = phase_rx.clone();
         async move {
             let target = &run.target;
-            let mut session = match conn::login(target, i).await {
+            let mut session = match conn::login_via(target, i, transport).await {
                 Ok(s) => s,
                 Err(e) => {
                     run.errors.record(&e);
@@ -89,7 +107,7 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
         "server_idle_cpu_s": held.server_cpu_s,
         "login_window": login.to_json(),
         "idle_window": held.to_json(),
-        "params": { "sessions": n, "hold_s": params.hold.as_secs_f64() },
+        "params": idle_params(&params),
     });
     (metrics, status)
 }

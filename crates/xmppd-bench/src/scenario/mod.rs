@@ -8,6 +8,8 @@
 pub mod chat;
 pub mod idle;
 pub mod login;
+pub mod muc;
+pub mod pep;
 pub mod presence;
 
 use std::future::Future;

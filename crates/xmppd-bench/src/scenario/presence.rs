@@ -48,14 +48,14 @@ fn status(broadcasts: u64, online: u64) -> &'static str {
 }
 
 /// The other members of account `i`'s clique.
-fn clique(i: usize, n: usize, contacts: usize) -> std::ops::Range<usize> {
+pub(super) fn clique(i: usize, n: usize, contacts: usize) -> std::ops::Range<usize> {
     let size = contacts + 1;
     let first = i / size * size;
     first..(first + size).min(n)
 }
 
 /// Whether `from` is `bare` itself or one of its full JIDs.
-fn is_own(from: &[u8], bare: &[u8]) -> bool {
+pub(super) fn is_own(from: &[u8], bare: &[u8]) -> bool {
     from.starts_with(bare) && (from.len() == bare.len() || from[bare.len()] == b'/')
 }
 
@@ -67,13 +67,13 @@ fn bare(jid: &[u8]) -> &[u8] {
 }
 
 #[derive(Default)]
-struct Setup {
+pub(super) struct Setup {
     /// Sessions whose clique is fully subscribed both ways.
-    complete: AtomicUsize,
+    pub complete: AtomicUsize,
     /// Sessions whose roster request failed (a server without rosters).
-    no_roster: AtomicUsize,
+    pub no_roster: AtomicUsize,
     /// Contacts with subscription 'both', summed over sessions.
-    contacts: AtomicU64,
+    pub contacts: AtomicU64,
     /// Stanzas received while subscribing, to tell a slow server from a stalled one.
     stanzas: AtomicU64,
 }
@@ -106,7 +106,7 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
 
 /// Pass 1: everyone online, then subscriptions within each clique until all are mutual or
 /// the setup timeout.
-async fn make_rosters(run: &Arc<Run>, params: &Params) -> Arc<Setup> {
+pub(super) async fn make_rosters(run: &Arc<Run>, params: &Params) -> Arc<Setup> {
     let n = params.accounts;
     let (phase, phase_rx) = watch::channel(Phase::Setup);
     let progress = Arc::new(Progress::default());
