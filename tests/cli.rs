@@ -909,3 +909,103 @@ async fn logs_to_the_journal_carry_priorities_and_no_timestamps() {
         "{text}"
     );
 }
+
+/// Run as its own unprivileged user (as the systemd unit does) with a permissive umask, the
+/// server creates every file and directory of its data directory for that user alone.
+/// Needs root to switch users; elsewhere it says so and checks nothing.
+#[tokio::test]
+async fn serve_as_an_unprivileged_user_keeps_its_files_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" || which("setpriv").is_none() {
+        eprintln!("skipped: switching to an unprivileged user needs root and setpriv");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap()
+    };
+    open(dir.path());
+    // Its own copies, where the unprivileged user can read them.
+    let binary = dir.path().join("xmppd");
+    std::fs::copy(env!("CARGO_BIN_EXE_xmppd"), &binary).unwrap();
+    open(&binary);
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    let c2s = free_port();
+    let config = dir.path().join("xmppd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {data:?}\n[listen]\nc2s = [\"127.0.0.1:{c2s}\"]\n\
+             c2s_direct_tls = []\nhttp = []\n",
+            data = home.join("data"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = KillOnDrop(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg("umask 022; exec \"$0\" serve --config \"$1\"")
+            .arg(&binary)
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{c2s}").parse().unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the server did not start as an unprivileged user");
+    // Everything under the data directory: the database and its WAL, the secret, the
+    // socket, the generated certificate and key.
+    let mut seen = 0;
+    let mut todo = vec![home.join("data")];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(
+            meta.uid(),
+            NOBODY,
+            "{} is not the server user's",
+            path.display()
+        );
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "crt") {
+            // A certificate is public (every client is shown it); nobody else may change it.
+            assert_eq!(mode & 0o022, 0, "{}", path.display());
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5, "only {seen} entries in the data directory");
+    drop(server);
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
