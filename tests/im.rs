@@ -648,6 +648,8 @@ async fn disco_lists_exactly_the_implemented_features() {
     assert_eq!(
         features,
         vec![
+            // XEP-0115 §7: the server advertises caps in its stream features.
+            "http://jabber.org/protocol/caps",
             "http://jabber.org/protocol/disco#info",
             "http://jabber.org/protocol/disco#items",
             "jabber:iq:last",
