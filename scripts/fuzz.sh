@@ -3,7 +3,7 @@
 # committed seeds (fuzz/seeds/TARGET) and a scratch corpus. Any crash fails the run; the
 # crashing input is kept under fuzz/artifacts/TARGET/ and becomes a regression test.
 #
-#   bash scripts/fuzz.sh                    # 60 s per target (what CI runs)
+#   bash scripts/fuzz.sh                    # 60 s per target (CI runs 20 s: .ci/run)
 #   FUZZ_SECONDS=3600 bash scripts/fuzz.sh  # a longer local run
 #   FUZZ_TARGETS="sasl" bash scripts/fuzz.sh
 #

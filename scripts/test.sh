@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test: unit and end-to-end tests (cargo), the slixmpp interop scenarios,
-# federation with Prosody, the systemd unit's verification, and the benchmark harness in
-# smoke mode (so it cannot rot; it asserts no timings).
+# Runs every test: unit and end-to-end tests (cargo), the slixmpp interop scenarios, the
+# web clients in Node and headless Chromium, federation with Prosody, the systemd unit's
+# verification, and the benchmark harness in smoke mode (so it cannot rot; it asserts no
+# timings). Each step says how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace --locked
-bash interop/run.sh
-bash interop/web/run.sh
-bash interop/federation.sh
-bash dist/systemd/verify.sh
-bash bench/run.sh --smoke
+step() {
+    local started=$SECONDS
+    "$@"
+    echo "test: $* took $((SECONDS - started)) s"
+}
+step cargo test --workspace --locked
+step bash interop/run.sh
+step bash interop/web/run.sh
+step bash interop/federation.sh
+step bash dist/systemd/verify.sh
+step bash bench/run.sh --smoke
