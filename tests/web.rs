@@ -1147,3 +1147,158 @@ async fn bosh_session_terms_follow_section_7() {
     assert_eq!(standalone(&body).attr("ver"), Some("1.11"));
     server.stop().await;
 }
+
+/// Reads one HTTP response off a kept-alive connection: status, headers, body (by its
+/// `Content-Length`).
+async fn read_one_response(tcp: &mut TcpStream) -> (u16, Vec<(String, String)>, String) {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(TIMEOUT, tcp.read(&mut chunk))
+            .await
+            .expect("a response head in time")
+            .unwrap();
+        assert!(n > 0, "the connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("a Content-Length");
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(TIMEOUT, tcp.read(&mut chunk))
+            .await
+            .expect("a response body in time")
+            .unwrap();
+        assert!(n > 0, "the connection closed inside a response");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(
+        body.len(),
+        length,
+        "nothing after the response was asked for"
+    );
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn bosh_requests_keep_their_connection_alive_beside_the_other_endpoints() {
+    let server = TestServer::start().await;
+    let http = server.http.unwrap();
+    let mut tcp = TcpStream::connect(http).await.unwrap();
+    let rid = 41_000 + u64::from(rand_u16());
+    let post_on = |rid: u64, sid: Option<&str>, extra: &str| {
+        let body = match sid {
+            None => format!(
+                "<body rid='{rid}' to='localhost' wait='1' hold='1' ver='1.6' \
+                 xmpp:version='1.0' xmlns='{HTTPBIND}' xmlns:xmpp='urn:xmpp:xbosh'/>"
+            ),
+            Some(sid) => format!("<body rid='{rid}' sid='{sid}' xmlns='{HTTPBIND}'/>"),
+        };
+        format!(
+            "POST /http-bind HTTP/1.1\r\nHost: {http}\r\nOrigin: https://app.example\r\n\
+             Content-Length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    // Creation and a held request, one after the other on one HTTP/1.1 connection.
+    tcp.write_all(post_on(rid, None, "").as_bytes())
+        .await
+        .unwrap();
+    let (status, headers, body) = read_one_response(&mut tcp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/xml; charset=utf-8")
+    );
+    assert_eq!(header(&headers, "connection"), None, "kept alive");
+    let created = standalone(&body);
+    let sid = created.attr("sid").expect("a sid").to_string();
+    tcp.write_all(post_on(rid + 1, Some(&sid), "").as_bytes())
+        .await
+        .unwrap();
+    let (status, _, body) = read_one_response(&mut tcp).await;
+    assert_eq!(status, 200);
+    let empty = standalone(&body);
+    assert!(
+        empty.is("body", HTTPBIND) && empty.attr("type").is_none(),
+        "{body}"
+    );
+    // A chunked body is axum's to read: the same session answers on the same connection.
+    let chunked = format!("<body rid='{}' sid='{sid}' xmlns='{HTTPBIND}'/>", rid + 2);
+    let request = format!(
+        "POST /http-bind HTTP/1.1\r\nHost: {http}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{chunked}\r\n0\r\n\r\n",
+        chunked.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let (status, _, body) = read_one_response(&mut tcp).await;
+    assert_eq!(status, 200, "{body}");
+    let reply = standalone(&body);
+    assert!(
+        reply.is("body", HTTPBIND) && reply.attr("type").is_none(),
+        "{body}"
+    );
+    // Then host-meta, and BOSH again, all on that connection.
+    let get = format!("GET /.well-known/host-meta.json HTTP/1.1\r\nHost: {http}\r\n\r\n");
+    tcp.write_all(get.as_bytes()).await.unwrap();
+    let (status, _, body) = read_one_response(&mut tcp).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("{\"links\":"), "{body}");
+    tcp.write_all(post_on(rid + 3, Some(&sid), "").as_bytes())
+        .await
+        .unwrap();
+    let (status, headers, body) = read_one_response(&mut tcp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(standalone(&body).attr("type"), None, "{body}");
+    // `http.cors_origins` is `["*"]` by default: the origin is let in, by name.
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some("https://app.example")
+    );
+
+    // HTTP/1.0 without keep-alive, and HTTP/1.1 with `Connection: close`: one response, then
+    // the server closes.
+    for (version, extra) in [("HTTP/1.0", ""), ("HTTP/1.1", "Connection: close\r\n")] {
+        let mut tcp = TcpStream::connect(http).await.unwrap();
+        let request = post_on(rid + 100, None, extra).replace("HTTP/1.1", version);
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut response))
+            .await
+            .expect("the server closes after its response")
+            .unwrap();
+        let response = String::from_utf8(response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(standalone(body).attr("sid").is_some(), "{body}");
+    }
+    server.stop().await;
+}

@@ -493,10 +493,24 @@ fn respond(body: Bytes, session: Option<&Session>) -> Response {
     }
 }
 
-/// One BOSH request: its response.
-pub async fn request(web: &Arc<Web>, client: Client, raw: &[u8]) -> Response {
-    let (session, reply) = answer(web, client, raw).await;
-    respond(reply, session.as_deref())
+/// A request taken in: answered already, or held by its session until output or `wait`.
+pub enum Pending {
+    Answered(Option<Arc<Session>>, Bytes),
+    Held(Arc<Session>, u64, oneshot::Receiver<Bytes>),
+}
+
+impl Pending {
+    /// The response, once there is one. The request's bytes are not needed for this: the
+    /// caller frees them first, so a held request costs only what the session keeps.
+    pub async fn response(self) -> Response {
+        match self {
+            Pending::Answered(session, reply) => respond(reply, session.as_deref()),
+            Pending::Held(session, rid, rx) => {
+                let reply = wait_for(&session, rid, rx).await;
+                respond(reply, Some(&session))
+            }
+        }
+    }
 }
 
 /// A `ver` attribute as (major, minor).
@@ -505,10 +519,11 @@ fn parse_version(ver: &str) -> Option<(u32, u32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
-async fn answer(web: &Arc<Web>, client: Client, raw: &[u8]) -> (Option<Arc<Session>>, Bytes) {
+/// Takes one BOSH request's body (§7, §14): parsed, checked, and handed to its session.
+pub fn submit(web: &Arc<Web>, client: Client, raw: &[u8]) -> Pending {
     let limit = web.server.config.limits.max_stanza_size;
     if raw.len() > limit {
-        return (None, terminate("policy-violation"));
+        return Pending::Answered(None, terminate("policy-violation"));
     }
     let parsed = std::str::from_utf8(raw)
         .ok()
@@ -520,29 +535,28 @@ async fn answer(web: &Arc<Web>, client: Client, raw: &[u8]) -> (Option<Arc<Sessi
         if let Some(session) = &session {
             session.end(&mut lock(&session.state), terminate("bad-request"));
         }
-        return (session, terminate("bad-request"));
+        return Pending::Answered(session, terminate("bad-request"));
     };
     let Some(rid) = el.attr("rid").and_then(|r| r.parse::<u64>().ok()) else {
-        return (None, terminate("bad-request"));
+        return Pending::Answered(None, terminate("bad-request"));
     };
     let (session, rx) = match el.attr("sid") {
         Some(sid) => {
             let Some(session) = web.bosh.get(sid) else {
-                return (None, terminate("item-not-found"));
+                return Pending::Answered(None, terminate("item-not-found"));
             };
             let parsed = parse_body(&el, "");
             match session.receive(rid, parsed) {
                 Ok(rx) => (session, rx),
-                Err(reply) => return (Some(session), reply),
+                Err(reply) => return Pending::Answered(Some(session), reply),
             }
         }
         None => match create(web, client, rid, &el) {
             Ok(created) => created,
-            Err(reply) => return (None, reply),
+            Err(reply) => return Pending::Answered(None, reply),
         },
     };
-    let reply = wait_for(&session, rid, rx).await;
-    (Some(session), reply)
+    Pending::Held(session, rid, rx)
 }
 
 /// Waits for the response to `rid`: output from the stream, or empty after `wait`.

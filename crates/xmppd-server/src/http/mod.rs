@@ -7,6 +7,7 @@
 //! behind a trusted proxy, whether the client's connection is encrypted, and CORS.
 
 pub mod bosh;
+mod bosh_conn;
 mod units;
 pub mod websocket;
 
@@ -99,7 +100,12 @@ impl Web {
             return Vec::new();
         }
         vec![
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()),
+            // A copy: the request's value shares the buffer the whole request was read into.
+            (
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_bytes(origin.as_bytes())
+                    .unwrap_or(HeaderValue::from_static("null")),
+            ),
             (
                 header::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static("GET, POST, OPTIONS"),
@@ -219,6 +225,8 @@ fn routes(web: Arc<Web>) -> axum::Router {
         .merge(crate::metrics::routes(metrics))
 }
 
+/// A BOSH request that came through axum: one [`bosh_conn`] handed over (a chunked body,
+/// `Expect`, or a connection that served something else first).
 async fn bosh_request(
     State(web): State<Arc<Web>>,
     client: Client,
@@ -226,7 +234,10 @@ async fn bosh_request(
     body: axum::body::Bytes,
 ) -> Response {
     let cors = web.cors(&headers);
-    let reply = bosh::request(&web, client, &body).await;
+    let pending = bosh::submit(&web, client, &body);
+    // Both share hyper's read buffer: freed before the request is held.
+    drop((headers, body));
+    let reply = pending.response().await;
     let mut response = (
         reply.status,
         [(header::CONTENT_TYPE, reply.content_type)],
@@ -367,34 +378,30 @@ fn json_string(s: &str) -> String {
     out
 }
 
-/// An HTTP or HTTPS listener for `axum::serve`. TLS handshakes run in tasks of their own,
-/// so a slow one does not hold up the next accept.
+/// An HTTP or HTTPS listener for `axum::serve`. Each connection is a task of its own from
+/// the start: its TLS handshake, so a slow one does not hold up the next accept, then its BOSH
+/// requests ([`bosh_conn`]), until a request for axum arrives.
 pub struct WebListener {
     local: SocketAddr,
-    accepted: mpsc::Receiver<(TcpFraming, Conn)>,
+    accepted: mpsc::Receiver<(bosh_conn::Replay, Conn)>,
 }
 
 /// How long a TLS handshake may take on the HTTPS listener.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl WebListener {
-    pub fn new(tcp: TcpListener, tls: bool, server: Arc<ServerState>) -> Self {
+    pub fn new(tcp: TcpListener, tls: bool, web: Arc<Web>) -> Self {
         let local = tcp
             .local_addr()
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, accepted) = mpsc::channel(64);
-        tokio::spawn(accept(tcp, tls, server, tx));
+        tokio::spawn(accept(tcp, tls, web, tx));
         WebListener { local, accepted }
     }
 }
 
-async fn accept(
-    tcp: TcpListener,
-    tls: bool,
-    server: Arc<ServerState>,
-    tx: mpsc::Sender<(TcpFraming, Conn)>,
-) {
-    let mut shutdown = server.shutdown.clone();
+async fn accept(tcp: TcpListener, tls: bool, web: Arc<Web>, tx: bosh_conn::Handoff) {
+    let mut shutdown = web.server.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
             _ = crate::shutting_down(&mut shutdown) => return,
@@ -410,25 +417,26 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let mut framing = TcpFraming::new(stream);
         let conn = Conn { peer, tls };
-        if !tls {
-            if tx.send((framing, conn)).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let server = server.clone();
+        let web = web.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let handshake = framing.start_tls(&server.tls.acceptor, &server.tls.resolver);
-            if let Ok(true) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                let _ = tx.send((framing, conn)).await;
+            if tls {
+                let server = &web.server;
+                let handshake = framing.start_tls(&server.tls.acceptor, &server.tls.resolver);
+                if !matches!(
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await,
+                    Ok(true)
+                ) {
+                    return;
+                }
             }
+            bosh_conn::serve(web, framing, conn, tx).await;
         });
     }
 }
 
 impl Listener for WebListener {
-    type Io = TcpFraming;
+    type Io = bosh_conn::Replay;
     type Addr = Conn;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -456,7 +464,7 @@ impl Connected<IncomingStream<'_, WebListener>> for Conn {
 /// Serves one HTTP or HTTPS listener until shutdown.
 pub async fn serve(listener: TcpListener, tls: bool, web: Arc<Web>) {
     let mut shutdown = web.server.shutdown.clone();
-    let listener = WebListener::new(listener, tls, web.server.clone());
+    let listener = WebListener::new(listener, tls, web.clone());
     let app = routes(web).into_make_service_with_connect_info::<Conn>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { crate::shutting_down(&mut shutdown).await })
