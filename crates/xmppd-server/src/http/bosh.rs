@@ -751,7 +751,12 @@ impl AsyncWrite for BoshFraming {
         st.splitter.push(buf);
         while let Some(unit) = st.splitter.next_unit() {
             match unit {
-                Unit::Open(attrs) => st.stream_attrs = attrs,
+                Unit::Open(mut attrs) => {
+                    // Kept for the creation response: only what it carries.
+                    attrs.retain(|(name, _)| name == "from" || name == "id");
+                    attrs.shrink_to_fit();
+                    st.stream_attrs = attrs;
+                }
                 Unit::Element(element) => {
                     st.stream_error |= element.starts_with(b"<stream:error");
                     st.output.extend_from_slice(&element);

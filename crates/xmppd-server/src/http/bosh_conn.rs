@@ -54,24 +54,30 @@ pub async fn serve(web: Arc<Web>, mut io: TcpFraming, conn: Conn, axum: Handoff)
     let mut read = Vec::new();
     loop {
         if read.is_empty() {
-            let first = tokio::select! {
-                _ = crate::shutting_down(&mut shutdown) => return,
-                first = tokio::time::timeout(IDLE, read_more(&mut io, &mut read)) => first,
+            let next = async {
+                tokio::select! {
+                    _ = crate::shutting_down(&mut shutdown) => None,
+                    first = tokio::time::timeout(IDLE, read_more(&mut io, &mut read)) => Some(first),
+                }
+            };
+            let Some(first) = Box::pin(next).await else {
+                return;
             };
             if !matches!(first, Ok(Ok(1..))) {
                 return;
             }
         }
-        let head =
-            match tokio::time::timeout(TRANSFER, read_request(&web, &mut io, &mut read)).await {
-                Ok(Ok(Some(head))) => head,
-                Ok(Ok(None)) => {
-                    let _ = axum.send((Replay { read, at: 0, io }, conn)).await;
-                    return;
-                }
-                // Too slow, closed halfway, or a transport error: nothing to answer.
-                _ => return,
-            };
+        // Boxed, as the write below: only the held wait should size an idle connection's task.
+        let reading = tokio::time::timeout(TRANSFER, read_request(&web, &mut io, &mut read));
+        let head = match Box::pin(reading).await {
+            Ok(Ok(Some(head))) => head,
+            Ok(Ok(None)) => {
+                let _ = axum.send((Replay { read, at: 0, io }, conn)).await;
+                return;
+            }
+            // Too slow, closed halfway, or a transport error: nothing to answer.
+            _ => return,
+        };
         let client = web.client(conn, &head.headers);
         let cors = web.cors(&head.headers);
         let end = head.len + head.content_length;
@@ -85,10 +91,10 @@ pub async fn serve(web: Arc<Web>, mut io: TcpFraming, conn: Conn, axum: Handoff)
         drop(head);
         let reply = pending.response().await;
         let response = render(&reply, &cors, keep_alive, http_10);
-        let written = tokio::time::timeout(TRANSFER, async {
+        let written = Box::pin(tokio::time::timeout(TRANSFER, async {
             io.write_all(&response).await?;
             io.flush().await
-        })
+        }))
         .await;
         if !matches!(written, Ok(Ok(()))) {
             return;

@@ -196,10 +196,9 @@ impl Splitter {
         self.scanned = i;
         if self.depth <= 1 && self.start == self.buf.len() {
             // Nothing pending: give the memory back (this is in every idle session).
-            self.consume(self.buf.len());
-            if self.buf.capacity() > 4096 {
-                self.buf = Vec::new();
-            }
+            self.buf = Vec::new();
+            self.scanned = 0;
+            self.start = 0;
         }
         None
     }
