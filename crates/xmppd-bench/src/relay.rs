@@ -698,6 +698,8 @@ mod tests {
             epoch: Instant::now(),
             rate: 1000.0,
             max_inflight: 8,
+            peer: None,
+            peer_pid: None,
         });
         let params = scenario::chat::Params {
             pairs: 4,

@@ -94,6 +94,36 @@ const CHAT: &[Headline] = &[
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
+const S2S: &[Headline] = &[
+    h("delivered_per_s", "delivered msgs/s", UP),
+    h(
+        "server_cpu_us_per_msg",
+        "servers' CPU µs per federated message (both)",
+        DOWN,
+    ),
+    h("latency/p50_ms", "latency p50 (ms)", DOWN),
+    h("latency/p90_ms", "latency p90 (ms)", DOWN),
+    h("latency/p99_ms", "latency p99 (ms)", DOWN),
+    h("latency/max_ms", "latency max (ms)", DOWN),
+    h(
+        "links/rss_kib_per_connection",
+        "RSS per idle s2s connection (KiB, both servers)",
+        DOWN,
+    ),
+    h(
+        "links/rss_delta_kib",
+        "RSS of opening the links (KiB)",
+        DOWN,
+    ),
+    h("links/s2s_connections", "s2s connections", None),
+    h("links/first_messages_s", "first message each way (s)", DOWN),
+    h("sent", "messages sent", None),
+    h("received", "messages received", None),
+    h("window/server_cpu_s", "servers' CPU in window (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
+];
+
 const PRESENCE: &[Headline] = &[
     h("broadcasts_per_s", "presence broadcasts/s", UP),
     h(
@@ -199,7 +229,7 @@ const MUC: &[Headline] = &[
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
-const SCENARIO_ORDER: [&str; 10] = [
+const SCENARIO_ORDER: [&str; 11] = [
     "login",
     "idle",
     "chat",
@@ -210,6 +240,7 @@ const SCENARIO_ORDER: [&str; 10] = [
     "pep",
     "muc_join",
     "muc",
+    "s2s",
 ];
 
 /// A result's scenario may be a variant such as `idle-10000` (one size of several).
@@ -240,6 +271,7 @@ fn headlines(scenario: &str) -> &'static [Headline] {
         "muc_join" => MUC_JOIN,
         "muc" => MUC,
         "presence" => PRESENCE,
+        "s2s" => S2S,
         _ => &[],
     }
 }
@@ -560,6 +592,37 @@ mod tests {
         assert_eq!(meta["date"], "today");
         assert_eq!(meta["earlier run: date"], "yesterday");
         assert_eq!(meta["earlier run: scenarios"], "idle");
+    }
+
+    #[test]
+    fn s2s_rows_read_the_link_metrics() {
+        let s2s = |label: &str, cpu: f64, per_link: f64| {
+            json!({
+                "label": label, "scenario": "s2s", "status": "ok", "errors_total": 0,
+                "errors": {},
+                "metrics": {
+                    "server_cpu_us_per_msg": cpu,
+                    "links": {"rss_kib_per_connection": per_link, "s2s_connections": 2},
+                },
+            })
+        };
+        let input = Input {
+            results: vec![s2s("xmppd", 30.0, 100.0), s2s("prosody", 120.0, 50.0)],
+            ours: "xmppd".into(),
+            servers: vec!["xmppd".into(), "prosody".into()],
+            meta: BTreeMap::new(),
+            machine: json!({"nproc": 2}),
+        };
+        let md = summarize(&input).markdown;
+        assert!(md.contains("## s2s"), "{md}");
+        assert!(
+            md.contains("| servers' CPU µs per federated message (both) ↓ | 30 | 120 | 0.25 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| RSS per idle s2s connection (KiB, both servers) ↓ | 100 | 50 | 2.00 |")
+        );
+        assert!(md.contains("| s2s connections | 2 | 2 | 1.00 |"));
     }
 
     #[test]
