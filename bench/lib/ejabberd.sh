@@ -1,9 +1,12 @@
 # ejabberd for bench/run.sh: same interface as xmppd.sh. Runs `ejabberdctl … foreground`
 # (as the ejabberd user, which must own DIR); SERVER_PID is its beam.smp process. Erlang
 # distribution uses a fixed loopback port instead of epmd, so no epmd is left behind.
-# For s2s: the peer's domain resolves through the node's inetrc (ejabberd resolves A records
-# through Erlang's resolver, and there is no SRV record: it then uses outgoing_s2s_port), and
-# only certificates the test CA signed are accepted (no mod_s2s_dialback: SASL EXTERNAL).
+# For s2s: ejabberd finds no SRV record (it asks DNS only) and falls back to the A record of
+# the peer's domain, which it resolves with getaddrinfo (not the node's inetrc), on
+# outgoing_s2s_port. So the server runs in a mount namespace of its own where DIR/hosts (the
+# machine's /etc/hosts plus the peer's domain) is bind-mounted over /etc/hosts: the
+# machine's file is never touched. Only certificates the test CA signed are accepted (no
+# mod_s2s_dialback: SASL EXTERNAL both ways).
 
 # ejabberd_ctl ARGS…: ejabberdctl with our directories, as the ejabberd user, bounded to
 # 60 s (`foreground` runs without a bound: it is the server). ejabberdctl would switch user
@@ -11,7 +14,13 @@
 # accepting near 1,000 sessions and spins on accept. setpriv keeps the raised limit.
 ejabberd_ctl() {
     local bound=(timeout 60)
-    [ "$1" = foreground ] && bound=()
+    if [ "$1" = foreground ]; then
+        bound=()
+        if [ -s "$EJABBERD_DIR/hosts" ]; then
+            # shellcheck disable=SC2016
+            bound=(unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$EJABBERD_DIR/hosts")
+        fi
+    fi
     (cd "$EJABBERD_DIR" && HOME=/var/lib/ejabberd "${bound[@]}" \
         setpriv --reuid ejabberd --regid ejabberd --init-groups \
         ejabberdctl --config-dir "$EJABBERD_DIR" \
@@ -41,7 +50,8 @@ ejabberd_setup() {
         >"$EJABBERD_DIR/ejabberdctl.cfg"
     cp /etc/ejabberd/inetrc "$EJABBERD_DIR/inetrc"
     if [ -n "${S2S_PORT:-}" ]; then
-        printf '{host, {%s}, ["%s"]}.\n' "${PEER_IP//./,}" "$PEER_DOMAIN" >>"$EJABBERD_DIR/inetrc"
+        { cat /etc/hosts; printf '%s %s\n' "$PEER_IP" "$PEER_DOMAIN"; } >"$EJABBERD_DIR/hosts"
+        chmod 644 "$EJABBERD_DIR/hosts"
     fi
     chown -R ejabberd:ejabberd "$EJABBERD_DIR"
     # ejabberdctl su's to the ejabberd user, who must be able to reach DIR.
