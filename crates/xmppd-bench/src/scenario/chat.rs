@@ -156,9 +156,10 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
     (metrics, status)
 }
 
-/// s2s: sends one message each way (sessions 0 and 1) so the servers open and authenticate
-/// their links, waits for both, then for the servers to be quiet. Returns the links' memory:
-/// both servers' RSS before and after, and the server-to-server connections then open.
+/// s2s: sends one message from the first server to the second (session 0), once it has
+/// arrived one back (session 1), so the servers open and authenticate their links; then waits
+/// for the servers to be quiet. Returns the links' memory: both servers' RSS before and
+/// after, and the server-to-server connections then open.
 async fn open_links(
     run: &Run,
     params: &Params,
@@ -168,12 +169,15 @@ async fn open_links(
 ) -> Value {
     let timeout = run.target.timeout;
     let window = Window::start(pids.to_vec());
-    let started = Instant::now();
-    let _ = phase.send(Phase::Warm);
-    while counters.warm.load(Ordering::Relaxed) < 2 && started.elapsed() < timeout {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut first_s = Vec::new();
+    for (step, delivered) in [(Phase::Warm, 1), (Phase::WarmBack, 2)] {
+        let started = Instant::now();
+        let _ = phase.send(step);
+        while counters.warm.load(Ordering::Relaxed) < delivered && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        first_s.push(started.elapsed().as_secs_f64());
     }
-    let warm_s = started.elapsed().as_secs_f64();
     let warm = counters.warm.load(Ordering::Relaxed);
     if warm < 2 {
         run.errors.add(
@@ -192,7 +196,8 @@ async fn open_links(
     };
     json!({
         "warm_up_delivered": warm,
-        "first_messages_s": warm_s,
+        "first_message_s": first_s[0],
+        "first_message_back_s": first_s[1],
         "s2s_connections": (!params.s2s_ports.is_empty()).then_some(connections),
         "servers_rss_before_kib": rss(measured.server_before),
         "servers_rss_after_kib": rss(measured.server_after),
@@ -232,14 +237,11 @@ async fn session_task(
     progress.online.fetch_add(1, Ordering::Relaxed);
     drop(permit);
     // A partner that starts sending first must not have its messages dropped here.
-    hold(&mut session, &mut rx, Phase::Warm, |s| {
-        record(run, s, counters)
-    })
-    .await?;
-    if run.peer.is_some() && i < 2 {
-        if let Some(partner) = jids[i ^ 1].get() {
-            let warm = format!("<message to='{partner}' type='chat'><body>");
-            let mut stanza = warm.into_bytes();
+    // s2s: session 0 opens the way there, session 1 the way back (see open_links).
+    for (step, sender) in [(Phase::Warm, 0), (Phase::WarmBack, 1)] {
+        hold(&mut session, &mut rx, step, |s| record(run, s, counters)).await?;
+        if let (Some(_), true, Some(partner)) = (&run.peer, i == sender, jids[i ^ 1].get()) {
+            let mut stanza = format!("<message to='{partner}' type='chat'><body>").into_bytes();
             stanza.extend_from_slice(WARM_BODY);
             stanza.extend_from_slice(b"</body></message>");
             conn::send(&mut session.io, &stanza, "send").await?;

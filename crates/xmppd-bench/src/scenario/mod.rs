@@ -66,8 +66,11 @@ impl Run {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Setup,
-    /// s2s: the first messages open and authenticate the server-to-server links.
+    /// s2s: the first message (first server to second) opens and authenticates a link.
     Warm,
+    /// s2s: the first message back, once the first arrived (a server with bidirectional
+    /// streams, XEP-0288, may reuse the link the other opened).
+    WarmBack,
     Measure,
     Drain,
     Stop,
