@@ -2,7 +2,9 @@
 # Benchmarks xmppd side by side with Prosody and ejabberd on loopback: the same scenarios,
 # accounts, certificate and SCRAM settings on each, one server at a time, then a table in
 # bench/results/latest.md and latest.json. The `relay` target (chat only) is the machine's
-# floor: a TLS relay that does nothing else. See bench/README.md.
+# floor: a TLS relay that does nothing else. The `s2s` scenario runs two servers of the same
+# kind federating on loopback (one.bench.test on 127.0.0.12, two.bench.test on 127.0.0.13,
+# certificates from a test CA) and chats across the link. See bench/README.md.
 #
 #   bench/run.sh                 # all servers (+ relay for chat), all scenarios
 #   bench/run.sh --smoke         # xmppd only, tiny sizes, a few seconds, no apt (for CI)
@@ -21,7 +23,7 @@ source "$BENCH_ROOT/lib/relay.sh"
 
 SMOKE=0
 SERVERS=""
-SCENARIOS="idle login chat presence idle_ws idle_bosh chat_ws pep muc_join muc"
+SCENARIOS="idle login chat presence idle_ws idle_bosh chat_ws pep muc_join muc s2s"
 OUT=""
 while [ $# -gt 0 ]; do
     case $1 in
@@ -43,6 +45,7 @@ if [ "$SMOKE" = 1 ]; then
     : "${WEB_IDLE_N:=20}" "${CHAT_WS_PAIRS:=10}"
     : "${PEP_N:=20}" "${PEP_R:=3}" "${PEP_RATE:=10}" "${PEP_SECS:=2}"
     : "${MUC_JOIN_N:=10}" "${MUC_JOIN_RATE:=50}" "${MUC_N:=10}" "${MUC_RATE:=5}" "${MUC_SECS:=2}"
+    : "${S2S_PAIRS:=5}" "${S2S_RATE:=100}" "${S2S_SECS:=2}"
     : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}" "${QUIET_WAIT:=0}"
 else
     : "${SERVERS:=xmppd prosody ejabberd relay}" "${PROFILE:=release}"
@@ -51,6 +54,7 @@ else
     : "${WEB_IDLE_N:=1000}" "${CHAT_WS_PAIRS:=$CHAT_PAIRS}"
     : "${PEP_N:=500}" "${PEP_R:=50}" "${PEP_RATE:=50}" "${PEP_SECS:=10}"
     : "${MUC_JOIN_N:=400}" "${MUC_JOIN_RATE:=100}" "${MUC_N:=200}" "${MUC_RATE:=20}" "${MUC_SECS:=10}"
+    : "${S2S_PAIRS:=200}" "${S2S_RATE:=1000}" "${S2S_SECS:=10}"
     : "${HOLD:=5}" "${TIMEOUT:=30}" "${SETUP_TIMEOUT:=120}"
     : "${OUT:=$BENCH_ROOT/results}"
 fi
@@ -92,6 +96,7 @@ WORK=$(mktemp -d /tmp/xmppd-bench.XXXXXX)
 chmod 755 "$WORK"
 CURRENT=""
 cleanup() {
+    if [ -n "$S2S_ACTIVE" ]; then s2s_stop "$S2S_ACTIVE"; fi
     if [ -n "$CURRENT" ]; then "${CURRENT}_stop" || true; fi
     [ "${KEEP_WORK:-0}" = 1 ] && log "work directory kept: $WORK" || rm -rf "$WORK"
 }
@@ -100,6 +105,15 @@ trap cleanup EXIT
 mkdir -p "$OUT" "$WORK/results"
 CERT_DIR=$WORK/cert
 if command -v openssl >/dev/null; then make_cert "$CERT_DIR"; fi
+# The instance every scenario but s2s runs: domain localhost on 127.0.0.1, the shared
+# certificate, no federation. (s2s switches between two instances with save/load_state.)
+BENCH_DOMAIN=localhost BENCH_IP=127.0.0.1 S2S_PORT="" PEER_DOMAIN="" PEER_IP="" PEER_S2S_PORT=""
+CERT=$CERT_DIR/localhost.crt KEY=$CERT_DIR/localhost.key CERTFILE=$CERT_DIR/localhost.pem
+S2S_CA=""
+S2S_DOMAINS=(one.bench.test two.bench.test)
+S2S_IPS=(127.0.0.12 127.0.0.13)
+S2S_CERTS=$WORK/s2s-cert
+S2S_ACTIVE=""
 
 accounts=0
 for scenario in $SCENARIOS; do
@@ -113,6 +127,7 @@ for scenario in $SCENARIOS; do
         pep) n=$PEP_N ;;
         muc_join) n=$MUC_JOIN_N ;;
         muc) n=$MUC_N ;;
+        s2s) n=0 ;; # its two servers get accounts of their own
         *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
     esac
     ((n > accounts)) && accounts=$n
@@ -165,9 +180,73 @@ failed_result() {
         "$1" "$2" "$3" "$4" >"$WORK/results/$1-$2.json"
 }
 
+# s2s_stop SERVER: stops both instances of a federated pair (each by its PID).
+s2s_stop() {
+    local side
+    for side in 0 1; do
+        [ -s "$WORK/s2s-$side.state" ] || continue
+        load_state "$WORK/s2s-$side.state"
+        "${1}_stop" || true
+        save_state "$WORK/s2s-$side.state"
+    done
+    S2S_ACTIVE=""
+}
+
+# s2s_run SERVER: sets up two instances of SERVER, one per domain, each routing the other's
+# domain to its s2s port and trusting the test CA; starts both, runs the s2s scenario, stops
+# both. The single-server instance's state is kept aside meanwhile.
+s2s_run() {
+    local server=$1 side other rc=0 ports addrs=() pids=() s2s_ports=()
+    ports=("$("$BENCH" free-port)" "$("$BENCH" free-port)")
+    [ -s "$S2S_CERTS/ca.crt" ] || make_s2s_certs "$S2S_CERTS" "${S2S_DOMAINS[@]}"
+    save_state "$WORK/main.state"
+    for side in 0 1; do
+        other=$((1 - side))
+        BENCH_DOMAIN=${S2S_DOMAINS[side]} BENCH_IP=${S2S_IPS[side]}
+        CERT=$S2S_CERTS/$BENCH_DOMAIN.crt KEY=$S2S_CERTS/$BENCH_DOMAIN.key
+        CERTFILE=$S2S_CERTS/$BENCH_DOMAIN.pem S2S_CA=$S2S_CERTS/ca.crt S2S_PORT=${ports[side]}
+        PEER_DOMAIN=${S2S_DOMAINS[other]} PEER_IP=${S2S_IPS[other]} PEER_S2S_PORT=${ports[other]}
+        SERVER_PID=""
+        log "$server: s2s: setting up $BENCH_DOMAIN on $BENCH_IP with $S2S_PAIRS accounts"
+        if ! "${server}_setup" "$WORK/$server-s2s-$side" "$S2S_PAIRS"; then
+            log "$server: s2s: setup of $BENCH_DOMAIN failed"
+            failed_result "$server" s2s setup "setup of $BENCH_DOMAIN failed"
+            load_state "$WORK/main.state"
+            return 1
+        fi
+        save_state "$WORK/s2s-$side.state"
+    done
+    S2S_ACTIVE=$server
+    for side in 0 1; do
+        load_state "$WORK/s2s-$side.state"
+        "${server}_start" || rc=1
+        save_state "$WORK/s2s-$side.state"
+        addrs+=("$BENCH_IP:$SERVER_PORT") pids+=("$SERVER_PID") s2s_ports+=("$S2S_PORT")
+        [ $rc = 0 ] || break
+    done
+    if [ $rc != 0 ]; then
+        failed_result "$server" s2s start "the server for $BENCH_DOMAIN did not start"
+    else
+        wait_quiet "${pids[0]}" 30
+        wait_quiet "${pids[1]}" 30
+        wait_machine_quiet "$QUIET_WAIT"
+        log "$server: s2s (PIDs ${pids[*]}, ${addrs[*]})"
+        "$BENCH" run --label "$server" --scenario s2s --name s2s \
+            --addr "${addrs[0]}" --domain "${S2S_DOMAINS[0]}" --server-pid "${pids[0]}" \
+            --peer-addr "${addrs[1]}" --peer-domain "${S2S_DOMAINS[1]}" --peer-pid "${pids[1]}" \
+            --s2s-ports "${s2s_ports[0]},${s2s_ports[1]}" -n $((S2S_PAIRS * 2)) \
+            --msg-rate "$S2S_RATE" --duration "$S2S_SECS" --rate "$RATE" \
+            --max-inflight "$INFLIGHT" --timeout "$TIMEOUT" --password "$PASSWORD" \
+            --user-prefix bench --out "$WORK/results/$server-s2s.json" || rc=1
+    fi
+    s2s_stop "$server"
+    load_state "$WORK/main.state"
+    return $rc
+}
+
 failures=0
 meta=(--meta "date=$(date -u +%Y-%m-%dT%H:%MZ)")
-meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s, idle_ws/idle_bosh $WEB_IDLE_N, chat_ws $CHAT_WS_PAIRS pairs, pep $PEP_N accounts with $PEP_R contacts at $PEP_RATE publishes/s for $PEP_SECS s, muc_join $MUC_JOIN_N occupants at $MUC_JOIN_RATE joins/s, muc $MUC_N occupants at $MUC_RATE msg/s for $MUC_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
+meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s, idle_ws/idle_bosh $WEB_IDLE_N, chat_ws $CHAT_WS_PAIRS pairs, pep $PEP_N accounts with $PEP_R contacts at $PEP_RATE publishes/s for $PEP_SECS s, muc_join $MUC_JOIN_N occupants at $MUC_JOIN_RATE joins/s, muc $MUC_N occupants at $MUC_RATE msg/s for $MUC_SECS s, s2s $S2S_PAIRS pairs across two federated servers at $S2S_RATE msg/s for $S2S_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
 for server in $SERVERS; do
     server_runs=()
     for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do
@@ -178,17 +257,24 @@ for server in $SERVERS; do
         fi
     done
     [ ${#server_runs[@]} -gt 0 ] || continue
-    log "$server: setting up $accounts accounts"
-    started=$SECONDS
-    if ! "${server}_setup" "$WORK/$server" "$accounts"; then
-        log "$server: setup failed"
-        for run in "${server_runs[@]}"; do failed_result "$server" "$run" setup "setup failed"; done
-        failures=$((failures + 1))
-        continue
+    # The single-server instance, unless s2s (which sets up its own two) is all there is.
+    if [ "${server_runs[*]}" != s2s ]; then
+        log "$server: setting up $accounts accounts"
+        started=$SECONDS
+        if ! "${server}_setup" "$WORK/$server" "$accounts"; then
+            log "$server: setup failed"
+            for run in "${server_runs[@]}"; do failed_result "$server" "$run" setup "setup failed"; done
+            failures=$((failures + 1))
+            continue
+        fi
+        log "$server: setup took $((SECONDS - started)) s"
     fi
-    log "$server: setup took $((SECONDS - started)) s"
     meta+=(--meta "$server=$("${server}_version")")
     for run in "${server_runs[@]}"; do
+        if [ "$run" = s2s ]; then
+            s2s_run "$server" || failures=$((failures + 1))
+            continue
+        fi
         # A fresh process per run: memory and CPU start from the same point everywhere.
         CURRENT=$server
         if ! "${server}_start"; then

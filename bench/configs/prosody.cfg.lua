@@ -1,19 +1,20 @@
 -- Prosody for the benchmark: loopback only, foreground, run by root, no throttles.
--- @DIR@, @CERT_DIR@, @C2S_PORT@ and @HTTP_PORT@ are filled in by bench/lib/prosody.sh.
+-- @DIR@, @DOMAIN@ (localhost), @IP@ (127.0.0.1), @CERT_DIR@, @CERT@, @KEY@, the ports and the
+-- s2s settings (empty but for the s2s scenario) are filled in by bench/lib/prosody.sh.
 run_as_root = true
 daemonize = false
 pidfile = "@DIR@/prosody.pid"
 data_path = "@DIR@/data"
 log = { warn = "@DIR@/prosody.log" }
 
-interfaces = { "127.0.0.1" }
-local_interfaces = { "127.0.0.1" }
+interfaces = { "@IP@" }
+local_interfaces = { "@IP@" }
 c2s_ports = { @C2S_PORT@ }
 c2s_direct_tls_ports = { }
-s2s_ports = { }
+s2s_ports = { @S2S_PORTS@ }
 -- BOSH at /http-bind and WebSocket at /xmpp-websocket, plain HTTP on loopback.
 http_ports = { @HTTP_PORT@ }
-http_interfaces = { "127.0.0.1" }
+http_interfaces = { "@IP@" }
 https_ports = { }
 component_ports = { }
 admin_socket = "@DIR@/prosody.sock"
@@ -30,6 +31,7 @@ modules_enabled = {
 	"bosh"; "websocket";
 	-- PEP (XEP-0163) with caps-based notifications, for the pep scenario; xmppd has it on.
 	"pep";
+	@S2S_MODULES@
 }
 
 -- Web clients on loopback: plain HTTP counts as secure (as xmppd treats loopback), so SASL
@@ -47,14 +49,16 @@ authentication = "internal_hashed"
 default_iteration_count = 4096
 storage = "internal"
 
--- The certificate shared by all three servers (Prosody finds localhost.crt/.key there).
+-- The certificate shared by all three servers (Prosody finds DOMAIN.crt/.key there).
 certificates = "@CERT_DIR@"
 ssl = {
-	certificate = "@CERT_DIR@/localhost.crt";
-	key = "@CERT_DIR@/localhost.key";
+	certificate = "@CERT@";
+	key = "@KEY@";
+	@S2S_CA@
 }
+@S2S@
 
-VirtualHost "localhost"
+VirtualHost "@DOMAIN@"
 
 -- Multi-user chat for the muc scenarios (xmppd has it at conference.<domain> too).
-Component "conference.localhost" "muc"
+Component "conference.@DOMAIN@" "muc"

@@ -14,16 +14,16 @@ fill() {
     printf '%s\n' "$text"
 }
 
-# wait_port PORT SECONDS: true once something accepts on 127.0.0.1:PORT.
+# wait_port PORT SECONDS: true once something accepts on BENCH_IP:PORT (127.0.0.1).
 wait_port() {
-    local port=$1 deadline=$((SECONDS + $2))
+    local port=$1 deadline=$((SECONDS + $2)) ip=${BENCH_IP:-127.0.0.1}
     while ((SECONDS < deadline)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        if (exec 3<>"/dev/tcp/$ip/$port") 2>/dev/null; then
             return 0
         fi
         sleep 0.2
     done
-    log "nothing listens on port $port after $2 s"
+    log "nothing listens on $ip:$port after $2 s"
     return 1
 }
 
@@ -66,6 +66,44 @@ make_cert() {
         -keyout "$dir/localhost.key" -out "$dir/localhost.crt" 2>/dev/null
     cat "$dir/localhost.crt" "$dir/localhost.key" >"$dir/localhost.pem"
     chmod 644 "$dir"/*
+}
+
+# make_s2s_certs DIR DOMAIN…: a test CA (DIR/ca.crt) and for each domain a P-256 certificate
+# it signed (DIR/DOMAIN.crt, .key, and DOMAIN.pem = key + certificate + CA for ejabberd),
+# with serverAuth and clientAuth (OpenSSL under Prosody checks clientAuth on incoming peers).
+make_s2s_certs() {
+    local dir=$1 domain
+    shift
+    mkdir -p "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=xmppd bench test CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+    for domain in "$@"; do
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/CN=$domain" -keyout "$dir/$domain.key" -out "$dir/$domain.csr" 2>/dev/null
+        printf 'subjectAltName=DNS:%s,DNS:*.%s\nextendedKeyUsage=serverAuth,clientAuth\n' \
+            "$domain" "$domain" >"$dir/$domain.ext"
+        openssl x509 -req -in "$dir/$domain.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+            -CAcreateserial -days 30 -extfile "$dir/$domain.ext" -out "$dir/$domain.crt" 2>/dev/null
+        cat "$dir/$domain.key" "$dir/$domain.crt" "$dir/ca.crt" >"$dir/$domain.pem"
+    done
+    chmod 644 "$dir"/*
+}
+
+# The variables a server script keeps an instance's state in. The s2s scenario runs two
+# instances of one server: save_state/load_state switch between them.
+STATE_VARS="SERVER_PORT SERVER_PID SERVER_HTTP_PORT WS_PATH BOSH_PATH XMPPD_DIR PROSODY_DIR
+    EJABBERD_DIR EJABBERD_API_PORT EJABBERD_TOP BENCH_DOMAIN BENCH_IP CERT KEY CERTFILE S2S_PORT
+    PEER_DOMAIN PEER_IP PEER_S2S_PORT S2S_CA"
+
+# save_state FILE: the instance's variables, to be restored by load_state FILE.
+save_state() {
+    local v
+    for v in $STATE_VARS; do printf '%s=%q\n' "$v" "${!v-}"; done >"$1"
+}
+
+load_state() {
+    # shellcheck disable=SC1090
+    source "$1"
 }
 
 # cpu_ticks PID: utime+stime of PID in clock ticks.

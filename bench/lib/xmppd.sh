@@ -1,24 +1,33 @@
 # xmppd for bench/run.sh: SERVER_PORT, SERVER_PID; xmppd_setup DIR ACCOUNTS, xmppd_start,
-# xmppd_stop, xmppd_version. Needs XMPPD (the binary), PASSWORD, CERT_DIR, JOBS, BENCH.
+# xmppd_stop, xmppd_version. Needs XMPPD (the binary), PASSWORD, CERT, KEY, JOBS, BENCH, and
+# the instance's BENCH_DOMAIN and BENCH_IP; for s2s also S2S_PORT, PEER_DOMAIN, PEER_IP,
+# PEER_S2S_PORT and S2S_CA (see bench/run.sh).
 
 xmppd_setup() {
     XMPPD_DIR=$1
-    local accounts=$2 certificates=""
+    local accounts=$2 certificates="" s2s_listen="" s2s=""
     mkdir -p "$XMPPD_DIR"
     SERVER_PORT=$("$BENCH" free-port)
     SERVER_HTTP_PORT=$("$BENCH" free-port)
     WS_PATH=/xmpp-websocket
     BOSH_PATH=/http-bind
-    if [ -s "$CERT_DIR/localhost.crt" ]; then
-        certificates="certificates = [{ domain = \"localhost\", cert = \"$CERT_DIR/localhost.crt\", key = \"$CERT_DIR/localhost.key\" }]"
+    if [ -s "$CERT" ]; then
+        certificates="certificates = [{ domain = \"$BENCH_DOMAIN\", cert = \"$CERT\", key = \"$KEY\" }]"
+    fi
+    # Federation: the peer's certificate must verify against the test CA (no dialback).
+    if [ -n "${S2S_PORT:-}" ]; then
+        s2s_listen="s2s = [\"$BENCH_IP:$S2S_PORT\"]"
+        s2s=$(printf '[s2s]\nca_file = "%s"\ndialback = false\n[s2s.routes]\n"%s" = "%s:%s"' \
+            "$S2S_CA" "$PEER_DOMAIN" "$PEER_IP" "$PEER_S2S_PORT")
     fi
     fill "$BENCH_ROOT/configs/xmppd.toml" DIR="$XMPPD_DIR" CERTIFICATES="$certificates" \
+        DOMAIN="$BENCH_DOMAIN" IP="$BENCH_IP" S2S_LISTEN="$s2s_listen" S2S="$s2s" \
         C2S_PORT="$SERVER_PORT" HTTP_PORT="$SERVER_HTTP_PORT" TLS_PORT="$("$BENCH" free-port)" \
         METRICS_PORT="$("$BENCH" free-port)" >"$XMPPD_DIR/xmppd.toml"
     # Each `user add` derives the SCRAM keys (PBKDF2) for SHA-1 and SHA-256: run a few at once
     # (the first ones to open the fresh database take turns at its migrations).
     seq 1 "$accounts" | xargs -r -P "$JOBS" -I{} "$XMPPD" --config "$XMPPD_DIR/xmppd.toml" \
-        user add "bench{}@localhost" --password "$PASSWORD" >/dev/null
+        user add "bench{}@$BENCH_DOMAIN" --password "$PASSWORD" >/dev/null
 }
 
 xmppd_start() {

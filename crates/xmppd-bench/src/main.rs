@@ -73,6 +73,8 @@ enum ScenarioName {
     MucJoin,
     /// Groupchat fan-out in one MUC room.
     Muc,
+    /// chat between two federated servers: one session of each pair on each (--peer-addr).
+    S2s,
 }
 
 #[derive(Args)]
@@ -84,6 +86,18 @@ struct RunArgs {
     addr: SocketAddr,
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// s2s: the second server's client port; odd-numbered sessions log in there.
+    #[arg(long)]
+    peer_addr: Option<SocketAddr>,
+    /// s2s: the second server's domain.
+    #[arg(long)]
+    peer_domain: Option<String>,
+    /// s2s: the second server's process (its CPU and memory count with the first's).
+    #[arg(long)]
+    peer_pid: Option<u32>,
+    /// s2s: both servers' s2s listening ports, to count the server-to-server connections.
+    #[arg(long, value_delimiter = ',')]
+    s2s_ports: Vec<u16>,
     /// The server's plain-HTTP listener for WebSocket and BOSH (idle_ws, idle_bosh, chat_ws).
     #[arg(long)]
     http_addr: Option<SocketAddr>,
@@ -241,8 +255,15 @@ fn run(args: RunArgs) -> Result<(), String> {
     if !args.addr.ip().is_loopback()
         || args.source_addrs.iter().any(|a| !a.is_loopback())
         || args.http_addr.is_some_and(|a| !a.ip().is_loopback())
+        || args.peer_addr.is_some_and(|a| !a.ip().is_loopback())
     {
         return Err("only loopback addresses may be used".into());
+    }
+    let federated = matches!(args.scenario, ScenarioName::S2s);
+    if federated != (args.peer_addr.is_some() && args.peer_domain.is_some()) {
+        return Err(
+            "--peer-addr and --peer-domain go with --scenario s2s (and it needs them)".into(),
+        );
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let report = runtime.block_on(async {
@@ -259,8 +280,23 @@ fn run(args: RunArgs) -> Result<(), String> {
             ws_path: args.ws_path.clone(),
             bosh_path: args.bosh_path.clone(),
         });
+        let peer = args
+            .peer_addr
+            .zip(args.peer_domain.clone())
+            .map(|(addr, domain)| {
+                Arc::new(Target::new(
+                    addr,
+                    domain,
+                    args.user_prefix.clone(),
+                    &args.password,
+                    args.source_addrs.clone(),
+                    timeout,
+                ))
+            });
         let run = Arc::new(Run {
             target: Arc::new(target),
+            peer,
+            peer_pid: args.peer_pid,
             server_pid: args.server_pid,
             errors: Default::default(),
             epoch: Instant::now(),
@@ -332,6 +368,7 @@ fn scenario_name(s: ScenarioName) -> &'static str {
         ScenarioName::Pep => "pep",
         ScenarioName::MucJoin => "muc_join",
         ScenarioName::Muc => "muc",
+        ScenarioName::S2s => "s2s",
     }
 }
 
@@ -359,13 +396,14 @@ async fn run_scenario(run: Arc<Run>, args: &RunArgs) -> (Value, &'static str) {
             };
             scenario::idle::run(run, params).await
         }
-        ScenarioName::Chat | ScenarioName::ChatWs => {
+        ScenarioName::Chat | ScenarioName::ChatWs | ScenarioName::S2s => {
             let params = scenario::chat::Params {
                 pairs: (args.sessions / 2).max(1),
                 rate: args.msg_rate,
                 duration: secs(args.duration.max(0.1)),
                 drain: secs(args.drain.max(0.0)),
                 ws_side: matches!(args.scenario, ScenarioName::ChatWs),
+                s2s_ports: args.s2s_ports.clone(),
             };
             scenario::chat::run(run, params).await
         }

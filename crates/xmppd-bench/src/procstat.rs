@@ -84,6 +84,55 @@ pub fn sample(pid: u32) -> Option<Sample> {
     })
 }
 
+/// Each process's CPU seconds, in order; None if any of them is gone.
+pub fn cpu_seconds_each(pids: &[u32]) -> Option<Vec<f64>> {
+    pids.iter().map(|&pid| cpu_seconds(pid)).collect()
+}
+
+/// A sample of each process, in order; None without processes or if any of them is gone.
+pub fn sample_each(pids: &[u32]) -> Option<Vec<Sample>> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| sample(pid)).collect()
+}
+
+/// The memory of several processes together (RSS and peaks summed).
+pub fn total_memory(samples: &[Sample]) -> Memory {
+    samples.iter().fold(Memory::default(), |acc, s| Memory {
+        rss_kib: acc.rss_kib + s.mem.rss_kib,
+        peak_rss_kib: acc.peak_rss_kib + s.mem.peak_rss_kib,
+    })
+}
+
+/// Established TCP connections whose local port is one of `ports` (/proc/net/tcp and tcp6):
+/// with the servers' s2s listening ports, one per server-to-server connection, counted at
+/// its accepting end.
+pub fn established_on(ports: &[u16]) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .map(|table| count_established(&table, ports))
+        .sum()
+}
+
+fn count_established(table: &str, ports: &[u16]) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            // sl local_address rem_address st …; an address is HEXIP:HEXPORT.
+            let local = fields.nth(1);
+            let state = fields.nth(1);
+            let port = local
+                .and_then(|l| l.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            state == Some("01") && port.is_some_and(|p| ports.contains(&p))
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +160,33 @@ mod tests {
                 peak_rss_kib: 2048
             })
         );
+    }
+
+    #[test]
+    fn counts_established_connections_on_ports() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+            0: 0200007F:14B5 00000000:0000 0A 00000000:00000000\n\
+            1: 0200007F:14B5 0300007F:C350 01 00000000:00000000\n\
+            2: 0300007F:C350 0200007F:14B5 01 00000000:00000000\n\
+            3: 0300007F:14B6 0200007F:D000 01 00000000:00000000\n\
+            4: 0300007F:14B6 0200007F:D001 06 00000000:00000000\n";
+        // 0x14B5 = 5301 and 0x14B6 = 5302: one listener (0A), three established, one closing.
+        assert_eq!(count_established(table, &[5301, 5302]), 2);
+        assert_eq!(count_established(table, &[5301]), 1);
+        assert_eq!(count_established(table, &[]), 0);
+    }
+
+    #[test]
+    fn sums_memory_of_samples() {
+        let s = |rss, peak| Sample {
+            cpu_s: 0.0,
+            mem: Memory {
+                rss_kib: rss,
+                peak_rss_kib: peak,
+            },
+        };
+        let total = total_memory(&[s(10, 20), s(1, 2)]);
+        assert_eq!((total.rss_kib, total.peak_rss_kib), (11, 22));
     }
 
     #[test]

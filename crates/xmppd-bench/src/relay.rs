@@ -678,26 +678,36 @@ mod tests {
         client.verify_server_final(v.as_bytes()).unwrap();
     }
 
-    /// The generator's own chat scenario runs against the relay without errors.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn chat_scenario_runs_against_the_relay() {
+    /// Runs the generator's chat scenario against a relay; `federated`: as s2s, with the
+    /// odd sessions on a "peer" that is the same relay under another resource.
+    async fn chat_against_relay(federated: bool) -> (Arc<Run>, serde_json::Value, &'static str) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(serve(listener, Arc::new(test_relay("secret"))));
-        let run = Arc::new(Run {
-            target: Arc::new(Target::new(
+        let target = || {
+            Target::new(
                 addr,
                 "localhost".into(),
                 "bench".into(),
                 "secret",
                 vec![],
                 Duration::from_secs(5),
-            )),
+            )
+        };
+        let peer = federated.then(|| {
+            let mut peer = target();
+            peer.resource = "peer".into();
+            Arc::new(peer)
+        });
+        let run = Arc::new(Run {
+            target: Arc::new(target()),
             server_pid: None,
             errors: Default::default(),
             epoch: Instant::now(),
             rate: 1000.0,
             max_inflight: 8,
+            peer,
+            peer_pid: None,
         });
         let params = scenario::chat::Params {
             pairs: 4,
@@ -705,13 +715,36 @@ mod tests {
             duration: Duration::from_millis(500),
             drain: Duration::from_secs(2),
             ws_side: false,
+            s2s_ports: vec![],
         };
         let (metrics, status) = scenario::chat::run(run.clone(), params).await;
         server.abort();
+        (run, metrics, status)
+    }
+
+    /// The generator's own chat scenario runs against the relay without errors.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chat_scenario_runs_against_the_relay() {
+        let (run, metrics, status) = chat_against_relay(false).await;
         assert_eq!(status, "ok", "{metrics}");
         assert_eq!(run.errors.total(), 0, "{}", run.errors.to_json());
         assert_eq!(metrics["sessions_online"], 8);
         assert!(metrics["received"].as_u64().unwrap() > 0);
+        assert_eq!(metrics["sent"], metrics["received"]);
+        assert!(metrics.get("links").is_none());
+    }
+
+    /// In s2s mode the warm-up message goes each way first and is not counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s2s_mode_warms_the_link_up_first() {
+        let (run, metrics, status) = chat_against_relay(true).await;
+        assert_eq!(status, "ok", "{metrics}");
+        assert_eq!(run.errors.total(), 0, "{}", run.errors.to_json());
+        assert_eq!(metrics["links"]["warm_up_delivered"], 2);
+        assert_eq!(
+            metrics["params"]["domains"],
+            serde_json::json!(["localhost", "localhost"])
+        );
         assert_eq!(metrics["sent"], metrics["received"]);
     }
 }

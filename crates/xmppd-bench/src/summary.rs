@@ -94,6 +94,27 @@ const CHAT: &[Headline] = &[
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
+/// s2s: the chat rows (CPU and memory are both servers' together), then these.
+const S2S_LINKS: &[Headline] = &[
+    h(
+        "links/rss_kib_per_connection",
+        "RSS per idle s2s connection (KiB, both servers)",
+        DOWN,
+    ),
+    h(
+        "links/rss_delta_kib",
+        "RSS of opening the links (KiB)",
+        DOWN,
+    ),
+    h("links/s2s_connections", "s2s connections", None),
+    h(
+        "links/first_message_s",
+        "first message there: link setup (s)",
+        DOWN,
+    ),
+    h("links/first_message_back_s", "first message back (s)", DOWN),
+];
+
 const PRESENCE: &[Headline] = &[
     h("broadcasts_per_s", "presence broadcasts/s", UP),
     h(
@@ -199,7 +220,7 @@ const MUC: &[Headline] = &[
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
-const SCENARIO_ORDER: [&str; 10] = [
+const SCENARIO_ORDER: [&str; 11] = [
     "login",
     "idle",
     "chat",
@@ -210,6 +231,7 @@ const SCENARIO_ORDER: [&str; 10] = [
     "pep",
     "muc_join",
     "muc",
+    "s2s",
 ];
 
 /// A result's scenario may be a variant such as `idle-10000` (one size of several).
@@ -231,8 +253,8 @@ fn sort_key(scenario: &str) -> (usize, u64, String) {
     (order, size, scenario.to_owned())
 }
 
-fn headlines(scenario: &str) -> &'static [Headline] {
-    match scenario {
+fn headlines(scenario: &str) -> Vec<&'static Headline> {
+    let rows: &[Headline] = match scenario {
         "login" => LOGIN,
         "idle" | "idle_ws" | "idle_bosh" => IDLE,
         "chat" | "chat_ws" => CHAT,
@@ -240,8 +262,10 @@ fn headlines(scenario: &str) -> &'static [Headline] {
         "muc_join" => MUC_JOIN,
         "muc" => MUC,
         "presence" => PRESENCE,
+        "s2s" => return CHAT.iter().chain(S2S_LINKS).collect(),
         _ => &[],
-    }
+    };
+    rows.iter().collect()
 }
 
 fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
@@ -560,6 +584,37 @@ mod tests {
         assert_eq!(meta["date"], "today");
         assert_eq!(meta["earlier run: date"], "yesterday");
         assert_eq!(meta["earlier run: scenarios"], "idle");
+    }
+
+    #[test]
+    fn s2s_rows_read_the_link_metrics() {
+        let s2s = |label: &str, cpu: f64, per_link: f64| {
+            json!({
+                "label": label, "scenario": "s2s", "status": "ok", "errors_total": 0,
+                "errors": {},
+                "metrics": {
+                    "server_cpu_us_per_msg": cpu,
+                    "links": {"rss_kib_per_connection": per_link, "s2s_connections": 2},
+                },
+            })
+        };
+        let input = Input {
+            results: vec![s2s("xmppd", 30.0, 100.0), s2s("prosody", 120.0, 50.0)],
+            ours: "xmppd".into(),
+            servers: vec!["xmppd".into(), "prosody".into()],
+            meta: BTreeMap::new(),
+            machine: json!({"nproc": 2}),
+        };
+        let md = summarize(&input).markdown;
+        assert!(md.contains("## s2s"), "{md}");
+        assert!(
+            md.contains("| server CPU µs per message ↓ | 30 | 120 | 0.25 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| RSS per idle s2s connection (KiB, both servers) ↓ | 100 | 50 | 2.00 |")
+        );
+        assert!(md.contains("| s2s connections | 2 | 2 | 1.00 |"));
     }
 
     #[test]

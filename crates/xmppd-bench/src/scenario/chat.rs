@@ -2,6 +2,11 @@
 //! full JID) at a target total rate. Each body carries its send time, so the receiver
 //! measures delivery latency. Reports delivered msgs/s, latency percentiles and the server's
 //! CPU time per delivered message.
+//!
+//! `s2s` is the same between two federated servers: each pair has one session on each
+//! server ([`Run::peer`]), so every message crosses the server-to-server link. One message
+//! each way first opens and authenticates the links (not counted); the servers' RSS before
+//! and after that is the memory of the idle links. CPU is both servers' together.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -30,7 +35,12 @@ pub struct Params {
     pub drain: Duration,
     /// chat_ws: the first session of each pair connects over WebSocket, its partner over TCP.
     pub ws_side: bool,
+    /// s2s: the servers' s2s listening ports, to count the server-to-server connections.
+    pub s2s_ports: Vec<u16>,
 }
+
+/// The body of the message each way that opens the s2s links before the measured window.
+const WARM_BODY: &[u8] = b"warm-up";
 
 #[derive(Default)]
 struct Counters {
@@ -39,6 +49,8 @@ struct Counters {
     sent: AtomicU64,
     received: AtomicU64,
     errors: AtomicU64,
+    /// s2s warm-up messages received.
+    warm: AtomicU64,
     latency: Histogram,
 }
 
@@ -53,7 +65,8 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
     let period = Duration::from_secs_f64(n as f64 / params.rate);
 
     let ws_side = params.ws_side;
-    let login = Window::start(run.server_pid);
+    let pids = run.server_pids();
+    let login = Window::start(pids.clone());
     let tasks = ramp(&run, n, |i, permit| {
         let run = run.clone();
         let progress = progress.clone();
@@ -80,9 +93,13 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
     let login = login.finish();
     let online = progress.online() as u64;
 
-    server_quiet(run.server_pid, timeout).await;
+    server_quiet(pids.clone(), timeout).await;
+    let links = match run.peer {
+        Some(_) => Some(open_links(&run, &params, &phase, &counters, &pids).await),
+        None => None,
+    };
     let received_before = counters.received.load(Ordering::Relaxed);
-    let window = Window::start(run.server_pid);
+    let window = Window::start(pids);
     let _ = phase.send(Phase::Measure);
     tokio::time::sleep(params.duration).await;
     let measured = window.finish();
@@ -132,7 +149,62 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
     if params.ws_side {
         metrics["params"]["transports"] = json!("websocket to tcp and back, one of each per pair");
     }
+    if let (Some(links), Some(peer)) = (links, &run.peer) {
+        metrics["links"] = links;
+        metrics["params"]["domains"] = json!([run.target.domain, peer.domain]);
+    }
     (metrics, status)
+}
+
+/// s2s: sends one message from the first server to the second (session 0), once it has
+/// arrived one back (session 1), so the servers open and authenticate their links; then waits
+/// for the servers to be quiet. Returns the links' memory: both servers' RSS before and
+/// after, and the server-to-server connections then open.
+async fn open_links(
+    run: &Run,
+    params: &Params,
+    phase: &watch::Sender<Phase>,
+    counters: &Counters,
+    pids: &[u32],
+) -> Value {
+    let timeout = run.target.timeout;
+    let window = Window::start(pids.to_vec());
+    let mut first_s = Vec::new();
+    for (step, delivered) in [(Phase::Warm, 1), (Phase::WarmBack, 2)] {
+        let started = Instant::now();
+        let _ = phase.send(step);
+        while counters.warm.load(Ordering::Relaxed) < delivered && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        first_s.push(started.elapsed().as_secs_f64());
+    }
+    let warm = counters.warm.load(Ordering::Relaxed);
+    if warm < 2 {
+        run.errors.add(
+            "s2s-link",
+            2 - warm,
+            "warm-up message not delivered across the link",
+        );
+    }
+    server_quiet(pids.to_vec(), timeout).await;
+    let measured = window.finish();
+    let connections = crate::procstat::established_on(&params.s2s_ports) as u64;
+    let rss = |m: Option<crate::procstat::Memory>| m.map(|m| m.rss_kib);
+    let delta = match (rss(measured.server_before), rss(measured.server_after)) {
+        (Some(a), Some(b)) => Some(b as f64 - a as f64),
+        _ => None,
+    };
+    json!({
+        "warm_up_delivered": warm,
+        "first_message_s": first_s[0],
+        "first_message_back_s": first_s[1],
+        "s2s_connections": (!params.s2s_ports.is_empty()).then_some(connections),
+        "servers_rss_before_kib": rss(measured.server_before),
+        "servers_rss_after_kib": rss(measured.server_after),
+        "rss_delta_kib": delta,
+        "rss_kib_per_connection": delta.filter(|_| connections > 0).map(|d| d / connections as f64),
+        "server_cpu_s": measured.server_cpu_s,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -147,8 +219,10 @@ async fn session_task(
     mut rx: PhaseRx,
     period: Duration,
 ) -> Result<(), Failure> {
-    let target = &run.target;
-    let mut session = match conn::login_via(target, i, transport).await {
+    let target = run.target_of(i);
+    // s2s: pair k is account k on each server.
+    let account = if run.peer.is_some() { i / 2 } else { i };
+    let mut session = match conn::login_via(target, account, transport).await {
         Ok(s) => s,
         Err(e) => {
             progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +237,16 @@ async fn session_task(
     progress.online.fetch_add(1, Ordering::Relaxed);
     drop(permit);
     // A partner that starts sending first must not have its messages dropped here.
+    // s2s: session 0 opens the way there, session 1 the way back (see open_links).
+    for (step, sender) in [(Phase::Warm, 0), (Phase::WarmBack, 1)] {
+        hold(&mut session, &mut rx, step, |s| record(run, s, counters)).await?;
+        if let (Some(_), true, Some(partner)) = (&run.peer, i == sender, jids[i ^ 1].get()) {
+            let mut stanza = format!("<message to='{partner}' type='chat'><body>").into_bytes();
+            stanza.extend_from_slice(WARM_BODY);
+            stanza.extend_from_slice(b"</body></message>");
+            conn::send(&mut session.io, &stanza, "send").await?;
+        }
+    }
     hold(&mut session, &mut rx, Phase::Measure, |s| {
         record(run, s, counters)
     })
@@ -269,9 +353,12 @@ fn record(run: &Run, stanza: Stanza<'_>, counters: &Counters) {
     if stanza.name() != b"message" {
         return;
     }
+    let body = stanza.child_text(b"body");
     if stanza.attr(b"type") == Some(b"error") {
         counters.errors.fetch_add(1, Ordering::Relaxed);
-    } else if let Some(sent_at) = stanza.child_text(b"body").and_then(parse_u64) {
+    } else if body == Some(WARM_BODY) {
+        counters.warm.fetch_add(1, Ordering::Relaxed);
+    } else if let Some(sent_at) = body.and_then(parse_u64) {
         counters
             .latency
             .record(run.now_micros().saturating_sub(sent_at));

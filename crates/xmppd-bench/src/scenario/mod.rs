@@ -38,11 +38,27 @@ pub struct Run {
     pub rate: f64,
     /// At most this many logins in progress at once.
     pub max_inflight: usize,
+    /// s2s: the second server, federated with the first; odd-numbered sessions log in there.
+    pub peer: Option<Arc<Target>>,
+    pub peer_pid: Option<u32>,
 }
 
 impl Run {
     pub fn now_micros(&self) -> u64 {
         self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// The server session `i` logs in to: the peer for odd sessions when there is one.
+    pub fn target_of(&self, i: usize) -> &Arc<Target> {
+        match &self.peer {
+            Some(peer) if i % 2 == 1 => peer,
+            _ => &self.target,
+        }
+    }
+
+    /// Every measured server process (both ends of a federated run).
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.server_pid.into_iter().chain(self.peer_pid).collect()
     }
 }
 
@@ -50,6 +66,11 @@ impl Run {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Setup,
+    /// s2s: the first message (first server to second) opens and authenticates a link.
+    Warm,
+    /// s2s: the first message back, once the first arrived (a server with bidirectional
+    /// streams, XEP-0288, may reuse the link the other opened).
+    WarmBack,
     Measure,
     Drain,
     Stop,
@@ -124,29 +145,34 @@ pub async fn finish(phase: &watch::Sender<Phase>, mut tasks: JoinSet<()>, timeou
 
 /// Waits until the server uses under 2% of a core over half a second — it may still be
 /// working through what an earlier pass sent it — or until `max`. Without a PID, returns.
-pub async fn server_quiet(pid: Option<u32>, max: Duration) {
-    let Some(pid) = pid else { return };
+/// With several (a federated pair), waits for each of them to be that quiet.
+pub async fn server_quiet(pids: impl IntoIterator<Item = u32>, max: Duration) {
+    let pids: Vec<u32> = pids.into_iter().collect();
+    if pids.is_empty() {
+        return;
+    }
     let deadline = Instant::now() + max;
     while Instant::now() < deadline {
-        let Some(before) = procstat::cpu_seconds(pid) else {
+        let Some(before) = procstat::cpu_seconds_each(&pids) else {
             return;
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(after) = procstat::cpu_seconds(pid) else {
+        let Some(after) = procstat::cpu_seconds_each(&pids) else {
             return;
         };
-        if after - before <= 0.01 {
+        if after.iter().zip(&before).all(|(a, b)| a - b <= 0.01) {
             return;
         }
     }
     eprintln!("xmppd-bench: the server is still busy after {max:?}; measuring anyway");
 }
 
-/// CPU and memory of the server (and CPU of this generator) over a measured window.
+/// CPU and memory of the server (and CPU of this generator) over a measured window. With
+/// two servers (s2s), their CPU and memory are summed, and each one's CPU is kept too.
 pub struct Window {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     started: Instant,
-    server: Option<procstat::Sample>,
+    server: Option<Vec<procstat::Sample>>,
     generator_cpu_s: Option<f64>,
     machine_busy_s: Option<f64>,
 }
@@ -159,31 +185,35 @@ pub struct Measured {
     pub generator_cpu_s: Option<f64>,
     /// CPU used by everything else on the machine meanwhile (noise: builds, other tests).
     pub other_cpu_s: Option<f64>,
+    /// Each server's CPU in the window, when there are several.
+    pub server_cpu_s_each: Option<Vec<f64>>,
 }
 
 impl Window {
-    pub fn start(pid: Option<u32>) -> Self {
+    pub fn start(pids: impl IntoIterator<Item = u32>) -> Self {
+        let pids: Vec<u32> = pids.into_iter().collect();
         Window {
-            pid,
+            server: procstat::sample_each(&pids),
+            pids,
             started: Instant::now(),
-            server: pid.and_then(procstat::sample),
             generator_cpu_s: procstat::cpu_seconds(std::process::id()),
             machine_busy_s: procstat::machine_busy_seconds(),
         }
     }
 
     pub fn finish(&self) -> Measured {
-        let end = self.pid.and_then(procstat::sample);
+        let end = procstat::sample_each(&self.pids);
         let generator_end = procstat::cpu_seconds(std::process::id());
         let machine_end = procstat::machine_busy_seconds();
         let generator_cpu_s = match (self.generator_cpu_s, generator_end) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
-        let server_cpu_s = match (self.server, end) {
-            (Some(a), Some(b)) => Some(b.cpu_s - a.cpu_s),
+        let each: Option<Vec<f64>> = match (&self.server, &end) {
+            (Some(a), Some(b)) => Some(a.iter().zip(b).map(|(a, b)| b.cpu_s - a.cpu_s).collect()),
             _ => None,
         };
+        let server_cpu_s = each.as_ref().map(|e| e.iter().sum());
         let other_cpu_s = match (self.machine_busy_s, machine_end) {
             (Some(a), Some(b)) => Some(
                 (b - a - server_cpu_s.unwrap_or(0.0) - generator_cpu_s.unwrap_or(0.0)).max(0.0),
@@ -193,10 +223,11 @@ impl Window {
         Measured {
             elapsed_s: self.started.elapsed().as_secs_f64(),
             server_cpu_s,
-            server_before: self.server.map(|s| s.mem),
-            server_after: end.map(|s| s.mem),
+            server_before: self.server.as_deref().map(procstat::total_memory),
+            server_after: end.as_deref().map(procstat::total_memory),
             generator_cpu_s,
             other_cpu_s,
+            server_cpu_s_each: each.filter(|e| e.len() > 1),
         }
     }
 }
@@ -218,7 +249,7 @@ impl Measured {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut value = json!({
             "elapsed_s": self.elapsed_s,
             "server_cpu_s": self.server_cpu_s,
             "server_rss_before_kib": self.server_before.map(|m| m.rss_kib),
@@ -226,7 +257,11 @@ impl Measured {
             "server_peak_rss_kib": self.server_after.map(|m| m.peak_rss_kib),
             "generator_cpu_s": self.generator_cpu_s,
             "other_cpu_s": self.other_cpu_s,
-        })
+        });
+        if let Some(each) = &self.server_cpu_s_each {
+            value["server_cpu_s_each"] = json!(each);
+        }
+        value
     }
 }
 
@@ -348,6 +383,8 @@ mod tests {
             epoch: Instant::now(),
             rate: 1000.0,
             max_inflight: 2,
+            peer: None,
+            peer_pid: None,
         };
         let done = Arc::new(AtomicUsize::new(0));
         let mut tasks = ramp(&run, 20, |_, permit| {
