@@ -680,9 +680,11 @@ impl Framing for BoshFraming {
         if !st.input.is_empty() {
             let n = st.input.len();
             if buf.len() < n {
-                buf.resize(n, 0);
+                // As WebSocket does: the input buffer changes hands instead of being copied.
+                std::mem::swap(buf, &mut st.input);
+            } else {
+                buf[..n].copy_from_slice(&st.input);
             }
-            buf[..n].copy_from_slice(&st.input);
             st.input.clear();
             if st.input.capacity() > 4096 {
                 st.input = Vec::new();

@@ -181,14 +181,14 @@ impl WebSocketFraming {
 
     /// Hands `unread` to the driver's buffer, as much as fits.
     fn give(&mut self, buf: &mut Vec<u8>) -> usize {
-        if buf.len() < self.unread.len() {
-            buf.resize(
-                self.unread.len().max(crate::stream::framing::READ_BUFFER),
-                0,
-            );
-        }
         let n = self.unread.len();
-        buf[..n].copy_from_slice(&self.unread);
+        if buf.len() < n {
+            // The driver frees its buffer while idle: ours becomes its, with no allocation,
+            // zeroing or copy per message.
+            std::mem::swap(buf, &mut self.unread);
+        } else {
+            buf[..n].copy_from_slice(&self.unread);
+        }
         self.unread.clear();
         if self.unread.capacity() > 4096 {
             self.unread = Vec::new();

@@ -678,10 +678,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
             let stream = &mut self.stream;
             let event = match stream.parser.feed(&mut data) {
                 Ok(Some(event)) => event,
-                Ok(None) => {
-                    stream.parser.release_temporaries();
-                    return true;
-                }
+                Ok(None) => return true,
                 Err(e) => {
                     let (err, text) = parse_error_condition(&e);
                     stream.stream_error(err, Some(text)).await;
