@@ -170,6 +170,12 @@ async fn exchange_on(
         .unwrap();
     let response = String::from_utf8(response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let (status, headers) = parse_head(head);
+    (status, headers, body.to_string())
+}
+
+/// An HTTP response head: the status and the headers (lower-case names).
+fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -183,7 +189,7 @@ async fn exchange_on(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    (status, headers, body.to_string())
+    (status, headers)
 }
 
 async fn post(addr: SocketAddr, body: &str) -> Element {
@@ -1165,19 +1171,7 @@ async fn read_one_response(tcp: &mut TcpStream) -> (u16, Vec<(String, String)>, 
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, headers) = parse_head(&head);
     let length: usize = headers
         .iter()
         .find(|(k, _)| k == "content-length")
