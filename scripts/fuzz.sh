@@ -6,7 +6,7 @@
 #   bash scripts/fuzz.sh                    # 60 s per target (CI runs 20 s: .ci/run)
 #   FUZZ_SECONDS=3600 bash scripts/fuzz.sh  # a longer local run
 #   FUZZ_TARGETS="sasl" bash scripts/fuzz.sh
-#   FUZZ_PROFILE=dev bash scripts/fuzz.sh   # unoptimised: builds in a third of the time (CI)
+#   FUZZ_PROFILE=dev bash scripts/fuzz.sh   # opt-level 1, no debuginfo: quicker to build (CI)
 #
 # Needs a nightly toolchain (cargo fuzz builds with sanitizers); without one it says so and
 # skips. Installs cargo-fuzz (pinned) when it is missing.
