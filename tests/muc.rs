@@ -810,6 +810,26 @@ async fn two_sessions_are_one_occupant_and_a_closed_stream_leaves() {
     for raw in [&mut phone, &mut laptop] {
         raw.stanza_with(&["id='both'"]).await;
     }
+    // A vCard request to the occupant is answered for the account, whichever session.
+    let set = "<iq type='set' id='bv'><vCard xmlns='vcard-temp'><FN>Bob B.</FN></vCard></iq>";
+    assert_eq!(
+        parse(&laptop.iq("bv", set).await).attr("type"),
+        Some("result")
+    );
+    let card = iq(
+        &mut alice,
+        "av",
+        &format!("multi@{SERVICE}/bob"),
+        "get",
+        "<vCard xmlns='vcard-temp'/>",
+    )
+    .await;
+    assert_eq!(card.attr("from"), Some("multi@conference.localhost/bob"));
+    let fn_ = card
+        .get_child("vCard", "vcard-temp")
+        .and_then(|v| v.get_child("FN", "vcard-temp"))
+        .map(|f| f.text());
+    assert_eq!(fn_.as_deref(), Some("Bob B."), "{card:?}");
     // The phone's stream closes: bob is still there through the laptop.
     drop(phone);
     laptop.sync().await;

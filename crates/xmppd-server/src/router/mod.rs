@@ -24,7 +24,7 @@ use xmppd_storage::Storage;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{
-    Ctx, Effect, Event, Hooks, Intercept, IqTarget, Point, ServerHandle, Verdict, Via,
+    Ctx, Effect, Event, Hooks, Host, Intercept, IqTarget, Point, ServerHandle, Verdict, Via,
 };
 pub use locks::AccountLocks;
 pub use outbox::{Outbox, Push};
@@ -166,7 +166,17 @@ impl Router {
                     Box::pin(self.route_one(&mut cx, stanza, false)).await;
                     queue.extend(cx.take_effects());
                 }
-                Effect::Reply(reply) => self.deliver_reply(reply),
+                Effect::Reply(reply) => match self.reply_host(&reply) {
+                    Some(host) => {
+                        let Ok(stanza) = Stanza::parse(reply) else {
+                            continue;
+                        };
+                        let mut cx = Ctx::new(self);
+                        Box::pin(host.handle(&mut cx, stanza)).await;
+                        queue.extend(cx.take_effects());
+                    }
+                    None => self.deliver_reply(reply),
+                },
             }
         }
     }
@@ -432,6 +442,13 @@ impl Router {
     }
 
     /// Delivers a reply the server generated: to a local session, or out to a remote domain.
+    /// The host a reply is for when it is one of the server's own (a MUC room that
+    /// forwarded an iq, the pubsub service): theirs to handle, not a session's.
+    fn reply_host(&self, reply: &Element) -> Option<&Arc<dyn Host>> {
+        let to = Jid::new(reply.attr("to")?).ok()?;
+        self.hooks.host(to.domain().as_str())
+    }
+
     pub fn deliver_reply(&self, reply: Element) {
         let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
             return;

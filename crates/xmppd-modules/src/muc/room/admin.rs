@@ -65,9 +65,11 @@ impl Room {
         Ok(())
     }
 
-    /// An iq for another occupant goes to its first session from the sender's occupant
-    /// JID, under an id of the room's own so the answer finds its way back without either
-    /// side learning the other's real JID.
+    /// An iq for another occupant goes from the sender's occupant JID, under an id of the
+    /// room's own so the answer finds its way back without either side learning the
+    /// other's real JID (§17.4). A vCard request goes to the occupant's bare JID, whose
+    /// server answers it (XEP-0054 §3.2), so every session of a multi-session occupant
+    /// shows the same vCard; any other iq goes to the occupant's first session.
     pub(super) fn forward_iq(
         &mut self,
         o: &mut Outcome,
@@ -87,11 +89,18 @@ impl Room {
             .occupants
             .get(&nick::key(nick))
             .ok_or_else(|| err(Cond::ItemNotFound))?;
-        let to = target
+        let first = target
             .sessions
             .first()
-            .cloned()
             .ok_or_else(|| err(Cond::ItemNotFound))?;
+        let vcard = stanza
+            .iq_payload()
+            .is_some_and(|p| p.is("vCard", crate::vcard::NS));
+        let to = if vcard {
+            target.bare.to_string()
+        } else {
+            first.clone()
+        };
         let (sender_jid, target_jid) = (
             self.occupant_jid(&sender.nick),
             self.occupant_jid(&target.nick),

@@ -363,7 +363,8 @@ fn iqs_to_occupants_are_forwarded_and_answered_through_the_room() {
     join(&mut room, "bob@x/b", "bob");
     let o = send(&mut room, "<iq from='alice@x/a' to='room@conference.x/bob' type='get' id='v1'><vCard xmlns='vcard-temp'/></iq>");
     let fwd = &o.out[0];
-    assert_eq!(fwd.attr("to"), Some("bob@x/b"));
+    // vCards are the account's, answered by its server at the bare JID (XEP-0054 §3.2).
+    assert_eq!(fwd.attr("to"), Some("bob@x"));
     assert_eq!(fwd.attr("from"), Some("room@conference.x/owner"));
     let id = fwd.attr("id").unwrap().to_string();
     // A forged answer from someone else is ignored.
@@ -372,12 +373,16 @@ fn iqs_to_occupants_are_forwarded_and_answered_through_the_room() {
         &format!("<iq from='eve@x/e' to='room@conference.x/owner' type='result' id='{id}'/>"),
     );
     assert!(forged.out.is_empty());
-    let o = send(&mut room, &format!("<iq from='bob@x/b' to='room@conference.x/owner' type='result' id='{id}'><vCard xmlns='vcard-temp'/></iq>"));
+    let o = send(&mut room, &format!("<iq from='bob@x' to='room@conference.x/owner' type='result' id='{id}'><vCard xmlns='vcard-temp'/></iq>"));
     let back = &o.out[0];
     assert_eq!(
         (back.attr("to"), back.attr("from"), back.attr("id")),
         (Some("alice@x/a"), Some("room@conference.x/bob"), Some("v1"))
     );
+    // Any other iq goes to a session: the first one of a multi-session occupant.
+    join(&mut room, "bob@x/second", "bob");
+    let o = send(&mut room, "<iq from='alice@x/a' to='room@conference.x/bob' type='get' id='t1'><time xmlns='urn:xmpp:time'/></iq>");
+    assert_eq!(o.out[0].attr("to"), Some("bob@x/b"));
     let o = send(&mut room, "<iq from='alice@x/a' to='room@conference.x/nobody' type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>");
     assert_eq!(error(&o), "item-not-found");
 }
