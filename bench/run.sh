@@ -23,7 +23,7 @@ source "$BENCH_ROOT/lib/relay.sh"
 
 SMOKE=0
 SERVERS=""
-SCENARIOS="idle login chat presence idle_ws idle_bosh chat_ws pep muc_join muc s2s"
+SCENARIOS="idle login chat presence idle_ws idle_bosh chat_ws pep muc_join muc muc_big muc_rooms s2s"
 OUT=""
 while [ $# -gt 0 ]; do
     case $1 in
@@ -44,7 +44,8 @@ if [ "$SMOKE" = 1 ]; then
     : "${PRESENCE_N:=20}" "${PRESENCE_R:=3}" "${PRESENCE_RATE:=20}" "${PRESENCE_SECS:=2}"
     : "${WEB_IDLE_N:=20}" "${CHAT_WS_PAIRS:=10}"
     : "${PEP_N:=20}" "${PEP_R:=3}" "${PEP_RATE:=10}" "${PEP_SECS:=2}"
-    : "${MUC_JOIN_N:=10}" "${MUC_JOIN_RATE:=50}" "${MUC_N:=10}" "${MUC_RATE:=5}" "${MUC_SECS:=2}"
+    : "${MUC_JOIN_N:=10}" "${MUC_JOIN_RATE:=0}" "${MUC_N:=10}" "${MUC_SENDERS:=3}" "${MUC_RATE:=5}" "${MUC_SECS:=2}"
+    : "${MUC_BIG_N:=15}" "${MUC_BIG_RATE:=2}" "${MUC_BIG_SECS:=1}" "${MUC_ROOMS:=6}" "${MUC_ROOMS_SESSIONS:=2}"
     : "${S2S_PAIRS:=5}" "${S2S_RATE:=100}" "${S2S_SECS:=2}"
     : "${HOLD:=1}" "${TIMEOUT:=10}" "${SETUP_TIMEOUT:=10}" "${QUIET_WAIT:=0}"
 else
@@ -53,7 +54,8 @@ else
     : "${PRESENCE_N:=500}" "${PRESENCE_R:=10}" "${PRESENCE_RATE:=500}" "${PRESENCE_SECS:=10}"
     : "${WEB_IDLE_N:=1000}" "${CHAT_WS_PAIRS:=$CHAT_PAIRS}"
     : "${PEP_N:=500}" "${PEP_R:=50}" "${PEP_RATE:=50}" "${PEP_SECS:=10}"
-    : "${MUC_JOIN_N:=400}" "${MUC_JOIN_RATE:=100}" "${MUC_N:=200}" "${MUC_RATE:=20}" "${MUC_SECS:=10}"
+    : "${MUC_JOIN_N:=1000}" "${MUC_JOIN_RATE:=0}" "${MUC_N:=1000}" "${MUC_SENDERS:=20}" "${MUC_RATE:=20}" "${MUC_SECS:=10}"
+    : "${MUC_BIG_N:=10000}" "${MUC_BIG_RATE:=2}" "${MUC_BIG_SECS:=10}" "${MUC_ROOMS:=1000}" "${MUC_ROOMS_SESSIONS:=10}"
     : "${S2S_PAIRS:=200}" "${S2S_RATE:=1000}" "${S2S_SECS:=10}"
     : "${HOLD:=5}" "${TIMEOUT:=30}" "${SETUP_TIMEOUT:=120}"
     : "${OUT:=$BENCH_ROOT/results}"
@@ -127,11 +129,22 @@ for scenario in $SCENARIOS; do
         pep) n=$PEP_N ;;
         muc_join) n=$MUC_JOIN_N ;;
         muc) n=$MUC_N ;;
+        muc_big) n=0 ;; # xmppd only: see accounts_for
+        muc_rooms) n=$((MUC_ROOMS_SESSIONS + 1)) ;;
         s2s) n=0 ;; # its two servers get accounts of their own
         *) echo "unknown scenario: $scenario" >&2; exit 2 ;;
     esac
     ((n > accounts)) && accounts=$n
 done
+
+# accounts_for SERVER: the accounts its instance needs (muc_big's 10,000 only where it runs).
+accounts_for() {
+    if supports "$1" muc_big && [[ " $SCENARIOS " == *" muc_big "* ]] && ((MUC_BIG_N > accounts)); then
+        echo "$MUC_BIG_N"
+    else
+        echo "$accounts"
+    fi
+}
 
 # The runs of a scenario: "idle" once per size in IDLE_N (named idle-N when several).
 runs_of() {
@@ -145,7 +158,9 @@ runs_of() {
 
 # scenario_args RUN: the generator's arguments for a run named by runs_of.
 scenario_args() {
-    local common=(--scenario "${1%%-*}" --name "$1" --rate "$RATE" --max-inflight "$INFLIGHT"
+    local scenario=${1%%-*}
+    [ "$scenario" = muc_big ] && scenario=muc # the fan-out, in a room of MUC_BIG_N
+    local common=(--scenario "$scenario" --name "$1" --rate "$RATE" --max-inflight "$INFLIGHT"
         --timeout "$TIMEOUT" --password "$PASSWORD" --user-prefix bench --domain localhost)
     # The web transports: the server's plain-HTTP listener and its endpoint paths.
     if [ -n "${SERVER_HTTP_PORT:-}" ]; then
@@ -156,8 +171,15 @@ scenario_args() {
         chat_ws) echo "${common[@]}" -n $((CHAT_WS_PAIRS * 2)) --msg-rate "$CHAT_RATE" --duration "$CHAT_SECS" ;;
         pep) echo "${common[@]}" -n "$PEP_N" --contacts "$PEP_R" --publish-rate "$PEP_RATE" \
             --duration "$PEP_SECS" --setup-timeout "$SETUP_TIMEOUT" ;;
-        muc_join) echo "${common[@]}" -n "$MUC_JOIN_N" --join-rate "$MUC_JOIN_RATE" ;;
-        muc) echo "${common[@]}" -n "$MUC_N" --msg-rate "$MUC_RATE" --duration "$MUC_SECS" ;;
+        muc_join) echo "${common[@]}" -n "$MUC_JOIN_N" --join-rate "$MUC_JOIN_RATE" \
+            --setup-timeout "$SETUP_TIMEOUT" ;;
+        muc) echo "${common[@]}" -n "$MUC_N" --senders "$MUC_SENDERS" --msg-rate "$MUC_RATE" \
+            --duration "$MUC_SECS" --setup-timeout "$SETUP_TIMEOUT" ;;
+        # Only the owner's presence is broadcast: 10,000 occupants seeing each other would be
+        # 50 million presences, which no client wants either.
+        muc_big) echo "${common[@]}" -n "$MUC_BIG_N" --senders "$MUC_SENDERS" --msg-rate "$MUC_BIG_RATE" \
+            --duration "$MUC_BIG_SECS" --setup-timeout "$SETUP_TIMEOUT" --presence-broadcast moderator ;;
+        muc_rooms) echo "${common[@]}" -n "$MUC_ROOMS_SESSIONS" --rooms "$MUC_ROOMS" ;;
         idle-*) echo "${common[@]}" -n "${1#idle-}" --hold "$HOLD" ;;
         idle) echo "${common[@]}" -n "$IDLE_N" --hold "$HOLD" ;;
         login) echo "${common[@]}" -n "$LOGIN_N" ;;
@@ -169,8 +191,10 @@ scenario_args() {
 }
 
 # supports SERVER RUN: whether SERVER takes part in RUN (a server script may define
-# SERVER_supports SCENARIO; the relay's accepts chat only).
+# SERVER_supports SCENARIO; the relay's accepts chat only). The 10,000-occupant room is
+# xmppd's alone: the peers' configurations cap a room at 1,000 (ejabberd's max_users).
 supports() {
+    [ "${2%%-*}" = muc_big ] && [ "$1" != xmppd ] && return 1
     if declare -F "${1}_supports" >/dev/null; then "${1}_supports" "${2%%-*}"; else true; fi
 }
 
@@ -246,7 +270,7 @@ s2s_run() {
 
 failures=0
 meta=(--meta "date=$(date -u +%Y-%m-%dT%H:%MZ)")
-meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s, idle_ws/idle_bosh $WEB_IDLE_N, chat_ws $CHAT_WS_PAIRS pairs, pep $PEP_N accounts with $PEP_R contacts at $PEP_RATE publishes/s for $PEP_SECS s, muc_join $MUC_JOIN_N occupants at $MUC_JOIN_RATE joins/s, muc $MUC_N occupants at $MUC_RATE msg/s for $MUC_SECS s, s2s $S2S_PAIRS pairs across two federated servers at $S2S_RATE msg/s for $S2S_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
+meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CHAT_RATE msg/s for $CHAT_SECS s, presence $PRESENCE_N accounts with $PRESENCE_R contacts at $PRESENCE_RATE changes/s for $PRESENCE_SECS s, idle_ws/idle_bosh $WEB_IDLE_N, chat_ws $CHAT_WS_PAIRS pairs, pep $PEP_N accounts with $PEP_R contacts at $PEP_RATE publishes/s for $PEP_SECS s, muc_join $MUC_JOIN_N occupants at $MUC_JOIN_RATE joins/s (0: all at once), muc $MUC_N occupants with $MUC_SENDERS senders at $MUC_RATE msg/s for $MUC_SECS s, muc_big $MUC_BIG_N occupants (only the owner's presence broadcast) at $MUC_BIG_RATE msg/s for $MUC_BIG_SECS s, muc_rooms $MUC_ROOMS persistent rooms by $MUC_ROOMS_SESSIONS sessions, s2s $S2S_PAIRS pairs across two federated servers at $S2S_RATE msg/s for $S2S_SECS s; logins at $RATE/s, at most $INFLIGHT at once")
 for server in $SERVERS; do
     server_runs=()
     for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do
@@ -259,9 +283,10 @@ for server in $SERVERS; do
     [ ${#server_runs[@]} -gt 0 ] || continue
     # The single-server instance, unless s2s (which sets up its own two) is all there is.
     if [ "${server_runs[*]}" != s2s ]; then
-        log "$server: setting up $accounts accounts"
+        server_accounts=$(accounts_for "$server")
+        log "$server: setting up $server_accounts accounts"
         started=$SECONDS
-        if ! "${server}_setup" "$WORK/$server" "$accounts"; then
+        if ! "${server}_setup" "$WORK/$server" "$server_accounts"; then
             log "$server: setup failed"
             for run in "${server_runs[@]}"; do failed_result "$server" "$run" setup "setup failed"; done
             failures=$((failures + 1))

@@ -73,6 +73,9 @@ enum ScenarioName {
     MucJoin,
     /// Groupchat fan-out in one MUC room.
     Muc,
+    /// Persistent MUC rooms created and left empty: what they cost while unused.
+    #[value(name = "muc_rooms")]
+    MucRooms,
     /// chat between two federated servers: one session of each pair on each (--peer-addr).
     S2s,
 }
@@ -158,9 +161,19 @@ struct RunArgs {
     /// presence: presence changes per second, all sessions together.
     #[arg(long, default_value_t = 200.0)]
     presence_rate: f64,
-    /// muc_join: joins per second.
+    /// muc_join: joins per second; 0: everyone at once (a join storm).
     #[arg(long, default_value_t = 100.0)]
     join_rate: f64,
+    /// muc: occupants that send (0: every occupant).
+    #[arg(long, default_value_t = 0)]
+    senders: usize,
+    /// muc, muc_join: roles whose presence the room broadcasts, comma-separated (default:
+    /// the service's, usually every role).
+    #[arg(long, value_delimiter = ',')]
+    presence_broadcast: Vec<String>,
+    /// muc_rooms: persistent rooms to create (-n sessions create them).
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
     /// pep: nickname publishes per second, all sessions together.
     #[arg(long, default_value_t = 50.0)]
     publish_rate: f64,
@@ -243,11 +256,13 @@ fn run(args: RunArgs) -> Result<(), String> {
         ("msg-rate", args.msg_rate),
         ("presence-rate", args.presence_rate),
         ("publish-rate", args.publish_rate),
-        ("join-rate", args.join_rate),
     ] {
         if !(v.is_finite() && v > 0.0) {
             return Err(format!("--{name} must be positive"));
         }
+    }
+    if !(args.join_rate.is_finite() && args.join_rate >= 0.0) {
+        return Err("--join-rate must be 0 (all at once) or positive".into());
     }
     if args.sessions == 0 {
         return Err("--sessions must be at least 1".into());
@@ -368,6 +383,7 @@ fn scenario_name(s: ScenarioName) -> &'static str {
         ScenarioName::Pep => "pep",
         ScenarioName::MucJoin => "muc_join",
         ScenarioName::Muc => "muc",
+        ScenarioName::MucRooms => "muc_rooms",
         ScenarioName::S2s => "s2s",
     }
 }
@@ -435,10 +451,20 @@ async fn run_scenario(run: Arc<Run>, args: &RunArgs) -> (Value, &'static str) {
                 occupants: args.sessions,
                 join_rate: args.join_rate,
                 msg_rate: fanout.then_some(args.msg_rate),
+                senders: args.senders,
+                presence_broadcast: args.presence_broadcast.clone(),
                 duration: secs(args.duration.max(0.1)),
                 drain: secs(args.drain.max(0.0)),
+                setup_timeout: secs(args.setup_timeout.max(0.0)),
             };
             scenario::muc::run(run, params).await
+        }
+        ScenarioName::MucRooms => {
+            let params = scenario::muc_rooms::Params {
+                rooms: args.rooms.max(1),
+                creators: args.sessions,
+            };
+            scenario::muc_rooms::run(run, params).await
         }
     }
 }

@@ -188,9 +188,21 @@ const MUC_JOIN: &[Headline] = &[
     h("join_latency/p50_ms", "join latency p50 (ms)", DOWN),
     h("join_latency/p99_ms", "join latency p99 (ms)", DOWN),
     h("join_total_s", "first join to last self-presence (s)", DOWN),
+    h(
+        "full_list_s",
+        "first join until everyone has the full list (s)",
+        DOWN,
+    ),
     h("server_cpu_ms_per_join", "server CPU ms per join", DOWN),
+    h(
+        "server_rss_kib_per_occupant",
+        "server RSS per idle occupant (KiB)",
+        DOWN,
+    ),
+    mib("window/server_peak_rss_kib", "server peak RSS (MiB)"),
     h("joins", "joins completed", None),
     h("occupants_at_end", "occupants at the end", None),
+    h("full_lists", "occupants with the full list", None),
     h("window/server_cpu_s", "server CPU in window (s)", None),
     run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
@@ -207,8 +219,24 @@ const MUC: &[Headline] = &[
     h("latency/p90_ms", "latency p90 (ms)", DOWN),
     h("latency/p99_ms", "latency p99 (ms)", DOWN),
     h("latency/max_ms", "latency max (ms)", DOWN),
+    h(
+        "latency_to_last/p50_ms",
+        "latency to the last occupant p50 (ms)",
+        DOWN,
+    ),
+    h(
+        "latency_to_last/p99_ms",
+        "latency to the last occupant p99 (ms)",
+        DOWN,
+    ),
     h("occupants", "occupants", None),
+    h("senders", "senders", None),
     h("sent", "messages sent", None),
+    h(
+        "messages_to_everyone",
+        "messages delivered to every occupant",
+        None,
+    ),
     h(
         "deliveries_expected",
         "deliveries expected (messages × occupants)",
@@ -220,7 +248,30 @@ const MUC: &[Headline] = &[
     run_row("window/other_cpu_s", "other processes' CPU (s)"),
 ];
 
-const SCENARIO_ORDER: [&str; 11] = [
+const MUC_ROOMS: &[Headline] = &[
+    h(
+        "server_rss_kib_per_idle_room",
+        "server RSS per idle persistent room (KiB)",
+        DOWN,
+    ),
+    h(
+        "server_cpu_ms_per_room",
+        "server CPU ms per room created",
+        DOWN,
+    ),
+    h("first_join_ms", "first entry to a stored room (ms)", DOWN),
+    h("rooms_created", "persistent rooms created", None),
+    mib("window/server_rss_before_kib", "server RSS before (MiB)"),
+    mib(
+        "server_rss_idle_kib",
+        "server RSS with the rooms idle (MiB)",
+    ),
+    h("window/server_cpu_s", "server CPU in window (s)", None),
+    run_row("window/generator_cpu_s", "load generator CPU in window (s)"),
+    run_row("window/other_cpu_s", "other processes' CPU (s)"),
+];
+
+const SCENARIO_ORDER: [&str; 13] = [
     "login",
     "idle",
     "chat",
@@ -231,6 +282,8 @@ const SCENARIO_ORDER: [&str; 11] = [
     "pep",
     "muc_join",
     "muc",
+    "muc_big",
+    "muc_rooms",
     "s2s",
 ];
 
@@ -260,7 +313,8 @@ fn headlines(scenario: &str) -> Vec<&'static Headline> {
         "chat" | "chat_ws" => CHAT,
         "pep" => PEP,
         "muc_join" => MUC_JOIN,
-        "muc" => MUC,
+        "muc" | "muc_big" => MUC,
+        "muc_rooms" => MUC_ROOMS,
         "presence" => PRESENCE,
         "s2s" => return CHAT.iter().chain(S2S_LINKS).collect(),
         _ => &[],

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod idle;
 pub mod login;
 pub mod muc;
+pub mod muc_rooms;
 pub mod pep;
 pub mod presence;
 
