@@ -1133,3 +1133,136 @@ async fn occupants_hear_status_332_when_the_server_stops() {
     }
     stopping.await.unwrap();
 }
+
+/// The cells of one class in a log page's rows, in order.
+fn cells(page: &Element, class: &str) -> Vec<String> {
+    const XHTML: &str = "http://www.w3.org/1999/xhtml";
+    let body = page.get_child("body", XHTML).expect("a body");
+    let table = body
+        .get_child("table", XHTML)
+        .unwrap_or_else(|| panic!("a table: {body:?}"));
+    table
+        .children()
+        .flat_map(|tr| tr.children())
+        .filter(|td| td.attr("class") == Some(class))
+        .map(|td| td.text())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_logged_room_is_served_over_http_day_by_day() {
+    let server =
+        TestServer::start_with(|c| c.http.public_url = "https://chat.example/".into()).await;
+    let http = server.http.unwrap();
+    let mut alice = Raw::login_quiet(server.c2s, "alice", "home").await;
+    create(&mut alice, "logged").await;
+    let room = format!("logged@{SERVICE}");
+    let say = |id: &str, payload: &str| {
+        format!("<message to='{room}' type='groupchat' id='{id}'>{payload}</message>")
+    };
+    let logs_field = |info: &Element| -> Option<String> {
+        let form = info.get_child("query", DISCO_INFO)?.get_child("x", DATA)?;
+        form.children()
+            .find(|f| f.attr("var") == Some("muc#roominfo_logs"))
+            .and_then(|f| f.get_child("value", DATA))
+            .map(|v| v.text())
+    };
+    // Before logging is on: nothing is kept, and the room gives no address.
+    alice.send(&say("m0", "<body>before</body>")).await;
+    alice.stanza_with(&["id='m0'"]).await;
+    let info = iq(
+        &mut alice,
+        "i0",
+        &room,
+        "get",
+        &format!("<query xmlns='{DISCO_INFO}'/>"),
+    )
+    .await;
+    assert_eq!(logs_field(&info), None);
+    let (status, _, _) =
+        common::http::exchange(http, "GET", &format!("/muc-logs/{room}/"), &[], "").await;
+    assert_eq!(status, 404);
+
+    let reply = configure(
+        &mut alice,
+        "logged",
+        &[("muc#roomconfig_enablelogging", "1")],
+    )
+    .await;
+    assert_eq!(reply.attr("type"), Some("result"));
+    let notice = parse(&alice.stanza_with(&["code='170'"]).await);
+    assert!(codes(&notice).contains(&"170".to_string()), "{notice:?}");
+    alice
+        .send(&say("m1", "<body>hello &lt;world&gt; &amp; all</body>"))
+        .await;
+    alice.stanza_with(&["id='m1'"]).await;
+    alice.send(&say("m2", "<subject>Tea</subject>")).await;
+    alice.stanza_with(&["id='m2'"]).await;
+    let info = iq(
+        &mut alice,
+        "i1",
+        &room,
+        "get",
+        &format!("<query xmlns='{DISCO_INFO}'/>"),
+    )
+    .await;
+    assert_eq!(
+        logs_field(&info).as_deref(),
+        Some("https://chat.example/muc-logs/logged@conference.localhost/")
+    );
+
+    // The index lists today (UTC); the day's page has both lines, escaped, and not "before".
+    let (status, headers, index) =
+        common::http::exchange(http, "GET", &format!("/muc-logs/{room}/"), &[], "").await;
+    assert_eq!(status, 200, "{index}");
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with("application/xhtml+xml")));
+    let index = parse(index.split_once("?>").map_or(&*index, |(_, rest)| rest));
+    let list = index
+        .get_child("body", "http://www.w3.org/1999/xhtml")
+        .and_then(|b| b.get_child("ul", "http://www.w3.org/1999/xhtml"))
+        .expect("a list of days");
+    let days: Vec<String> = list
+        .children()
+        .filter_map(|li| li.get_child("a", "http://www.w3.org/1999/xhtml"))
+        .map(|a| a.text())
+        .collect();
+    assert_eq!(days.len(), 1, "{days:?}");
+    let day = &days[0];
+    let (status, _, page) =
+        common::http::exchange(http, "GET", &format!("/muc-logs/{room}/{day}"), &[], "").await;
+    assert_eq!(status, 200, "{page}");
+    let page = parse(page.split_once("?>").map_or(&*page, |(_, rest)| rest));
+    assert_eq!(
+        cells(&page, "text"),
+        ["hello <world> & all", "set the subject to: Tea"]
+    );
+    assert_eq!(cells(&page, "nick"), ["alice", "alice"]);
+
+    // Pages that are not there are 404s; the room still works.
+    for path in [
+        format!("/muc-logs/{room}/1999-01-01"),
+        format!("/muc-logs/{room}/2026-13-01"),
+        "/muc-logs/nobody@conference.localhost/".to_string(),
+        "/muc-logs/logged@elsewhere.example/".to_string(),
+        "/muc-logs/not a jid/".to_string().replace(' ', "%20"),
+    ] {
+        let (status, _, _) = common::http::exchange(http, "GET", &path, &[], "").await;
+        assert_eq!(status, 404, "{path}");
+    }
+    alice.send(&say("m3", "<body>still here</body>")).await;
+    alice.stanza_with(&["id='m3'"]).await;
+
+    // Destroying the room takes its log with it.
+    let destroy = format!("<query xmlns='{OWNER}'><destroy/></query>");
+    assert_eq!(
+        iq(&mut alice, "d", &room, "set", &destroy)
+            .await
+            .attr("type"),
+        Some("result")
+    );
+    let (status, _, _) =
+        common::http::exchange(http, "GET", &format!("/muc-logs/{room}/"), &[], "").await;
+    assert_eq!(status, 404);
+}

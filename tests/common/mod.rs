@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod caps;
+pub mod http;
 pub mod scram;
 
 use std::net::SocketAddr;

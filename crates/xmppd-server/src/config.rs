@@ -356,7 +356,9 @@ pub struct LimitsConfig {
     pub max_resources_per_account: u32,
     /// Seconds a connection has to authenticate and bind.
     pub unauthenticated_timeout_secs: u64,
-    /// Stanzas queued for one session before it is disconnected as too slow.
+    /// Stanzas queued for one session before it is disconnected as too slow. Entering a MUC
+    /// room queues one presence per occupant at once, so this stays above the biggest room
+    /// (the queue holds memory only while full).
     pub outbound_queue: usize,
     /// Seconds one write to a client may take before it is disconnected.
     pub write_timeout_secs: u64,
@@ -380,7 +382,7 @@ impl Default for LimitsConfig {
             new_connections_burst: 2000,
             max_resources_per_account: 100,
             unauthenticated_timeout_secs: 30,
-            outbound_queue: 1000,
+            outbound_queue: 10_000,
             write_timeout_secs: 30,
             ping_interval_secs: 300,
             ping_timeout_secs: 60,

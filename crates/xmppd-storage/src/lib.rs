@@ -18,7 +18,7 @@ pub use account_data::AccountDataStore;
 pub use accounts::{Account, AccountStore, ScramKeys};
 pub use cache::{CacheMap, Miss};
 pub use cached::CachedRoster;
-pub use muc::{MucStore, StoredAffiliation, StoredRoom};
+pub use muc::{LogLine, MucStore, StoredAffiliation, StoredRoom};
 pub use offline::{OfflineMessage, OfflineStore};
 pub use pubsub::{Member, PubSubStore, StoredItem};
 pub use roster::{PendingRequest, RosterItem, RosterStore};

@@ -1,4 +1,4 @@
-//! Multi-User Chat (XEP-0045): persistent rooms, their affiliations and history.
+//! Multi-User Chat (XEP-0045): persistent rooms, their affiliations, history and public logs.
 
 use crate::Result;
 use async_trait::async_trait;
@@ -23,6 +23,17 @@ pub struct StoredAffiliation {
     pub affiliation: String,
     pub nick: Option<String>,
     pub reason: Option<String>,
+}
+
+/// A line of a room's public log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Seconds since the epoch (UTC).
+    pub stamp: i64,
+    pub nick: String,
+    /// `text` is a new subject rather than a message body.
+    pub subject: bool,
+    pub text: String,
 }
 
 #[async_trait]
@@ -50,4 +61,26 @@ pub trait MucStore: Send + Sync {
     ) -> Result<()>;
     /// The newest `limit` history messages, oldest first, with their stamps.
     async fn history(&self, service: &str, room: &str, limit: usize) -> Result<Vec<(i64, String)>>;
+    /// Appends a line to the room's public log and drops its lines stamped before
+    /// `keep_since`.
+    async fn append_log(
+        &self,
+        service: &str,
+        room: &str,
+        line: &LogLine,
+        keep_since: i64,
+    ) -> Result<()>;
+    /// The room's log lines stamped in `from..until`, oldest first, at most `limit`.
+    async fn log(
+        &self,
+        service: &str,
+        room: &str,
+        from: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>>;
+    /// The UTC days (days since the epoch) on which the room's log has lines, newest first.
+    async fn log_days(&self, service: &str, room: &str) -> Result<Vec<i64>>;
+    /// Forgets the room's whole log.
+    async fn delete_log(&self, service: &str, room: &str) -> Result<()>;
 }

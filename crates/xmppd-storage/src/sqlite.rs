@@ -10,8 +10,8 @@ use sqlx::Row;
 use crate::accounts::{Account, AccountStore, ScramKeys};
 use crate::timed::TimedPool;
 use crate::{
-    AccountDataStore, MucStore, OfflineMessage, OfflineStore, PendingRequest, Result, RosterItem,
-    RosterStore, StoredAffiliation, StoredRoom,
+    AccountDataStore, LogLine, MucStore, OfflineMessage, OfflineStore, PendingRequest, Result,
+    RosterItem, RosterStore, StoredAffiliation, StoredRoom,
 };
 
 /// SQLite storage in WAL mode, so the `xmppd user` commands can write while the server runs.
@@ -738,6 +738,90 @@ impl MucStore for SqliteStorage {
             .map(|r| Ok((r.try_get("stamp")?, r.try_get("stanza")?)))
             .collect()
     }
+
+    async fn append_log(
+        &self,
+        service: &str,
+        room: &str,
+        line: &LogLine,
+        keep_since: i64,
+    ) -> Result<()> {
+        let (mut tx, _timer) = self.pool.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO muc_log (service, room, stamp, nick, subject, text) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(service)
+        .bind(room)
+        .bind(line.stamp)
+        .bind(&line.nick)
+        .bind(line.subject)
+        .bind(&line.text)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM muc_log WHERE service = $1 AND room = $2 AND stamp < $3")
+            .bind(service)
+            .bind(room)
+            .bind(keep_since)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn log(
+        &self,
+        service: &str,
+        room: &str,
+        from: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>> {
+        let rows = sqlx::query(
+            "SELECT stamp, nick, subject, text FROM muc_log WHERE service = $1 AND room = $2 \
+             AND stamp >= $3 AND stamp < $4 ORDER BY id LIMIT $5",
+        )
+        .bind(service)
+        .bind(room)
+        .bind(from)
+        .bind(until)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogLine {
+                    stamp: r.try_get("stamp")?,
+                    nick: r.try_get("nick")?,
+                    subject: r.try_get("subject")?,
+                    text: r.try_get("text")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn log_days(&self, service: &str, room: &str) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT stamp / 86400 AS day FROM muc_log \
+             WHERE service = $1 AND room = $2 ORDER BY day DESC",
+        )
+        .bind(service)
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("day")?)).collect()
+    }
+
+    async fn delete_log(&self, service: &str, room: &str) -> Result<()> {
+        let (mut tx, _timer) = self.pool.begin_write().await?;
+        sqlx::query("DELETE FROM muc_log WHERE service = $1 AND room = $2")
+            .bind(service)
+            .bind(room)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -941,6 +1025,49 @@ mod tests {
             storage.data.get("alice", d, "vcard", "").await.unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_room_log_is_read_by_day_pruned_by_age_and_deleted_with_the_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let (svc, room) = ("conference.example.org", "lounge");
+        let line = |stamp: i64, text: &str| LogLine {
+            stamp,
+            nick: "alice".into(),
+            subject: false,
+            text: text.into(),
+        };
+        {
+            let storage = Storage::open(&url).await.unwrap();
+            let muc = &storage.muc;
+            muc.append_log(svc, room, &line(10, "day 0"), i64::MIN)
+                .await
+                .unwrap();
+            muc.append_log(svc, room, &line(86_400 + 5, "day 1"), i64::MIN)
+                .await
+                .unwrap();
+            muc.append_log(svc, "other", &line(20, "elsewhere"), i64::MIN)
+                .await
+                .unwrap();
+        }
+        let storage = Storage::open(&url).await.unwrap();
+        let muc = &storage.muc;
+        assert_eq!(muc.log_days(svc, room).await.unwrap(), [1, 0]);
+        let day0 = muc.log(svc, room, 0, 86_400, 100).await.unwrap();
+        assert_eq!(day0, [line(10, "day 0")]);
+        // A line 2 days on, keeping one day: day 0 goes, day 1 stays.
+        muc.append_log(svc, room, &line(2 * 86_400 + 5, "day 2"), 86_400)
+            .await
+            .unwrap();
+        assert_eq!(muc.log_days(svc, room).await.unwrap(), [2, 1]);
+        assert_eq!(
+            muc.log(svc, room, 0, i64::MAX, 1).await.unwrap(),
+            [line(86_405, "day 1")]
+        );
+        muc.delete_log(svc, room).await.unwrap();
+        assert!(muc.log_days(svc, room).await.unwrap().is_empty());
+        assert_eq!(muc.log_days(svc, "other").await.unwrap(), [0]);
     }
 
     #[tokio::test]

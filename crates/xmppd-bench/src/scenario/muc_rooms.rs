@@ -48,13 +48,20 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
         let run = run.clone();
         let progress = progress.clone();
         let counters = counters.clone();
-        let rx = phase_rx.clone();
+        let mut rx = phase_rx.clone();
         async move {
             let rooms = (i..rooms).step_by(creators);
-            if let Err(e) = creator(&run, i, permit, &progress, &counters, rx, rooms).await {
-                run.errors.record(&e);
-            }
+            let made = creator(&run, i, permit, &progress, &counters, &mut rx, rooms).await;
             counters.done.fetch_add(1, Ordering::Relaxed);
+            match made {
+                Ok(mut session) => {
+                    if let Err(e) = super::hold(&mut session, &mut rx, Phase::Stop, |_| {}).await {
+                        run.errors.record(&e);
+                    }
+                    session.close(Duration::from_secs(2)).await;
+                }
+                Err(e) => run.errors.record(&e),
+            }
         }
     })
     .await;
@@ -105,15 +112,16 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
     (metrics, status)
 }
 
+/// Logs in, waits for the Measure phase and makes its rooms; the session stays online.
 async fn creator(
     run: &Run,
     i: usize,
     permit: OwnedSemaphorePermit,
     progress: &Progress,
     counters: &Counters,
-    mut rx: PhaseRx,
+    rx: &mut PhaseRx,
     rooms: impl Iterator<Item = usize>,
-) -> Result<(), Failure> {
+) -> Result<Session, Failure> {
     let target = &run.target;
     let login = async {
         let mut s = conn::login(target, i).await?;
@@ -131,14 +139,12 @@ async fn creator(
         }
     };
     drop(permit);
-    super::hold(&mut session, &mut rx, Phase::Measure, |_| {}).await?;
+    super::hold(&mut session, rx, Phase::Measure, |_| {}).await?;
     for k in rooms {
         make_persistent_room(run, &mut session, &room(run, k), i).await?;
         counters.created.fetch_add(1, Ordering::Relaxed);
     }
-    super::hold(&mut session, &mut rx, Phase::Stop, |_| {}).await?;
-    session.close(Duration::from_secs(2)).await;
-    Ok(())
+    Ok(session)
 }
 
 /// Enters `room` (creating it), makes it persistent (XEP-0045 §10.1.3) and leaves it.

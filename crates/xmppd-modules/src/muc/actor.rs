@@ -331,6 +331,17 @@ async fn save(cx: &Ctx<'_>, shared: &Shared, room: &Room, changes: &[Change], st
                         store.delete_room(service, name).await?;
                         *stored = false;
                     }
+                    store.delete_log(service, name).await?;
+                }
+                // Temporary rooms are logged too: their occupants were told (170).
+                Change::Logged(line) => {
+                    let days = i64::from(shared.config.log_days);
+                    let keep_since = if days == 0 {
+                        i64::MIN
+                    } else {
+                        line.stamp - days * 86_400
+                    };
+                    store.append_log(service, name, line, keep_since).await?;
                 }
                 Change::Room if room.config.persistent => {
                     store.put_room(service, name, &row(room)).await?;

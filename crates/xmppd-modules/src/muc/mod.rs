@@ -9,6 +9,7 @@
 mod actor;
 mod commands;
 pub mod config;
+mod logs;
 pub mod nick;
 pub mod room;
 
@@ -64,6 +65,10 @@ pub struct MucConfig {
     pub messages_per_second: f64,
     /// Stanzas waiting for one room's task; beyond it senders get `resource-constraint`.
     pub room_queue: usize,
+    /// Where the HTTP listeners serve the public logs of rooms with logging on.
+    pub logs_path: String,
+    /// Days a line of a public log is kept (0: for ever).
+    pub log_days: u32,
 }
 
 impl Default for MucConfig {
@@ -80,6 +85,8 @@ impl Default for MucConfig {
             max_nick_length: 64,
             messages_per_second: 5.0,
             room_queue: 1024,
+            logs_path: "/muc-logs".into(),
+            log_days: 90,
         }
     }
 }
@@ -89,7 +96,7 @@ pub struct Muc;
 impl Module for Muc {
     const NAME: &'static str = "muc";
     const SPECS: &'static [Spec] = &[
-        Spec::xep("XEP-0045", "1.35.5").partial("no public room logs (the logging flag only)"),
+        Spec::xep("XEP-0045", "1.35.5").note("public room logs over HTTP"),
         Spec::xep("XEP-0059", "1.0").note("public rooms and pubsub items"),
         Spec::xep("XEP-0249", "1.2").note("direct invitations pass through"),
         Spec::xep("XEP-0410", "1.1.0"),
@@ -107,6 +114,9 @@ impl Module for Muc {
         if config.messages_per_second.is_nan() || config.messages_per_second <= 0.0 {
             return Err("messages_per_second must be positive".into());
         }
+        if !config.logs_path.starts_with('/') || config.logs_path.len() < 2 {
+            return Err("logs_path must be a path such as \"/muc-logs\"".into());
+        }
         for admin in &config.admins {
             xmppd_core::BareJid::new(admin)
                 .map_err(|_| format!("admins: {admin:?} is not a JID"))?;
@@ -119,16 +129,24 @@ impl Module for Muc {
             // Each room's task puts the server's secret here (it is read at start-up,
             // after the modules registered).
             secret: Arc::from(&[][..]),
+            logs_url: None,
         };
+        let web = logs::base_url(r.server_config());
         let config = Arc::new(config);
         let mut services = HashMap::new();
         let mut shared = BTreeMap::new();
         for domain in r.server_config().server.domains.clone() {
             let host = format!("{}.{}", config.subdomain, domain).to_ascii_lowercase();
+            let logs_url = web.as_ref().map(|base| {
+                Arc::from(format!("{}{}/", base.for_domain(&domain), config.logs_path))
+            });
             let service = Arc::new(Shared {
                 domain: host.clone(),
                 config: config.clone(),
-                limits: limits.clone(),
+                limits: Limits {
+                    logs_url,
+                    ..limits.clone()
+                },
                 rooms: Mutex::new(HashMap::new()),
             });
             r.host(&host, Arc::new(Service(service.clone())));
@@ -137,6 +155,10 @@ impl Module for Muc {
         }
         r.disco_provider(On::Server, Arc::new(Listing(services)));
         let services = Arc::new(shared);
+        r.http_pages(
+            config.logs_path.clone(),
+            Arc::new(logs::LogPages(services.clone())),
+        );
         r.admin_command("room", Arc::new(commands::RoomCommand(services.clone())));
         r.on(
             EventKind::Started,

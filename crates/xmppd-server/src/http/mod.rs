@@ -207,6 +207,19 @@ impl FromRequestParts<Arc<Web>> for Client {
 fn routes(web: Arc<Web>) -> axum::Router {
     let config = &web.server.config.http;
     let metrics = web.server.metrics.clone();
+    let mut pages = axum::Router::new();
+    for (prefix, page) in web.server.router.hooks().http_pages() {
+        let prefix = prefix.trim_end_matches('/');
+        let (web_, page_) = (web.clone(), page.clone());
+        let index = move || module_page(web_.clone(), page_.clone(), String::new());
+        let (web_, page_) = (web.clone(), page.clone());
+        let below = move |axum::extract::Path(rest): axum::extract::Path<String>| {
+            module_page(web_.clone(), page_.clone(), rest)
+        };
+        pages = pages
+            .route(&format!("{prefix}/"), get(index))
+            .route(&format!("{prefix}/{{*rest}}"), get(below));
+    }
     axum::Router::new()
         .route(
             &config.bosh_path,
@@ -222,7 +235,26 @@ fn routes(web: Arc<Web>) -> axum::Router {
             get(host_meta_json).options(preflight),
         )
         .with_state(web)
+        .merge(pages)
         .merge(crate::metrics::routes(metrics))
+}
+
+/// A module's page (see [`crate::registry::HttpPages`]).
+async fn module_page(
+    web: Arc<Web>,
+    page: Arc<dyn crate::registry::HttpPages>,
+    rest: String,
+) -> Response {
+    let mut cx = web.server.router.context();
+    let page = page.get(&mut cx, &rest).await;
+    web.server.router.apply(cx).await;
+    let status = StatusCode::from_u16(page.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, page.content_type)],
+        page.body,
+    )
+        .into_response()
 }
 
 /// A BOSH request that came through axum: one [`bosh_conn`] handed over (a chunked body,

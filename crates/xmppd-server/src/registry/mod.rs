@@ -287,6 +287,31 @@ pub trait AdminCommand: Send + Sync {
     async fn run(&self, cx: &mut Ctx<'_>, args: &[String]) -> Result<String, String>;
 }
 
+/// Pages a module serves on the HTTP listeners (`listen.http`, `listen.https`), read-only:
+/// a GET of `PREFIX/REST` is answered by [`HttpPages::get`] with `REST`.
+#[async_trait]
+pub trait HttpPages: Send + Sync {
+    async fn get(&self, cx: &mut Ctx<'_>, rest: &str) -> HttpPage;
+}
+
+/// A page's answer: its status (404 for a page that is not there), type and body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpPage {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl HttpPage {
+    pub fn not_found(why: &str) -> HttpPage {
+        HttpPage {
+            status: 404,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{why}\n"),
+        }
+    }
+}
+
 /// A specification a module (or the core) implements: the list of supported XEPs in the
 /// README and the DOAP file is generated from these, so it says what is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -392,6 +417,7 @@ impl Registry {
                 hosts: HashMap::new(),
                 disco: HashMap::new(),
                 admin_commands: HashMap::new(),
+                http_pages: Vec::new(),
                 specs: Vec::new(),
             },
             extensions: 0,
@@ -518,6 +544,11 @@ impl Registry {
         self.hooks.disco.entry(on).or_default().push(p);
     }
 
+    /// Serves GETs under `prefix` (`/muc-logs`) on the HTTP listeners (see [`HttpPages`]).
+    pub fn http_pages(&mut self, prefix: String, h: Arc<dyn HttpPages>) {
+        self.hooks.http_pages.push((prefix, h));
+    }
+
     /// Adds the admin command `xmppd name …` (see [`AdminCommand`]).
     pub fn admin_command(&mut self, name: &'static str, h: Arc<dyn AdminCommand>) {
         self.hooks.admin_commands.insert(name, h);
@@ -573,6 +604,7 @@ pub struct Hooks {
     hosts: HashMap<String, Arc<dyn Host>>,
     disco: HashMap<On, Vec<Arc<dyn DiscoProvider>>>,
     admin_commands: HashMap<&'static str, Arc<dyn AdminCommand>>,
+    http_pages: Vec<(String, Arc<dyn HttpPages>)>,
     /// (module, spec) for every module that is on.
     specs: Vec<(&'static str, Spec)>,
 }
@@ -659,5 +691,10 @@ impl Hooks {
 
     pub fn admin_command(&self, name: &str) -> Option<&Arc<dyn AdminCommand>> {
         self.admin_commands.get(name)
+    }
+
+    /// Every module's HTTP pages, by path prefix.
+    pub fn http_pages(&self) -> &[(String, Arc<dyn HttpPages>)] {
+        &self.http_pages
     }
 }

@@ -286,6 +286,14 @@ impl Room {
                     .label("Maximum history")
                     .value(self.config.history_length.to_string()),
             );
+        let form = match (&self.limits.logs_url, self.config.logging) {
+            (Some(base), true) => form.field(
+                Field::new("muc#roominfo_logs", "text-single")
+                    .label("URL for discussion logs")
+                    .value(format!("{base}{}/", self.jid())),
+            ),
+            _ => form,
+        };
         q.push_child(form.to_element());
         q
     }

@@ -69,6 +69,20 @@ impl Room {
         } else if sender.role < Role::Participant {
             return Err(err(Cond::Forbidden)); // §7.4: visitors have no voice
         }
+        if self.config.logging {
+            // §4.1 "Logging": what occupants said, for public retrieval outside the room.
+            let text = el
+                .get_child(if is_subject { "subject" } else { "body" }, NS_CLIENT)
+                .map(Element::text);
+            if let Some(text) = text {
+                o.changes.push(Change::Logged(xmppd_storage::LogLine {
+                    stamp: now_ms / 1000,
+                    nick: sender.nick.clone(),
+                    subject: is_subject,
+                    text,
+                }));
+            }
+        }
         let mut reflected = el.clone();
         reflected.remove_attr("to");
         reflected.set_attr("from", sender_jid);

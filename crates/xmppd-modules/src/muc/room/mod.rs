@@ -117,6 +117,9 @@ pub struct Limits {
     /// Mixed into occupant ids (XEP-0421) so they cannot be computed from a JID; the
     /// server's persistent secret, so they stay the same across restarts.
     pub secret: std::sync::Arc<[u8]>,
+    /// Where the service's public logs are (`…/muc-logs/`), for `muc#roominfo_logs`; None
+    /// without an HTTP listener.
+    pub logs_url: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +137,8 @@ pub enum Change {
     /// The affiliation of this bare JID (read it back with [`Room::affiliation_entry`]).
     Affiliation(String),
     History(i64, Element),
+    /// A line for the public log: the room is logged (`muc#roomconfig_enablelogging`).
+    Logged(xmppd_storage::LogLine),
     Destroyed,
 }
 

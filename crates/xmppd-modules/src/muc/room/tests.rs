@@ -4,6 +4,7 @@ const ROOM: &str = "room@conference.x";
 
 fn limits() -> Limits {
     Limits {
+        logs_url: Some("http://x/muc-logs/".into()),
         max_occupants: 3,
         max_history: 50,
         max_nick_chars: 20,
