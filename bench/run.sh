@@ -193,8 +193,12 @@ scenario_args() {
 # supports SERVER RUN: whether SERVER takes part in RUN (a server script may define
 # SERVER_supports SCENARIO; the relay's accepts chat only). The 10,000-occupant room is
 # xmppd's alone: the peers' configurations cap a room at 1,000 (ejabberd's max_users).
+# Prints why not when SERVER does not take part.
 supports() {
-    [ "${2%%-*}" = muc_big ] && [ "$1" != xmppd ] && return 1
+    if [ "${2%%-*}" = muc_big ] && [ "$1" != xmppd ]; then
+        echo "the 10,000-occupant room is xmppd's alone (the peers cap a room at 1,000)"
+        return 1
+    fi
     if declare -F "${1}_supports" >/dev/null; then "${1}_supports" "${2%%-*}"; else true; fi
 }
 
@@ -274,10 +278,10 @@ meta+=(--meta "sizes=idle $IDLE_N, login $LOGIN_N, chat $CHAT_PAIRS pairs at $CH
 for server in $SERVERS; do
     server_runs=()
     for run in $(for s in $SCENARIOS; do runs_of "$s"; done); do
-        if supports "$server" "$run"; then
+        if why=$(supports "$server" "$run"); then
             server_runs+=("$run")
         else
-            log "$server: skipping $run: $server does not run this scenario (the relay runs only chat)"
+            log "$server: skipping $run: ${why:-$server does not run this scenario}"
         fi
     done
     [ ${#server_runs[@]} -gt 0 ] || continue

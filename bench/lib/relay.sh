@@ -3,7 +3,7 @@
 # least work any server must do per message on this machine. It runs chat only
 # (relay_supports); SERVER_PID is the relay process itself.
 
-relay_supports() { [ "$1" = chat ]; }
+relay_supports() { [ "$1" = chat ] || { echo "the relay runs only chat"; false; }; }
 
 relay_setup() {
     RELAY_DIR=$1
