@@ -1001,3 +1001,39 @@ async fn the_server_caps_in_its_stream_features_hash_its_disco_info() {
     let stale = parse(&raw.iq("d3", &stale).await);
     assert_eq!(stale.attr("type"), Some("error"));
 }
+
+#[tokio::test]
+async fn a_contact_whose_privacy_list_denies_the_owners_messages_gets_no_notifications() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = common::friends(&server, "a", "b").await;
+    let mut carol = online(&server, "carol", "c", 0).await;
+    befriend_any(
+        &mut alice,
+        "alice@localhost/a",
+        &mut carol,
+        "carol@localhost/c",
+    )
+    .await;
+    let wants = [DISCO_INFO, "http://jabber.org/protocol/nick+notify"];
+    advertise(&mut bob, &wants).await;
+    // The same client as Bob's: the server knows the hash already.
+    carol.send(&caps_presence(&ver(&wants))).await;
+    carol.sync().await;
+    // Bob still sends presence to Alice but takes no messages from her (XEP-0016 §2.4).
+    let list = "<iq type='set' id='l1'><query xmlns='jabber:iq:privacy'><list name='quiet'>\
+         <item type='jid' value='alice@localhost' action='deny' order='1'><message/></item>\
+         <item action='allow' order='2'/></list></query></iq>";
+    assert_result(&bob.iq("l1", list).await);
+    let active = "<iq type='set' id='l2'><query xmlns='jabber:iq:privacy'><active name='quiet'/></query></iq>";
+    assert_result(&bob.iq("l2", active).await);
+
+    assert_result(
+        &alice
+            .iq("p1", &publish("p1", NICK, "current", &nick("Alice")))
+            .await,
+    );
+    let note = parse(&carol.stanza_with(&[EVENT]).await);
+    assert_eq!(published(&note, "alice@localhost", NICK).1, "Alice");
+    assert_eq!(note.attr("to"), Some("carol@localhost/c"));
+    assert_no_event(&mut bob).await;
+}

@@ -4,6 +4,7 @@
 //! whole, from `BEGIN` to its end.
 //!
 //! Timing here, at the one place every query passes, keeps it out of each store method.
+//! Writes also queue here, one at a time (see [`TimedPool::begin_write`]).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -63,6 +64,19 @@ impl Drop for Timer {
 pub(crate) struct TimedPool {
     pool: SqlitePool,
     pub(crate) latency: Latency,
+    /// The turn to write. SQLite has one write lock, and a connection that finds it taken
+    /// polls for it with sleeps of up to 100 ms while holding its pool connection: under a
+    /// burst of writes (300 accounts subscribing to each other at once) writers got through
+    /// at a fraction of the disk's rate and readers found no free connection, stalling
+    /// everything for seconds. Queued here, writers take turns the moment the last one
+    /// commits, in order, and wait without holding a connection.
+    writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction's turn and clock: both end when it is dropped, after the commit.
+pub(crate) struct WriteTurn {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    _timer: Timer,
 }
 
 impl TimedPool {
@@ -70,17 +84,38 @@ impl TimedPool {
         TimedPool {
             pool,
             latency: Latency::default(),
+            writes: Arc::default(),
         }
     }
 
-    /// A write transaction (`BEGIN IMMEDIATE`: it takes the write lock at once, so it waits
-    /// for the busy timeout instead of failing half-way), with the clock that times it.
+    /// A write transaction (`BEGIN IMMEDIATE`: it takes the write lock at once, so another
+    /// process's writer makes it wait for the busy timeout instead of failing half-way),
+    /// once it is this process's turn to write; timed from the wait for the turn.
     pub(crate) async fn begin_write(
         &self,
-    ) -> Result<(Transaction<'static, Sqlite>, Timer), sqlx::Error> {
+    ) -> Result<(Transaction<'static, Sqlite>, WriteTurn), sqlx::Error> {
         let timer = self.latency.start();
+        let turn = self.writes.clone().lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok((tx, timer))
+        Ok((
+            tx,
+            WriteTurn {
+                _turn: turn,
+                _timer: timer,
+            },
+        ))
+    }
+
+    /// The turn to write, for a statement that writes outside a transaction.
+    async fn turn_for(&self, sql: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let verb = sql.split_whitespace().next().unwrap_or_default();
+        let writes = ["INSERT", "UPDATE", "DELETE", "REPLACE"]
+            .iter()
+            .any(|w| verb.eq_ignore_ascii_case(w));
+        match writes {
+            true => Some(self.writes.clone().lock_owned().await),
+            false => None,
+        }
     }
 }
 
@@ -96,14 +131,17 @@ impl<'c> Executor<'c> for &'c TimedPool {
         E: 'q + Execute<'q, Sqlite>,
     {
         let timer = self.latency.start();
-        // The timer lives as long as the stream: it reports when the rows are all read.
-        self.pool
-            .fetch_many(query)
-            .map(move |step| {
-                let _ = &timer;
+        async move {
+            let turn = self.turn_for(query.sql()).await;
+            // The timer (and a write's turn) live as long as the stream: until the rows
+            // are all read.
+            self.pool.fetch_many(query).map(move |step| {
+                let _ = (&timer, &turn);
                 step
             })
-            .boxed()
+        }
+        .flatten_stream()
+        .boxed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -115,10 +153,10 @@ impl<'c> Executor<'c> for &'c TimedPool {
         E: 'q + Execute<'q, Sqlite>,
     {
         let timer = self.latency.start();
-        let fetched = self.pool.fetch_optional(query);
         async move {
-            let row = fetched.await;
-            drop(timer);
+            let turn = self.turn_for(query.sql()).await;
+            let row = self.pool.fetch_optional(query).await;
+            drop((turn, timer));
             row
         }
         .boxed()

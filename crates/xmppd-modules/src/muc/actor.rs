@@ -475,33 +475,15 @@ async fn deliver_one(
     cx.route(remote);
 }
 
-/// A stanza for many sessions, serialised once: each copy is those bytes with its own
-/// `to` spliced in after the element's name.
+/// A stanza for many occupants' sessions, serialised once (see [`Ctx::fan_out`]).
 async fn fan_out(cx: &mut Ctx<'_>, metrics: &Metrics, f: Fanned, ghosts: &mut Vec<String>) {
-    let Ok(mut stanza) = Stanza::parse(f.stanza) else {
+    let Ok(stanza) = Stanza::parse(f.stanza) else {
         return;
     };
-    let head = format!("<{}", stanza.element().name());
-    let bytes = xmppd_server::router::encode(stanza.element());
-    if !bytes.starts_with(head.as_bytes()) {
-        return;
-    }
     if stanza.kind == xmppd_core::StanzaKind::Message {
         metrics.muc_messages_out.inc_by(f.to.len() as u64);
     }
-    for to in f.to {
-        let Ok(jid) = Jid::new(&to) else {
-            continue;
-        };
-        let mut data = Vec::with_capacity(bytes.len() + to.len() + 6);
-        data.extend_from_slice(head.as_bytes());
-        data.extend_from_slice(b" to='");
-        xmppd_xml::escape_attr(&mut data, &to);
-        data.push(b'\'');
-        data.extend_from_slice(&bytes[head.len()..]);
-        // Filters see a copy addressed to the recipient: one that holds the stanza for
-        // later (CSI) serialises the element itself.
-        stanza.set_to(jid.clone());
-        deliver_one(cx, &stanza, &jid, Some(Bytes::from(data)), ghosts).await;
-    }
+    let to: Vec<Jid> = f.to.iter().filter_map(|t| Jid::new(t).ok()).collect();
+    let gone = cx.fan_out(stanza, &to, false).await;
+    ghosts.extend(gone.iter().map(ToString::to_string));
 }

@@ -142,11 +142,11 @@ impl Judge {
     }
 }
 
-/// `<message type=headline><event>child</event></message>` from the service (§7.1.2.1).
-pub fn event_message(svc: &Service, to: &str, child: Element) -> Element {
+/// `<message type=headline><event>child</event></message>` from the service (§7.1.2.1),
+/// to whom the caller says.
+pub fn event_message(svc: &Service, child: Element) -> Element {
     Element::new("message", ns::CLIENT)
         .with_attr("from", svc.jid())
-        .with_attr("to", to)
         .with_attr("type", "headline")
         .with_attr("id", xmppd_server::stream::random_id(12))
         .with_child(Element::new("event", EVENT_NS).with_child(child))
@@ -843,7 +843,7 @@ impl PubSub {
             .with_attr("node", node.name.clone())
             .with_attr("jid", member.jid.clone())
             .with_attr("subscription", state.as_str());
-        cx.route_element(event_message(svc, &member.jid, child));
+        cx.route_element(event_message(svc, child).with_attr("to", member.jid.clone()));
         if state == SubState::Subscribed {
             self.welcome(cx, svc, node, &member).await?;
         }
@@ -919,7 +919,7 @@ impl PubSub {
             .map_err(storage_error)?;
         if !last.is_empty() {
             let child = items_element(EVENT_NS, &node.name, &last, node.config.deliver_payloads);
-            cx.route_element(event_message(svc, to, child));
+            cx.route_element(event_message(svc, child).with_attr("to", to));
         }
         Ok(())
     }
@@ -1142,11 +1142,17 @@ impl PubSub {
             .map(String::as_str)
             .collect();
         let mut sent = HashSet::new();
+        let mut recipients = Vec::new();
         for jid in &to {
             let covered = jid.split_once('/').is_some_and(|(b, _)| bare.contains(b));
             if !covered && sent.insert(jid.as_str()) {
-                cx.route_element(event_message(svc, jid, child.clone()));
+                recipients.extend(Jid::new(jid).ok());
             }
+        }
+        // One serialisation for every contact (a publish reaches dozens), routed as if the
+        // owner sent each copy: its privacy lists and the contacts' apply.
+        if let Ok(message) = Stanza::parse(event_message(svc, child)) {
+            cx.fan_out(message, &recipients, true).await;
         }
     }
 

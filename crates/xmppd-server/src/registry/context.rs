@@ -5,7 +5,7 @@
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use xmppd_core::{BareJid, Element, Jid, Stanza, StanzaError};
+use xmppd_core::{BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaKind};
 use xmppd_storage::Storage;
 
 use super::{Event, Handled, Hooks, Point, Verdict};
@@ -176,6 +176,72 @@ impl<'a> Ctx<'a> {
         };
         self.router.deliver_bytes(session, data);
         true
+    }
+
+    /// Sends `stanza` to each of `recipients` as routing a copy to each would: the sender's
+    /// [`Point::Outbound`] filters when `outbound` (a user's stanza, not a room's), the
+    /// recipient's [`Point::Inbound`] and [`Point::Deliver`] ones, and [`Event::Delivered`]
+    /// for a message; but serialised once, where routing serialises every copy: a local
+    /// session's copy is those bytes with its own `to` spliced in after the element's name.
+    /// A recipient that is not a local full JID (a bare JID, another server's user) is
+    /// routed its copy. No `ToAccount` interceptor sees the copies: a fan-out carries a
+    /// service's broadcasts (room presence and messages, PEP notifications), not presence
+    /// a user directs. Returns the local full JIDs without a session (a room's ghosts).
+    pub async fn fan_out(
+        &mut self,
+        mut stanza: Stanza,
+        recipients: &[Jid],
+        outbound: bool,
+    ) -> Vec<FullJid> {
+        let router = self.router;
+        stanza.element_mut().remove_attr("to");
+        let head = format!("<{}", stanza.element().name());
+        let bytes = crate::router::encode(stanza.element());
+        let mut ghosts = Vec::new();
+        if !bytes.starts_with(head.as_bytes()) {
+            return ghosts;
+        }
+        for to in recipients {
+            stanza.set_to(to.clone());
+            if outbound && !router.passes(self, Point::Outbound, &stanza, to).await {
+                continue;
+            }
+            let local = router.is_local_domain(to.domain().as_str());
+            let Some(full) = to.try_as_full().ok().filter(|_| local) else {
+                // The sender's filters ran (or were not wanted): not again.
+                self.effects
+                    .push(Effect::RoutePastSenderLists(stanza.clone()));
+                continue;
+            };
+            if !router.passes(self, Point::Inbound, &stanza, to).await {
+                continue;
+            }
+            let Some(session) = router.sessions().get(full) else {
+                ghosts.push(full.clone());
+                continue;
+            };
+            let mut data = Vec::with_capacity(bytes.len() + to.as_str().len() + 6);
+            data.extend_from_slice(head.as_bytes());
+            data.extend_from_slice(b" to='");
+            xmppd_xml::escape_attr(&mut data, to.as_str());
+            data.push(b'\'');
+            data.extend_from_slice(&bytes[head.len()..]);
+            let data = Bytes::from(data);
+            let delivered = self
+                .deliver_encoded(&session, &stanza, to, Some(&data))
+                .await;
+            if delivered && stanza.kind == StanzaKind::Message {
+                let user = full.to_bare();
+                let sessions = [session];
+                self.fire(Event::Delivered {
+                    stanza: &stanza,
+                    user: &user,
+                    sessions: &sessions,
+                })
+                .await;
+            }
+        }
+        ghosts
     }
 
     /// Runs the handlers of `event` in priority order; `Stop` if one of them stopped it.

@@ -260,7 +260,13 @@ impl Router {
 
     /// Runs the filters of `point`; false (after bouncing where a filter says so) if one
     /// of them stopped the stanza.
-    async fn passes(&self, cx: &mut Ctx<'_>, point: Point, stanza: &Stanza, to: &Jid) -> bool {
+    pub(crate) async fn passes(
+        &self,
+        cx: &mut Ctx<'_>,
+        point: Point,
+        stanza: &Stanza,
+        to: &Jid,
+    ) -> bool {
         for filter in self.hooks.filters(point) {
             match filter.check(cx, stanza, to, point, None).await {
                 Verdict::Allow => {}
