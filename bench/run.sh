@@ -139,7 +139,7 @@ done
 
 # accounts_for SERVER: the accounts its instance needs (muc_big's 10,000 only where it runs).
 accounts_for() {
-    if supports "$1" muc_big && [[ " $SCENARIOS " == *" muc_big "* ]] && ((MUC_BIG_N > accounts)); then
+    if supports "$1" muc_big >/dev/null && [[ " $SCENARIOS " == *" muc_big "* ]] && ((MUC_BIG_N > accounts)); then
         echo "$MUC_BIG_N"
     else
         echo "$accounts"
