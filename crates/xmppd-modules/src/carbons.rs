@@ -186,7 +186,9 @@ impl EventHandler for Carbons {
         // §6.1: a private message from a MUC occupant is already sent to every joined
         // client by the room; one's own messages between resources need no copy.
         let from_muc_occupant = original.has_child("x", MUC_USER);
-        let from_self = from.is_some_and(|f| f.to_bare() == **user);
+        // Compared by parts: every copy of a room's fan-out passes here.
+        let from_self =
+            from.is_some_and(|f| f.node() == user.node() && f.domain() == user.domain());
         if from_muc_occupant || from_self || original.has_child("no-copy", HINTS) {
             return Handled::Continue;
         }

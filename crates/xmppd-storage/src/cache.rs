@@ -89,6 +89,34 @@ impl<K: Hash + Eq + Clone, V: Clone> CacheMap<K, V> {
         *epoch += 1;
         self.entries.remove(key);
     }
+
+    /// Records a write whose result follows from the cached value: `f` gets that value (if
+    /// cached) and gives the new one, or `None` for the next read to load it. Writes to the
+    /// key's stripe wait meanwhile, so two writers' changes do not cross.
+    pub fn update(&self, key: K, f: impl FnOnce(Option<V>) -> Option<V>) {
+        let mut epoch = self.stripe(&key);
+        *epoch += 1;
+        match f(self.entries.get(&key)) {
+            Some(value) => self.entries.insert(key, value),
+            None => {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    /// Records a write that may touch any key: every read loads afresh.
+    pub fn forget_all(&self) {
+        // Every stripe held until the entries are gone, as `forget` holds one.
+        let mut stripes: Vec<_> = self
+            .epochs
+            .iter()
+            .map(|e| e.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        for epoch in &mut stripes {
+            **epoch += 1;
+        }
+        self.entries.clear();
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::accounts::{Account, AccountStore};
 use crate::cache::CacheMap;
 use crate::roster::{PendingRequest, RosterItem, RosterStore};
 use crate::Result;
@@ -34,6 +35,35 @@ impl CachedRoster {
 
     fn key(username: &str, domain: &str) -> Key {
         (username.to_string(), domain.to_string())
+    }
+
+    /// Applies a write that made the roster `written` to the cached copy, if that copy is
+    /// the version just before it; else drops it. A roster being built (a subscription
+    /// storm writes one item at a time) is not read back from storage after every item.
+    fn patch(
+        &self,
+        username: &str,
+        domain: &str,
+        written: &Result<i64>,
+        change: impl FnOnce(&mut Vec<RosterItem>),
+    ) {
+        let key = Self::key(username, domain);
+        let Ok(version) = *written else {
+            return self.rosters.forget(&key);
+        };
+        self.rosters.update(key, |cached| {
+            let (old, items) = cached?;
+            if old == version {
+                // Nothing changed (the removal of an item that was not there).
+                return Some((old, items));
+            }
+            if old + 1 != version {
+                return None;
+            }
+            let mut items = Vec::clone(&items);
+            change(&mut items);
+            Some((version, Arc::new(items)))
+        });
     }
 }
 
@@ -66,13 +96,20 @@ impl RosterStore for CachedRoster {
 
     async fn put(&self, username: &str, domain: &str, item: &RosterItem) -> Result<i64> {
         let result = self.inner.put(username, domain, item).await;
-        self.rosters.forget(&Self::key(username, domain));
+        self.patch(username, domain, &result, |items| {
+            match items.binary_search_by(|i| i.contact.cmp(&item.contact)) {
+                Ok(at) => items[at] = item.clone(),
+                Err(at) => items.insert(at, item.clone()),
+            }
+        });
         result
     }
 
     async fn remove(&self, username: &str, domain: &str, contact: &str) -> Result<i64> {
         let result = self.inner.remove(username, domain, contact).await;
-        self.rosters.forget(&Self::key(username, domain));
+        self.patch(username, domain, &result, |items| {
+            items.retain(|i| i.contact != contact)
+        });
         result
     }
 
@@ -95,6 +132,44 @@ impl RosterStore for CachedRoster {
 
     async fn requests(&self, username: &str, domain: &str) -> Result<Vec<PendingRequest>> {
         self.inner.requests(username, domain).await
+    }
+}
+
+/// The account store, telling the roster cache of deletions: an account's roster goes with
+/// it in the same transaction, past [`CachedRoster`].
+pub struct AccountsForgettingRosters {
+    pub inner: Arc<dyn AccountStore>,
+    pub rosters: Arc<CachedRoster>,
+}
+
+#[async_trait]
+impl AccountStore for AccountsForgettingRosters {
+    async fn create(&self, account: &Account) -> Result<bool> {
+        self.inner.create(account).await
+    }
+
+    async fn get(&self, username: &str, domain: &str) -> Result<Option<Account>> {
+        self.inner.get(username, domain).await
+    }
+
+    async fn exists(&self, username: &str, domain: &str) -> Result<bool> {
+        self.inner.exists(username, domain).await
+    }
+
+    async fn set_credentials(&self, account: &Account) -> Result<bool> {
+        self.inner.set_credentials(account).await
+    }
+
+    async fn delete(&self, username: &str, domain: &str) -> Result<bool> {
+        let result = self.inner.delete(username, domain).await;
+        self.rosters
+            .rosters
+            .forget(&CachedRoster::key(username, domain));
+        result
+    }
+
+    async fn list(&self, domain: &str) -> Result<Vec<String>> {
+        self.inner.list(domain).await
     }
 }
 
@@ -170,5 +245,43 @@ mod tests {
         assert_eq!(reader.await.unwrap().0, 0);
         let (version, items) = cache.roster("alice", "example.org").await.unwrap();
         assert_eq!((version, items.len()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn writes_patch_the_cached_roster_to_what_storage_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        let db = Arc::new(crate::SqliteStorage::open(&url).await.unwrap());
+        let cache = CachedRoster::new(db.clone());
+        let item = |contact: &str, subscription: &str| RosterItem {
+            contact: contact.into(),
+            subscription: subscription.into(),
+            ..RosterItem::default()
+        };
+        cache.roster("a", "x").await.unwrap();
+        let writes: [(&str, Option<&str>); 5] = [
+            ("c@x", Some("to")),
+            ("b@x", Some("none")),
+            ("c@x", Some("both")),
+            ("b@x", None),
+            ("nobody@x", None),
+        ];
+        for (contact, subscription) in writes {
+            match subscription {
+                Some(sub) => cache.put("a", "x", &item(contact, sub)).await.unwrap(),
+                None => cache.remove("a", "x", contact).await.unwrap(),
+            };
+            let (version, items) = cache.roster("a", "x").await.unwrap();
+            let (stored_version, stored) = db.roster("a", "x").await.unwrap();
+            assert_eq!(
+                (version, &items),
+                (stored_version, &stored),
+                "after {contact}"
+            );
+        }
+        assert_eq!(
+            cache.roster("a", "x").await.unwrap().1[0],
+            item("c@x", "both")
+        );
     }
 }

@@ -7,6 +7,7 @@ mod account_data;
 mod accounts;
 mod cache;
 mod cached;
+mod cached_pubsub;
 mod muc;
 mod offline;
 mod pubsub;
@@ -17,7 +18,8 @@ mod timed;
 pub use account_data::AccountDataStore;
 pub use accounts::{Account, AccountStore, ScramKeys};
 pub use cache::{CacheMap, Miss};
-pub use cached::CachedRoster;
+pub use cached::{AccountsForgettingRosters, CachedRoster};
+pub use cached_pubsub::CachedPubSub;
 pub use muc::{LogLine, MucStore, StoredAffiliation, StoredRoom};
 pub use offline::{OfflineMessage, OfflineStore};
 pub use pubsub::{Member, PubSubStore, StoredItem};
@@ -60,14 +62,18 @@ impl Storage {
     pub async fn open(url: &str) -> Result<Storage> {
         if url.starts_with("sqlite:") {
             let db = Arc::new(SqliteStorage::open(url).await?);
+            let rosters = Arc::new(CachedRoster::new(db.clone()));
             return Ok(Storage {
                 latency: db.pool.latency.clone(),
-                accounts: db.clone(),
-                roster: Arc::new(CachedRoster::new(db.clone())),
+                accounts: Arc::new(AccountsForgettingRosters {
+                    inner: db.clone(),
+                    rosters: rosters.clone(),
+                }),
+                roster: rosters,
                 offline: db.clone(),
                 data: db.clone(),
                 muc: db.clone(),
-                pubsub: db,
+                pubsub: Arc::new(CachedPubSub::new(db)),
             });
         }
         Err(StorageError::UnsupportedUrl(url.to_string()))

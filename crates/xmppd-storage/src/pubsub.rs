@@ -199,34 +199,28 @@ mod sqlite {
             item: &StoredItem,
             keep: usize,
         ) -> Result<()> {
+            // One round trip to SQLite's thread between BEGIN and COMMIT: the sequence
+            // number is computed inside the INSERT, and the DELETE (in the same query; `$n`
+            // parameters are shared by its statements) keeps the newest `keep`. A PostgreSQL
+            // backend sends them apart: its extended protocol takes one statement per query.
             let (mut tx, _timer) = self.pool.begin_write().await?;
-            let next: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM pubsub_items WHERE service = $1 AND node = $2",
-            )
-            .bind(service)
-            .bind(node)
-            .fetch_one(&mut *tx)
-            .await?;
             sqlx::query(
                 "INSERT INTO pubsub_items (service, node, item_id, seq, publisher, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 VALUES ($1, $2, $3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM pubsub_items \
+                 WHERE service = $1 AND node = $2), $4, $5) \
                  ON CONFLICT (service, node, item_id) DO UPDATE SET \
-                 seq = excluded.seq, publisher = excluded.publisher, payload = excluded.payload",
+                 seq = excluded.seq, publisher = excluded.publisher, payload = excluded.payload; \
+                 DELETE FROM pubsub_items WHERE service = $1 AND node = $2 AND seq <= \
+                 (SELECT MAX(seq) FROM pubsub_items WHERE service = $1 AND node = $2) - $6",
             )
             .bind(service)
             .bind(node)
             .bind(&item.id)
-            .bind(next)
             .bind(&item.publisher)
             .bind(&item.payload)
+            .bind(keep.min(i64::MAX as usize) as i64)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM pubsub_items WHERE service = $1 AND node = $2 AND seq <= $3")
-                .bind(service)
-                .bind(node)
-                .bind(next - keep.min(i64::MAX as usize) as i64)
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?;
             Ok(())
         }

@@ -424,6 +424,11 @@ impl Router {
         let Some(node) = bare.node() else {
             return false;
         };
+        // A bound session proves the account without a query: an account's own iqs to its
+        // bare JID (PEP publishes, roster, vCard) are most of what asks.
+        if self.sessions.is_online(bare.as_str()) {
+            return true;
+        }
         match self
             .storage
             .accounts

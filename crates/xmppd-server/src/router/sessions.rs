@@ -192,6 +192,12 @@ impl SessionTable {
         map.get(bare).cloned().unwrap_or_default()
     }
 
+    /// Whether the account whose bare JID is `bare` has a session bound.
+    pub fn is_online(&self, bare: &str) -> bool {
+        let map = self.by_bare.read().unwrap_or_else(|e| e.into_inner());
+        map.contains_key(bare)
+    }
+
     /// Every session of every account, for shutdown.
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {
         let map = self.by_bare.read().unwrap_or_else(|e| e.into_inner());
