@@ -477,7 +477,7 @@ fn summarize(args: SummarizeArgs) -> Result<(), String> {
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         results.push(value);
     }
-    let mut meta: BTreeMap<String, String> = args
+    let meta: BTreeMap<String, String> = args
         .meta
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -485,13 +485,14 @@ fn summarize(args: SummarizeArgs) -> Result<(), String> {
             None => Err(format!("--meta {kv}: expected KEY=VALUE")),
         })
         .collect::<Result<_, _>>()?;
+    let mut kept = BTreeMap::new();
     if let Some(path) = &args.keep {
         if path.exists() {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let earlier: Value =
                 serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            summary::keep_earlier(&earlier, &mut results, &mut meta);
+            kept = summary::keep_earlier(&earlier, &mut results);
         }
     }
     let out = summary::summarize(&summary::Input {
@@ -499,6 +500,7 @@ fn summarize(args: SummarizeArgs) -> Result<(), String> {
         ours: args.ours,
         servers: args.servers,
         meta,
+        kept,
         machine: summary::machine(),
     });
     std::fs::write(&args.markdown, &out.markdown).map_err(|e| e.to_string())?;

@@ -345,7 +345,10 @@ pub struct Input {
     pub ours: String,
     /// Order of the server columns; servers missing here follow in name order.
     pub servers: Vec<String>,
-    pub meta: BTreeMap<String, String>,
+    /// The facts of this run.
+    pub meta: Facts,
+    /// The facts of the earlier runs that measured the kept scenarios, by scenario.
+    pub kept: BTreeMap<String, Facts>,
     pub machine: Value,
 }
 
@@ -370,40 +373,70 @@ pub fn machine() -> Value {
     })
 }
 
+/// The facts of one run (date, versions, sizes), as `--meta` gave them.
+pub type Facts = BTreeMap<String, String>;
+
 /// Adds to `results` the raw results of an earlier summary for every scenario `results` does
-/// not have (a run of some scenarios only keeps the others' sections), and its header facts
-/// to `meta` as `earlier run: KEY`, naming the scenarios they belong to.
-pub fn keep_earlier(
-    earlier: &Value,
-    results: &mut Vec<Value>,
-    meta: &mut BTreeMap<String, String>,
-) {
+/// not have (a run of some scenarios only keeps the others' sections), and returns the facts
+/// of the run that measured each kept scenario.
+pub fn keep_earlier(earlier: &Value, results: &mut Vec<Value>) -> BTreeMap<String, Facts> {
     let have: std::collections::BTreeSet<String> = results
         .iter()
         .filter_map(|r| r["scenario"].as_str().map(str::to_owned))
         .collect();
     let Some(scenarios) = earlier["scenarios"].as_object() else {
-        return;
+        return BTreeMap::new();
     };
-    let mut kept: Vec<&String> = scenarios.keys().filter(|s| !have.contains(*s)).collect();
-    if kept.is_empty() {
-        return;
-    }
-    kept.sort_by_key(|s| sort_key(s));
-    for name in &kept {
-        if let Some(by_server) = scenarios[*name]["results"].as_object() {
+    let mut kept = BTreeMap::new();
+    for (name, section) in scenarios.iter().filter(|(s, _)| !have.contains(*s)) {
+        if let Some(by_server) = section["results"].as_object() {
             results.extend(by_server.values().cloned());
         }
+        kept.insert(name.clone(), provenance(earlier, name));
     }
-    let names: Vec<&str> = kept.iter().map(|s| s.as_str()).collect();
-    meta.insert("earlier run: scenarios".into(), names.join(", "));
-    if let Some(old) = earlier["meta"].as_object() {
-        for (k, v) in old {
-            if let Some(v) = v.as_str() {
-                meta.insert(format!("earlier run: {k}"), v.to_owned());
-            }
+    kept
+}
+
+/// Where a kept scenario was measured: its section's own `meta`, or in a summary written
+/// before sections had one, the facts its header stacked as `earlier run: ` × k, where k
+/// is the deepest level whose `scenarios` list names it (0, the header's own facts, if none).
+fn provenance(earlier: &Value, scenario: &str) -> Facts {
+    let strings = |v: &Value| -> Facts {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect()
+    };
+    let own = &earlier["scenarios"][scenario]["meta"];
+    if own.is_object() {
+        return strings(own);
+    }
+    const PREFIX: &str = "earlier run: ";
+    let stacked = strings(&earlier["meta"]);
+    let level_of = |key: &str| {
+        let mut rest = key;
+        let mut level = 0;
+        while let Some(r) = rest.strip_prefix(PREFIX) {
+            (rest, level) = (r, level + 1);
         }
-    }
+        (level, rest.to_owned())
+    };
+    let level = stacked
+        .iter()
+        .filter_map(|(k, v)| {
+            let (level, name) = level_of(k);
+            let listed = name == "scenarios" && v.split(", ").any(|s| s == scenario);
+            listed.then_some(level)
+        })
+        .max()
+        .unwrap_or(0);
+    stacked
+        .iter()
+        .map(|(k, v)| (level_of(k), v))
+        .filter(|((l, name), _)| *l == level && name != "scenarios")
+        .map(|((_, name), v)| (name, v.clone()))
+        .collect()
 }
 
 pub struct Output {
@@ -430,6 +463,9 @@ pub fn summarize(input: &Input) -> Output {
     for (k, v) in &input.meta {
         md.push_str(&format!("- {k}: {v}\n"));
     }
+    if !input.kept.is_empty() {
+        md.push_str("\nSections kept from earlier runs say so under their heading.\n");
+    }
     md.push_str(
         "\nRatios are ours ÷ theirs: above 1 is better for rows marked ↑, below 1 for rows \
          marked ↓. See bench/README.md for what each number means.\n",
@@ -452,6 +488,14 @@ pub fn summarize(input: &Input) -> Output {
             .filter(|s| **s != input.ours && servers.contains_key(&input.ours))
             .collect();
         md.push_str(&format!("\n## {scenario}\n\n"));
+        let facts = input.kept.get(scenario.as_str()).unwrap_or(&input.meta);
+        if input.kept.contains_key(scenario.as_str()) {
+            md.push_str("From an earlier run:\n");
+            for (k, v) in facts.iter().filter(|(k, v)| input.meta.get(*k) != Some(v)) {
+                md.push_str(&format!("- {k}: {v}\n"));
+            }
+            md.push('\n');
+        }
         if let Some(params) = servers.values().find_map(|r| r["metrics"].get("params")) {
             md.push_str(&format!("Parameters: `{params}`\n\n"));
         }
@@ -540,6 +584,7 @@ pub fn summarize(input: &Input) -> Output {
             json!({
                 "headline": rows,
                 "results": servers,
+                "meta": facts,
             }),
         );
     }
@@ -581,6 +626,7 @@ mod tests {
             ours: "xmppd".into(),
             servers: vec!["xmppd".into(), "prosody".into(), "ejabberd".into()],
             meta: BTreeMap::from([("date".into(), "today".into())]),
+            kept: BTreeMap::new(),
             machine: json!({"nproc": 2}),
         };
         let out = summarize(&input);
@@ -621,23 +667,70 @@ mod tests {
     }
 
     #[test]
-    fn keeps_the_earlier_scenarios_only() {
+    fn keeps_the_earlier_scenarios_only_with_their_own_facts() {
         let earlier = json!({
             "meta": {"date": "yesterday"},
             "scenarios": {
-                "login": {"results": {"xmppd": result("xmppd", 1.0, "ok")}},
-                "idle": {"results": {"xmppd": {"label": "xmppd", "scenario": "idle"}}},
+                "login": {"results": {"xmppd": result("xmppd", 1.0, "ok")}, "meta": {"date": "yesterday"}},
+                "idle": {
+                    "results": {"xmppd": {"label": "xmppd", "scenario": "idle"}},
+                    "meta": {"date": "last week"},
+                },
             },
         });
         let mut results = vec![result("xmppd", 2.0, "ok")];
-        let mut meta = BTreeMap::from([("date".to_owned(), "today".to_owned())]);
-        keep_earlier(&earlier, &mut results, &mut meta);
+        let kept = keep_earlier(&earlier, &mut results);
         assert_eq!(results.len(), 2);
         assert_eq!(results[0]["metrics"]["logins_per_s"], json!(2.0));
         assert_eq!(results[1]["scenario"], "idle");
-        assert_eq!(meta["date"], "today");
-        assert_eq!(meta["earlier run: date"], "yesterday");
-        assert_eq!(meta["earlier run: scenarios"], "idle");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept["idle"]["date"], "last week");
+    }
+
+    #[test]
+    fn facts_stacked_by_the_old_format_go_to_their_own_sections() {
+        let earlier = json!({
+            "meta": {
+                "date": "d0",
+                "earlier run: date": "d1",
+                "earlier run: scenarios": "idle, chat",
+                "earlier run: earlier run: date": "d2",
+                "earlier run: earlier run: xmppd": "v2",
+                "earlier run: earlier run: scenarios": "chat",
+            },
+            "scenarios": {
+                "login": {"results": {}},
+                "idle": {"results": {"xmppd": {"label": "xmppd", "scenario": "idle"}}},
+                "chat": {"results": {"xmppd": {"label": "xmppd", "scenario": "chat"}}},
+            },
+        });
+        assert_eq!(
+            keep_earlier(&earlier, &mut Vec::new())["login"],
+            BTreeMap::from([("date".into(), "d0".into())])
+        );
+        let mut results = vec![result("xmppd", 2.0, "ok")];
+        let kept = keep_earlier(&earlier, &mut results);
+        assert!(!kept.contains_key("login"));
+        assert_eq!(kept["idle"], BTreeMap::from([("date".into(), "d1".into())]));
+        assert_eq!(
+            kept["chat"],
+            BTreeMap::from([("date".into(), "d2".into()), ("xmppd".into(), "v2".into())])
+        );
+        let input = Input {
+            results,
+            ours: "xmppd".into(),
+            servers: vec!["xmppd".into()],
+            meta: BTreeMap::from([("date".into(), "today".into())]),
+            kept,
+            machine: json!({"nproc": 2}),
+        };
+        let out = summarize(&input);
+        assert_eq!(out.json["scenarios"]["login"]["meta"]["date"], "today");
+        assert_eq!(out.json["scenarios"]["chat"]["meta"]["xmppd"], "v2");
+        assert!(out
+            .markdown
+            .contains("## idle\n\nFrom an earlier run:\n- date: d1\n"));
+        assert!(!out.markdown.contains("earlier run: "), "{}", out.markdown);
     }
 
     #[test]
@@ -657,6 +750,7 @@ mod tests {
             ours: "xmppd".into(),
             servers: vec!["xmppd".into(), "prosody".into()],
             meta: BTreeMap::new(),
+            kept: BTreeMap::new(),
             machine: json!({"nproc": 2}),
         };
         let md = summarize(&input).markdown;
