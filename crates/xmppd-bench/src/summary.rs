@@ -398,8 +398,9 @@ pub fn keep_earlier(earlier: &Value, results: &mut Vec<Value>) -> BTreeMap<Strin
 }
 
 /// Where a kept scenario was measured: its section's own `meta`, or in a summary written
-/// before sections had one, the facts its header stacked as `earlier run: ` × k, where k
-/// is the deepest level whose `scenarios` list names it (0, the header's own facts, if none).
+/// before sections had one, the facts its header stacked as `earlier run: ` × k. There, the
+/// `scenarios` list at level k + 1 names what the run of level k kept from the one before
+/// it, so a scenario was measured by the run of the first level whose next list lacks it.
 fn provenance(earlier: &Value, scenario: &str) -> Facts {
     let strings = |v: &Value| -> Facts {
         v.as_object()
@@ -414,28 +415,22 @@ fn provenance(earlier: &Value, scenario: &str) -> Facts {
     }
     const PREFIX: &str = "earlier run: ";
     let stacked = strings(&earlier["meta"]);
-    let level_of = |key: &str| {
-        let mut rest = key;
-        let mut level = 0;
-        while let Some(r) = rest.strip_prefix(PREFIX) {
-            (rest, level) = (r, level + 1);
-        }
-        (level, rest.to_owned())
+    let kept_at = |level: usize| {
+        stacked
+            .get(&format!("{}scenarios", PREFIX.repeat(level)))
+            .is_some_and(|list| list.split(", ").any(|s| s == scenario))
     };
-    let level = stacked
-        .iter()
-        .filter_map(|(k, v)| {
-            let (level, name) = level_of(k);
-            let listed = name == "scenarios" && v.split(", ").any(|s| s == scenario);
-            listed.then_some(level)
-        })
-        .max()
-        .unwrap_or(0);
+    let mut level = 0;
+    while kept_at(level + 1) {
+        level += 1;
+    }
+    let own_prefix = PREFIX.repeat(level);
     stacked
         .iter()
-        .map(|(k, v)| (level_of(k), v))
-        .filter(|((l, name), _)| *l == level && name != "scenarios")
-        .map(|((_, name), v)| (name, v.clone()))
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix(&own_prefix)?;
+            (!name.starts_with(PREFIX) && name != "scenarios").then(|| (name.to_owned(), v.clone()))
+        })
         .collect()
 }
 
@@ -696,7 +691,8 @@ mod tests {
                 "earlier run: scenarios": "idle, chat",
                 "earlier run: earlier run: date": "d2",
                 "earlier run: earlier run: xmppd": "v2",
-                "earlier run: earlier run: scenarios": "chat",
+                // login was kept twice before, then measured again by the newest run.
+                "earlier run: earlier run: scenarios": "chat, login",
             },
             "scenarios": {
                 "login": {"results": {}},
