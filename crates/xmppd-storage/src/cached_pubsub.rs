@@ -87,6 +87,19 @@ impl PubSubStore for CachedPubSub {
             .create_node(service, node, config, owner, limit)
             .await;
         self.forget_node(service, node);
+        if let Ok(true) = result {
+            // What was just written: a PEP node is created by its first publish, which
+            // reads the node right back.
+            let key = key(service, node);
+            self.configs.store(key.clone(), Some(config.to_string()));
+            let owner = Member {
+                jid: owner.to_string(),
+                affiliation: "owner".into(),
+                subscription: "none".into(),
+                options: String::new(),
+            };
+            self.members.store(key, Arc::new(vec![owner]));
+        }
         result
     }
 
@@ -196,6 +209,9 @@ mod tests {
         assert_eq!(store.node(svc, "n").await.unwrap().as_deref(), Some("c1"));
         assert_eq!(store.nodes(svc).await.unwrap(), ["n"]);
         assert_eq!(store.members(svc, "n").await.unwrap(), [owner(svc)]);
+        // What creation cached is what it stored.
+        assert_eq!(db.members(svc, "n").await.unwrap(), [owner(svc)]);
+        assert_eq!(db.node(svc, "n").await.unwrap().as_deref(), Some("c1"));
 
         store.set_config(svc, "n", "c2").await.unwrap();
         assert_eq!(store.node(svc, "n").await.unwrap().as_deref(), Some("c2"));
