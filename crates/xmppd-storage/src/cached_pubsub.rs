@@ -59,6 +59,13 @@ impl PubSubStore for CachedPubSub {
             Ok(found) => return Ok(found),
             Err(miss) => miss,
         };
+        // The service's names (read at a `+notify` login) already tell of a node that does
+        // not exist: PEP asks for that before each node's first publish.
+        if let Ok(names) = self.names.lookup(service) {
+            if !names.iter().any(|n| n == node) {
+                return Ok(None);
+            }
+        }
         let loaded = self.inner.node(service, node).await?;
         self.configs.fill(key, loaded.clone(), miss);
         Ok(loaded)
@@ -232,5 +239,12 @@ mod tests {
         assert_eq!(store.node(svc, "n").await.unwrap(), None);
         assert!(store.nodes(svc).await.unwrap().is_empty());
         assert!(store.members(svc, "n").await.unwrap().is_empty());
+
+        // With the names cached, a node they lack is known absent until one is made.
+        assert!(store.nodes(svc).await.unwrap().is_empty());
+        assert_eq!(store.node(svc, "m").await.unwrap(), None);
+        db.create_node(svc, "m", "c3", svc, 10).await.unwrap();
+        assert!(store.create_node(svc, "o", "c4", svc, 10).await.unwrap());
+        assert_eq!(store.node(svc, "m").await.unwrap().as_deref(), Some("c3"));
     }
 }

@@ -77,6 +77,7 @@ mod sqlite {
     use sqlx::Row;
 
     use super::{Member, PubSubStore, StoredItem};
+    use crate::timed::write_script;
     use crate::{Result, SqliteStorage};
 
     fn item_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredItem> {
@@ -127,39 +128,34 @@ mod sqlite {
             owner: &str,
             limit: usize,
         ) -> Result<bool> {
-            let (mut tx, _timer) = self.pool.begin_write().await?;
-            let count: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM pubsub_nodes WHERE service = $1")
+            // One script (see `write_script`): the node, if the service has room and no
+            // node of that name, then its owner if the node was made (`changes()` is the
+            // rows the last INSERT wrote; SELECT does not reset it). A PostgreSQL backend
+            // sends the statements apart, in a transaction.
+            let rows = self
+                .pool
+                .write_script(
+                    write_script!(
+                        "INSERT INTO pubsub_nodes (service, node, config) SELECT $1, $2, $3 \
+                         WHERE (SELECT COUNT(*) FROM pubsub_nodes WHERE service = $1) < $5 \
+                         ON CONFLICT (service, node) DO NOTHING;",
+                        "SELECT changes() AS created;",
+                        "INSERT INTO pubsub_members (service, node, jid, affiliation, subscription) \
+                         SELECT $1, $2, $4, 'owner', 'none' WHERE changes() = 1 \
+                         ON CONFLICT (service, node, jid) DO UPDATE SET affiliation = 'owner';",
+                    )
                     .bind(service)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if count as usize >= limit {
-                return Ok(false);
-            }
-            let done = sqlx::query(
-                "INSERT INTO pubsub_nodes (service, node, config) VALUES ($1, $2, $3) \
-                 ON CONFLICT (service, node) DO NOTHING",
-            )
-            .bind(service)
-            .bind(node)
-            .bind(config)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() != 1 {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO pubsub_members (service, node, jid, affiliation, subscription) \
-                 VALUES ($1, $2, $3, 'owner', 'none') \
-                 ON CONFLICT (service, node, jid) DO UPDATE SET affiliation = 'owner'",
-            )
-            .bind(service)
-            .bind(node)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(true)
+                    .bind(node)
+                    .bind(config)
+                    .bind(owner)
+                    .bind(limit.min(i64::MAX as usize) as i64),
+                )
+                .await?;
+            let created: i64 = match rows.first() {
+                Some(row) => row.try_get("created")?,
+                None => 0,
+            };
+            Ok(created == 1)
         }
 
         async fn set_config(&self, service: &str, node: &str, config: &str) -> Result<()> {
@@ -199,29 +195,29 @@ mod sqlite {
             item: &StoredItem,
             keep: usize,
         ) -> Result<()> {
-            // One round trip to SQLite's thread between BEGIN and COMMIT: the sequence
-            // number is computed inside the INSERT, and the DELETE (in the same query; `$n`
-            // parameters are shared by its statements) keeps the newest `keep`. A PostgreSQL
-            // backend sends them apart: its extended protocol takes one statement per query.
-            let (mut tx, _timer) = self.pool.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO pubsub_items (service, node, item_id, seq, publisher, payload) \
-                 VALUES ($1, $2, $3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM pubsub_items \
-                 WHERE service = $1 AND node = $2), $4, $5) \
-                 ON CONFLICT (service, node, item_id) DO UPDATE SET \
-                 seq = excluded.seq, publisher = excluded.publisher, payload = excluded.payload; \
-                 DELETE FROM pubsub_items WHERE service = $1 AND node = $2 AND seq <= \
-                 (SELECT MAX(seq) FROM pubsub_items WHERE service = $1 AND node = $2) - $6",
-            )
-            .bind(service)
-            .bind(node)
-            .bind(&item.id)
-            .bind(&item.publisher)
-            .bind(&item.payload)
-            .bind(keep.min(i64::MAX as usize) as i64)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+            // One script (see `write_script`): the sequence number is computed inside the
+            // INSERT, and the DELETE keeps the newest `keep`. A PostgreSQL backend sends
+            // them apart, in a transaction: its extended protocol takes one statement per
+            // query.
+            self.pool
+                .write_script(
+                    write_script!(
+                        "INSERT INTO pubsub_items (service, node, item_id, seq, publisher, payload) \
+                         VALUES ($1, $2, $3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM pubsub_items \
+                         WHERE service = $1 AND node = $2), $4, $5) \
+                         ON CONFLICT (service, node, item_id) DO UPDATE SET \
+                         seq = excluded.seq, publisher = excluded.publisher, payload = excluded.payload;",
+                        "DELETE FROM pubsub_items WHERE service = $1 AND node = $2 AND seq <= \
+                         (SELECT MAX(seq) FROM pubsub_items WHERE service = $1 AND node = $2) - $6;",
+                    )
+                    .bind(service)
+                    .bind(node)
+                    .bind(&item.id)
+                    .bind(&item.publisher)
+                    .bind(&item.payload)
+                    .bind(keep.min(i64::MAX as usize) as i64),
+                )
+                .await?;
             Ok(())
         }
 

@@ -53,6 +53,9 @@ impl SqliteStorage {
         .map_err(std::io::Error::other)??;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A pooled connection is a file handle that cannot go stale; the default ping
+            // before each use was one more round trip to SQLite's thread per statement.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -75,6 +78,7 @@ impl SqliteStorage {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Some(SqliteStorage {

@@ -176,6 +176,44 @@ pub struct Window {
     server: Option<Vec<procstat::Sample>>,
     generator_cpu_s: Option<f64>,
     machine_busy_s: Option<f64>,
+    profiler: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+/// Windows started so far, for `$WINDOW` in `BENCH_PROFILE_CMD`.
+static WINDOWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `BENCH_PROFILE_CMD`, when set, runs beside each window with `$SERVER_PIDS` (comma
+/// separated) and `$WINDOW` (1, 2, …) in its environment, and gets SIGINT when the window
+/// ends: `perf record -g -p $SERVER_PIDS -o /tmp/w$WINDOW.data` profiles exactly what is
+/// measured. Its CPU counts as other processes'.
+fn start_profiler(pids: &[u32]) -> Option<std::process::Child> {
+    let cmd = std::env::var("BENCH_PROFILE_CMD").ok()?;
+    let window = WINDOWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let child = std::process::Command::new("sh")
+        .args(["-c", &format!("exec {cmd}")])
+        .env("SERVER_PIDS", pids.join(","))
+        .env("WINDOW", window.to_string())
+        .spawn();
+    match child {
+        Ok(child) => {
+            // Give it time to attach before the window counts anything.
+            std::thread::sleep(Duration::from_millis(500));
+            Some(child)
+        }
+        Err(e) => {
+            eprintln!("xmppd-bench: BENCH_PROFILE_CMD did not start: {e}");
+            None
+        }
+    }
+}
+
+fn stop_profiler(child: Option<std::process::Child>) {
+    let Some(mut child) = child else { return };
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }
 
 pub struct Measured {
@@ -193,7 +231,9 @@ pub struct Measured {
 impl Window {
     pub fn start(pids: impl IntoIterator<Item = u32>) -> Self {
         let pids: Vec<u32> = pids.into_iter().collect();
+        let profiler = std::sync::Mutex::new(start_profiler(&pids));
         Window {
+            profiler,
             server: procstat::sample_each(&pids),
             pids,
             started: Instant::now(),
@@ -206,6 +246,7 @@ impl Window {
         let end = procstat::sample_each(&self.pids);
         let generator_end = procstat::cpu_seconds(std::process::id());
         let machine_end = procstat::machine_busy_seconds();
+        stop_profiler(self.profiler.lock().ok().and_then(|mut p| p.take()));
         let generator_cpu_s = match (self.generator_cpu_s, generator_end) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,

@@ -136,6 +136,7 @@ const SERVICE_FEATURES: &[&str] = &[
 pub struct PubSub {
     config: Config,
     caps: Caps,
+    configs: node::ConfigTexts,
     /// Caps queries each session has had, against [`pep::MAX_QUERIES_PER_SESSION`].
     queries: ExtKey<AtomicUsize>,
     /// Caps queries to other servers' resources in flight ([`pep::MAX_REMOTE_QUERIES`]).

@@ -1,13 +1,18 @@
 //! A node's configuration (XEP-0060 §16.4.4 `pubsub#node_config`) and who may do what with
 //! it (§4.5 access models, §4.1 affiliations): pure, so the rules are tested without a server.
 
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use xmppd_storage::CacheMap;
+
 use crate::forms::{Field, Form, FormError, FormKind};
 
 pub const CONFIG_NS: &str = "http://jabber.org/protocol/pubsub#node_config";
 pub const PUBLISH_OPTIONS_NS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 
 /// §4.5.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AccessModel {
     Open,
     Presence,
@@ -18,14 +23,14 @@ pub enum AccessModel {
 }
 
 /// Who may publish (`pubsub#publish_model`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PublishModel {
     Publishers,
     Subscribers,
     Open,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SendLast {
     Never,
     OnSub,
@@ -74,7 +79,7 @@ impl Affiliation {
 }
 
 /// `pubsub#max_items`: a number, or `max` (the server's cap).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MaxItems {
     Count(usize),
     Max,
@@ -90,7 +95,7 @@ impl MaxItems {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeConfig {
     pub access_model: AccessModel,
     pub publish_model: PublishModel,
@@ -265,6 +270,60 @@ impl NodeConfig {
     }
 }
 
+/// Configurations both as stored ([`NodeConfig::to_text`]) and as used, converted once per
+/// distinct configuration: every PEP publish reads its node's configuration and every first
+/// publish writes one, nearly all nodes share a handful of them, and parsing and writing
+/// the form was 8% of the server's CPU in the PEP benchmark. Keyed by hash, and a hit is
+/// compared in full, so a collision costs only a conversion.
+pub struct ConfigTexts {
+    parsed: CacheMap<u64, Arc<(String, NodeConfig, NodeConfig)>>,
+    written: CacheMap<u64, Arc<(NodeConfig, String)>>,
+    hasher: RandomState,
+}
+
+/// Distinct configurations kept each way.
+const CONFIG_TEXTS: usize = 256;
+
+impl Default for ConfigTexts {
+    fn default() -> Self {
+        ConfigTexts {
+            parsed: CacheMap::new(CONFIG_TEXTS),
+            written: CacheMap::new(CONFIG_TEXTS),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl ConfigTexts {
+    /// [`NodeConfig::from_text`].
+    pub fn parse(&self, text: &str, base: &NodeConfig) -> NodeConfig {
+        let key = self.hasher.hash_one((text, base));
+        match self.parsed.lookup(&key) {
+            Ok(hit) if hit.0 == text && hit.1 == *base => hit.2.clone(),
+            _ => {
+                let config = NodeConfig::from_text(text, base);
+                let entry = (text.to_string(), base.clone(), config.clone());
+                self.parsed.store(key, Arc::new(entry));
+                config
+            }
+        }
+    }
+
+    /// [`NodeConfig::to_text`].
+    pub fn text(&self, config: &NodeConfig) -> String {
+        let key = self.hasher.hash_one(config);
+        match self.written.lookup(&key) {
+            Ok(hit) if hit.0 == *config => hit.1.clone(),
+            _ => {
+                let text = config.to_text();
+                self.written
+                    .store(key, Arc::new((config.clone(), text.clone())));
+                text
+            }
+        }
+    }
+}
+
 /// What the service knows of a requester (§4.5).
 #[derive(Clone, Debug, Default)]
 pub struct Relation {
@@ -367,6 +426,15 @@ mod tests {
         assert!(!c.notify_retract);
         assert_eq!(c.publish_model, base.publish_model);
         assert_eq!(NodeConfig::from_text(&c.to_text(), &base), c);
+        // Memoised, the same both ways, and per base.
+        let texts = ConfigTexts::default();
+        for _ in 0..2 {
+            assert_eq!(texts.text(&c), c.to_text());
+            assert_eq!(texts.parse(&c.to_text(), &base), c);
+            assert_eq!(texts.parse("", &base), base);
+            let other = NodeConfig::service_default();
+            assert_eq!(texts.parse("", &other), other);
+        }
     }
 
     #[test]

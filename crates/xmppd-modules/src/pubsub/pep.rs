@@ -352,6 +352,7 @@ pub fn new(
     Arc::new_cyclic(|me| PubSub {
         config,
         caps: super::Caps::default(),
+        configs: super::node::ConfigTexts::default(),
         queries,
         remote_queries: Arc::default(),
         wrapped,

@@ -266,7 +266,7 @@ impl PubSub {
         };
         Ok(Some(Node {
             name: name.to_string(),
-            config: NodeConfig::from_text(&text, &svc.defaults()),
+            config: self.configs.parse(&text, &svc.defaults()),
             members: store
                 .members(svc.jid(), name)
                 .await
@@ -336,7 +336,7 @@ impl PubSub {
             .create_node(
                 svc.jid(),
                 name,
-                &config.to_text(),
+                &self.configs.text(config),
                 owner.as_str(),
                 self.config.max_nodes,
             )
@@ -426,7 +426,7 @@ impl PubSub {
             .map_err(not_acceptable)?;
         cx.storage()
             .pubsub
-            .set_config(svc.jid(), &node.name, &config.to_text())
+            .set_config(svc.jid(), &node.name, &self.configs.text(&config))
             .await
             .map_err(storage_error)?;
         if config.notify_config {
