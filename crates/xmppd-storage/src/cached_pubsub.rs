@@ -88,10 +88,11 @@ impl PubSubStore for CachedPubSub {
         config: &str,
         owner: &str,
         limit: usize,
+        first: Option<&StoredItem>,
     ) -> Result<bool> {
         let result = self
             .inner
-            .create_node(service, node, config, owner, limit)
+            .create_node(service, node, config, owner, limit, first)
             .await;
         self.forget_node(service, node);
         if let Ok(true) = result {
@@ -212,7 +213,10 @@ mod tests {
 
         assert_eq!(store.node(svc, "n").await.unwrap(), None);
         assert!(store.nodes(svc).await.unwrap().is_empty());
-        assert!(store.create_node(svc, "n", "c1", svc, 10).await.unwrap());
+        assert!(store
+            .create_node(svc, "n", "c1", svc, 10, None)
+            .await
+            .unwrap());
         assert_eq!(store.node(svc, "n").await.unwrap().as_deref(), Some("c1"));
         assert_eq!(store.nodes(svc).await.unwrap(), ["n"]);
         assert_eq!(store.members(svc, "n").await.unwrap(), [owner(svc)]);
@@ -243,8 +247,11 @@ mod tests {
         // With the names cached, a node they lack is known absent until one is made.
         assert!(store.nodes(svc).await.unwrap().is_empty());
         assert_eq!(store.node(svc, "m").await.unwrap(), None);
-        db.create_node(svc, "m", "c3", svc, 10).await.unwrap();
-        assert!(store.create_node(svc, "o", "c4", svc, 10).await.unwrap());
+        db.create_node(svc, "m", "c3", svc, 10, None).await.unwrap();
+        assert!(store
+            .create_node(svc, "o", "c4", svc, 10, None)
+            .await
+            .unwrap());
         assert_eq!(store.node(svc, "m").await.unwrap().as_deref(), Some("c3"));
     }
 }

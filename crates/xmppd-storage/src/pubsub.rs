@@ -33,6 +33,8 @@ pub trait PubSubStore: Send + Sync {
     async fn nodes(&self, service: &str) -> Result<Vec<String>>;
     /// Creates a node with `owner`'s affiliation unless the service already has `limit`
     /// nodes; `Ok(false)` if it exists or the limit is reached (tell them apart with `node`).
+    /// With `first`, that item is stored in the same transaction (a PEP node is created by
+    /// its first publish): only if the node was created.
     async fn create_node(
         &self,
         service: &str,
@@ -40,6 +42,7 @@ pub trait PubSubStore: Send + Sync {
         config: &str,
         owner: &str,
         limit: usize,
+        first: Option<&StoredItem>,
     ) -> Result<bool>;
     async fn set_config(&self, service: &str, node: &str, config: &str) -> Result<()>;
     /// Deletes a node with its items and members; false if there was none.
@@ -97,6 +100,32 @@ mod sqlite {
         })
     }
 
+    // `create_node`'s statements, over $1 service, $2 node, $3 config, $4 owner, $5 limit,
+    // and for the first item $6 id, $7 publisher, $8 payload.
+    macro_rules! new_node {
+        () => {
+            "INSERT INTO pubsub_nodes (service, node, config) SELECT $1, $2, $3 \
+             WHERE (SELECT COUNT(*) FROM pubsub_nodes WHERE service = $1) < $5 \
+             ON CONFLICT (service, node) DO NOTHING; \
+             SELECT changes() AS created;"
+        };
+    }
+    macro_rules! new_node_owner {
+        () => {
+            "INSERT INTO pubsub_members (service, node, jid, affiliation, subscription) \
+             SELECT $1, $2, $4, 'owner', 'none' WHERE changes() = 1 \
+             ON CONFLICT (service, node, jid) DO UPDATE SET affiliation = 'owner';"
+        };
+    }
+    macro_rules! new_node_item {
+        () => {
+            "INSERT INTO pubsub_items (service, node, item_id, seq, publisher, payload) \
+             SELECT $1, $2, $6, 1, $7, $8 WHERE changes() = 1 \
+             ON CONFLICT (service, node, item_id) DO UPDATE SET \
+             seq = excluded.seq, publisher = excluded.publisher, payload = excluded.payload;"
+        };
+    }
+
     #[async_trait]
     impl PubSubStore for SqliteStorage {
         async fn node(&self, service: &str, node: &str) -> Result<Option<String>> {
@@ -127,30 +156,30 @@ mod sqlite {
             config: &str,
             owner: &str,
             limit: usize,
+            first: Option<&StoredItem>,
         ) -> Result<bool> {
             // One script (see `write_script`): the node, if the service has room and no
-            // node of that name, then its owner if the node was made (`changes()` is the
-            // rows the last INSERT wrote; SELECT does not reset it). A PostgreSQL backend
-            // sends the statements apart, in a transaction.
-            let rows = self
-                .pool
-                .write_script(
-                    write_script!(
-                        "INSERT INTO pubsub_nodes (service, node, config) SELECT $1, $2, $3 \
-                         WHERE (SELECT COUNT(*) FROM pubsub_nodes WHERE service = $1) < $5 \
-                         ON CONFLICT (service, node) DO NOTHING;",
-                        "SELECT changes() AS created;",
-                        "INSERT INTO pubsub_members (service, node, jid, affiliation, subscription) \
-                         SELECT $1, $2, $4, 'owner', 'none' WHERE changes() = 1 \
-                         ON CONFLICT (service, node, jid) DO UPDATE SET affiliation = 'owner';",
-                    )
-                    .bind(service)
-                    .bind(node)
-                    .bind(config)
-                    .bind(owner)
-                    .bind(limit.min(i64::MAX as usize) as i64),
-                )
-                .await?;
+            // node of that name, then its owner and first item if the node was made
+            // (`changes()` is the rows the last INSERT wrote; SELECT does not reset it). A
+            // PostgreSQL backend sends the statements apart, in a transaction.
+            let limit = limit.min(i64::MAX as usize) as i64;
+            let script = match first {
+                None => write_script!(new_node!(), new_node_owner!()),
+                Some(_) => write_script!(new_node!(), new_node_owner!(), new_node_item!()),
+            }
+            .bind(service)
+            .bind(node)
+            .bind(config)
+            .bind(owner)
+            .bind(limit);
+            let script = match first {
+                None => script,
+                Some(item) => script
+                    .bind(&item.id)
+                    .bind(&item.publisher)
+                    .bind(&item.payload),
+            };
+            let rows = self.pool.write_script(script).await?;
             let created: i64 = match rows.first() {
                 Some(row) => row.try_get("created")?,
                 None => 0,
@@ -390,11 +419,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/db.sqlite", dir.path().display());
         let s = Storage::open(&url).await.unwrap().pubsub;
-        assert!(s.create_node("a@x", "n", "c", "a@x", 2).await.unwrap());
-        assert!(!s.create_node("a@x", "n", "c", "a@x", 2).await.unwrap());
-        assert!(s.create_node("a@x", "m", "c", "a@x", 2).await.unwrap());
+        assert!(s
+            .create_node("a@x", "n", "c", "a@x", 2, None)
+            .await
+            .unwrap());
+        // Not made again, and its first item not stored.
+        let first = Some(&item("0"));
+        assert!(!s
+            .create_node("a@x", "n", "c", "a@x", 2, first)
+            .await
+            .unwrap());
+        assert!(s.items("a@x", "n", 10).await.unwrap().is_empty());
+        assert!(s
+            .create_node("a@x", "m", "c", "a@x", 2, first)
+            .await
+            .unwrap());
+        assert_eq!(s.items("a@x", "m", 10).await.unwrap(), [item("0")]);
+        assert_eq!(s.members("a@x", "m").await.unwrap()[0].affiliation, "owner");
         // The limit of two nodes is reached.
-        assert!(!s.create_node("a@x", "o", "c", "a@x", 2).await.unwrap());
+        assert!(!s
+            .create_node("a@x", "o", "c", "a@x", 2, first)
+            .await
+            .unwrap());
+        assert!(s.items("a@x", "o", 10).await.unwrap().is_empty());
         assert_eq!(s.nodes("a@x").await.unwrap(), ["m", "n"]);
         for id in ["1", "2", "3", "2"] {
             s.publish("a@x", "n", &item(id), 2).await.unwrap();

@@ -63,7 +63,7 @@ impl Drop for Timer {
 /// A write transaction's statements as one script for [`TimedPool::write_script`]:
 /// `BEGIN IMMEDIATE;` before them, `COMMIT;` after.
 macro_rules! write_script {
-    ($($statements:literal),+ $(,)?) => {
+    ($($statements:expr),+ $(,)?) => {
         sqlx::query(concat!("BEGIN IMMEDIATE; ", $($statements, " ",)+ "COMMIT;"))
     };
 }

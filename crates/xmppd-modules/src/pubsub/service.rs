@@ -330,6 +330,7 @@ impl PubSub {
         name: &str,
         owner: &BareJid,
         config: &NodeConfig,
+        first: Option<&StoredItem>,
     ) -> Result<(), StanzaError> {
         let store = &cx.storage().pubsub;
         let created = store
@@ -339,6 +340,7 @@ impl PubSub {
                 &self.configs.text(config),
                 owner.as_str(),
                 self.config.max_nodes,
+                first,
             )
             .await
             .map_err(storage_error)?;
@@ -390,7 +392,7 @@ impl PubSub {
                 .map_err(not_acceptable)?,
             None => svc.defaults(),
         };
-        self.create_node(cx, svc, &name, &from.to_bare(), &config)
+        self.create_node(cx, svc, &name, &from.to_bare(), &config, None)
             .await?;
         // §8.1.2: an instant node's name goes back to its creator.
         Ok(if instant {
@@ -521,6 +523,11 @@ impl PubSub {
             _ => xmppd_server::stream::random_id(16),
         };
         let precondition = || error(C::Conflict, "precondition-not-met");
+        let stored = StoredItem {
+            id,
+            publisher: from.to_bare().to_string(),
+            payload,
+        };
         let node = match self.load(cx, svc, name).await? {
             Some(node) => {
                 if options
@@ -529,10 +536,17 @@ impl PubSub {
                 {
                     return Err(precondition());
                 }
+                let judge = Judge::new(cx, svc).await?;
+                let relation = judge.relation(Some(&node), &from.to_bare());
+                if !may_publish(&node.config, &relation, node.subscribed(from)) {
+                    return Err(C::Forbidden.into());
+                }
+                self.store(cx, svc, &node, &stored).await?;
                 node
             }
             // XEP-0163 §3: PEP creates the node on first publish, with the publish-options
-            // as its configuration (§7.1.5).
+            // as its configuration (§7.1.5); its owner publishes, and the item is stored
+            // with the node.
             None if matches!(svc, Service::Pep(_)) && self.may_create(cx, svc, from) => {
                 let config = match &options {
                     Some(o) => self
@@ -542,21 +556,23 @@ impl PubSub {
                     None if name == bookmarks::NATIVE => bookmarks::native_config(),
                     None => svc.defaults(),
                 };
-                self.create_node(cx, svc, name, &from.to_bare(), &config)
+                // Legacy bookmarks are imported into a new bookmarks node before its item.
+                let importing = name == bookmarks::NATIVE && self.wrapped.private.is_some();
+                let first = (!importing).then_some(&stored);
+                self.create_node(cx, svc, name, &from.to_bare(), &config, first)
                     .await?;
-                self.existing(cx, svc, name).await?
+                let node = self.existing(cx, svc, name).await?;
+                if importing {
+                    self.store(cx, svc, &node, &stored).await?;
+                }
+                node
             }
             // Someone else's PEP: only its owner creates nodes there.
             None if matches!(svc, Service::Pep(_)) => return Err(C::Forbidden.into()),
             None => return Err(C::ItemNotFound.into()),
         };
-        let judge = Judge::new(cx, svc).await?;
-        let relation = judge.relation(Some(&node), &from.to_bare());
-        if !may_publish(&node.config, &relation, node.subscribed(from)) {
-            return Err(C::Forbidden.into());
-        }
-        self.store_and_notify(cx, svc, &node, &from.to_bare(), &id, payload.clone())
-            .await?;
+        self.announce(cx, svc, &node, &stored).await;
+        let (id, payload) = (stored.id, stored.payload);
         // XEP-0398: the owner's own avatar (not one an open node let someone else publish).
         if let Service::Pep(owner) = svc {
             if node.name == super::avatars::METADATA && from.to_bare() == *owner {
@@ -586,24 +602,40 @@ impl PubSub {
             publisher: publisher.to_string(),
             payload,
         };
+        self.store(cx, svc, node, &stored).await?;
+        self.announce(cx, svc, node, &stored).await;
+        Ok(())
+    }
+
+    /// Keeps an item as the node's newest.
+    async fn store(
+        &self,
+        cx: &Ctx<'_>,
+        svc: &Service,
+        node: &Node,
+        item: &StoredItem,
+    ) -> Result<(), StanzaError> {
         cx.storage()
             .pubsub
             .publish(
                 svc.jid(),
                 &node.name,
-                &stored,
+                item,
                 node.config.keep(self.config.max_items),
             )
             .await
-            .map_err(storage_error)?;
+            .map_err(storage_error)
+    }
+
+    /// Tells whoever should hear of a stored item (§7.1.2).
+    async fn announce(&self, cx: &mut Ctx<'_>, svc: &Service, node: &Node, item: &StoredItem) {
         let child = items_element(
             EVENT_NS,
             &node.name,
-            std::slice::from_ref(&stored),
+            std::slice::from_ref(item),
             node.config.deliver_payloads,
         );
         self.notify(cx, svc, node, child).await;
-        Ok(())
     }
 
     /// The node, created with `config` for `owner` if it does not exist yet.
@@ -618,7 +650,7 @@ impl PubSub {
         if let Some(node) = self.load(cx, svc, name).await? {
             return Ok(node);
         }
-        match self.create_node(cx, svc, name, owner, config).await {
+        match self.create_node(cx, svc, name, owner, config, None).await {
             // Someone else created it meanwhile: fine.
             Ok(())
             | Err(StanzaError {
