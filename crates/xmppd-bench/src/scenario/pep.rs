@@ -1,7 +1,8 @@
 //! `pep`: accounts in cliques of R+1 with mutual subscriptions (made as in `presence`) log in
 //! advertising XEP-0115 caps that include `http://jabber.org/protocol/nick+notify`, answer
-//! the server's disco#info query for that caps node, and then publish XEP-0172 nicknames to
-//! their PEP service (XEP-0163) at a target total rate. The server notifies each publish to
+//! the server's disco#info query for that caps node, publish one XEP-0172 nickname each
+//! before the window (it creates the node), and then publish nicknames to their PEP service
+//! (XEP-0163) at a target total rate. The server notifies each publish to
 //! the R contacts (and the publisher's own session). Each nick carries the run's id and its
 //! send time. Reports notifications received/s, their latency, server CPU per notification
 //! and server RSS per account online.
@@ -108,6 +109,8 @@ struct Counters {
     disco_queries: AtomicU64,
     publishes: AtomicU64,
     publish_errors: AtomicU64,
+    /// Warm-up publishes answered (each account's first, which creates its node).
+    warmed: AtomicU64,
     /// Notifications of a contact's publish, and of one's own.
     notifications: AtomicU64,
     own_notifications: AtomicU64,
@@ -161,6 +164,15 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
     let online = progress.online() as u64;
     // Caps queries, last-item notifications: let the server finish before measuring.
     server_quiet(run.server_pid, run.target.timeout).await;
+    // One publish per account before the window: it creates the account's node, a cost
+    // paid once per account, so the window measures what the scenario is about, updates
+    // of an existing nickname (without it, every publish in the window was a first one).
+    let _ = phase.send(Phase::Warm);
+    let deadline = Instant::now() + run.target.timeout;
+    while counters.warmed.load(Ordering::Relaxed) < online && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server_quiet(run.server_pid, run.target.timeout).await;
     let with_sessions = run.server_pid.and_then(procstat::memory);
 
     let before = counters.notifications.load(Ordering::Relaxed);
@@ -208,6 +220,7 @@ pub async fn run(run: Arc<Run>, params: Params) -> (Value, &'static str) {
         "roster_contacts_avg": contacts_avg,
         "caps_ver": ver,
         "disco_queries_answered": counters.disco_queries.load(Ordering::Relaxed),
+        "warm_up_publishes_answered": counters.warmed.load(Ordering::Relaxed),
         "publishes_sent": publishes,
         "notifications_expected": (publishes as f64 * contacts_avg).round(),
         "notifications_received": counters.notifications.load(Ordering::Relaxed),
@@ -334,10 +347,18 @@ async fn pep_task(
     let mut buf = Vec::with_capacity(prefix.len() + 20 + suffix.len());
     let offset = period.mul_f64((i as f64 * 0.618_034).fract());
     let mut ticks: Option<tokio::time::Interval> = None;
+    let mut warmed = false;
     loop {
         let phase = *rx.borrow();
         if phase >= Phase::Stop {
             break;
+        }
+        if phase >= Phase::Warm && !warmed {
+            warmed = true;
+            let warm = prefix
+                .replace("id='pub'", "id='warm'")
+                .replace(run_id, "warm-up");
+            send(&mut session.io, &[warm.as_bytes(), suffix].concat(), "send").await?;
         }
         if phase == Phase::Measure && ticks.is_none() {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
@@ -368,6 +389,11 @@ async fn pep_task(
                     send(&mut session.io, &reply, "disco").await?;
                 } else if let Some(reply) = super::iq_reply(s) {
                     send(&mut session.io, &reply, "receive").await?;
+                } else if s.name() == b"iq" && s.attr(b"id") == Some(b"warm") {
+                    if s.attr(b"type") == Some(b"error") {
+                        counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    counters.warmed.fetch_add(1, Ordering::Relaxed);
                 } else if s.name() == b"iq" && s.attr(b"id") == Some(b"pub") {
                     if s.attr(b"type") == Some(b"error") {
                         counters.publish_errors.fetch_add(1, Ordering::Relaxed);
