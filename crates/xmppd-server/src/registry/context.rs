@@ -230,7 +230,13 @@ impl<'a> Ctx<'a> {
             let delivered = self
                 .deliver_encoded(&session, &stanza, to, Some(&data))
                 .await;
-            if delivered && stanza.kind == StanzaKind::Message {
+            // Not for a room's groupchat copies: carbons copy no groupchat (XEP-0280 §6.1),
+            // and firing cost allocations per occupant. A user archive that keeps groupchat
+            // (XEP-0313 leaves it to the server) will need it here.
+            if delivered
+                && stanza.kind == StanzaKind::Message
+                && stanza.stanza_type() != "groupchat"
+            {
                 let user = full.to_bare();
                 let sessions = [session];
                 self.fire(Event::Delivered {

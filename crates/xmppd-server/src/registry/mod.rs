@@ -142,7 +142,8 @@ pub enum Event<'a> {
         stanza: &'a Stanza,
         user: &'a BareJid,
     },
-    /// A message was queued for these sessions of a local account.
+    /// A message was queued for these sessions of a local account (not a room's groupchat
+    /// copies, see [`Ctx::fan_out`]).
     Delivered {
         stanza: &'a Stanza,
         user: &'a BareJid,

@@ -25,8 +25,18 @@ pub struct Outbox {
 
 #[derive(Default)]
 struct State {
+    /// The oldest item, outside `queue`: most of the time a session has one stanza waiting
+    /// at most (a room's copy, a notification), and a deque would allocate its slots for it
+    /// and free them again once it is taken.
+    head: Option<Bytes>,
     queue: VecDeque<Bytes>,
     closed: bool,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.queue.len()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -58,10 +68,14 @@ impl Outbox {
             if state.closed {
                 return Push::Closed;
             }
-            if state.queue.len() >= self.capacity {
+            if state.len() >= self.capacity {
                 return Push::Full;
             }
-            state.queue.push_back(data);
+            if state.head.is_none() && state.queue.is_empty() {
+                state.head = Some(data);
+            } else {
+                state.queue.push_back(data);
+            }
         }
         // A stored permit if the session task is not waiting yet: no wakeup is lost.
         self.filled.notify_one();
@@ -90,7 +104,7 @@ impl Outbox {
     pub fn pop(&self) -> Option<Bytes> {
         let data = {
             let mut state = self.state();
-            let data = state.queue.pop_front();
+            let data = state.head.take().or_else(|| state.queue.pop_front());
             if state.queue.is_empty() && state.queue.capacity() > 0 {
                 // Empty again: give the memory back rather than keep it for an idle session.
                 state.queue = VecDeque::new();
@@ -134,7 +148,7 @@ impl Outbox {
         let dropped = {
             let mut state = self.state();
             state.closed = true;
-            std::mem::take(&mut state.queue)
+            (state.head.take(), std::mem::take(&mut state.queue))
         };
         drop(dropped);
         self.filled.notify_one();

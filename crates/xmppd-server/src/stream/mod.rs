@@ -145,6 +145,9 @@ pub struct Stream<F> {
     pub lang: String,
     /// Nothing was read from the peer yet.
     first_read: bool,
+    /// The parser's scratch memory was given back since the last read: a connection that
+    /// only receives (a room's occupant) wakes for every stanza it is sent, and finds it so.
+    parser_released: bool,
     /// The stream ended on input we refused; the peer may still be sending.
     unread_input: bool,
     ended: Ended,
@@ -177,6 +180,7 @@ impl<F: Framing> Stream<F> {
             domain: server.config.server.domains[0].clone(),
             lang: "en".to_string(),
             first_read: true,
+            parser_released: false,
             unread_input: false,
             ended: Ended::Open,
             rate: ByteRate::new(l.max_bytes_per_second, l.burst_bytes),
@@ -317,9 +321,19 @@ impl<F: Framing> Stream<F> {
 
     /// Writes queued stanzas, taking more that are already waiting into the same write.
     async fn write_queued(&mut self, session: Option<&SessionHandle>, first: Bytes) -> bool {
+        let second = session.and_then(|s| s.outbox().pop());
+        if second.is_none() && self.out.is_empty() {
+            // One stanza alone (a fan-out's copy, mostly) is written from its own bytes:
+            // copied into `out`, it cost an allocation that the idle connection then freed.
+            return self.write(&first).await;
+        }
         self.out.extend_from_slice(&first);
+        let Some(second) = second else {
+            return self.flush().await;
+        };
+        self.out.extend_from_slice(&second);
         if let Some(session) = session {
-            for _ in 0..WRITE_BATCH {
+            for _ in 1..WRITE_BATCH {
                 match session.outbox().pop() {
                     Some(more) => self.out.extend_from_slice(&more),
                     None => break,
@@ -567,7 +581,10 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                     let read = stream.io.poll_read_lazy(cx, &mut stream.input);
                     if read.is_pending() {
                         // Idle: scratch memory goes the way of the input buffer.
-                        stream.parser.release_temporaries();
+                        if !stream.parser_released {
+                            stream.parser.release_temporaries();
+                            stream.parser_released = true;
+                        }
                         if stream.out.is_empty() {
                             stream.out = Vec::new();
                         }
@@ -590,6 +607,7 @@ impl<F: Framing, P: Profile<F>> Driver<F, P> {
                         Ok(n) => n,
                     };
                     self.last_read = Instant::now();
+                    self.stream.parser_released = false;
                     self.ping_deadline = None;
                     if let Some(wait) = self.stream.rate.take(n) {
                         self.stream.paused_until = Some(Instant::now() + wait);
