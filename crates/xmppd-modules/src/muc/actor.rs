@@ -483,7 +483,6 @@ async fn fan_out(cx: &mut Ctx<'_>, metrics: &Metrics, f: Fanned, ghosts: &mut Ve
     if stanza.kind == xmppd_core::StanzaKind::Message {
         metrics.muc_messages_out.inc_by(f.to.len() as u64);
     }
-    let to: Vec<Jid> = f.to.iter().filter_map(|t| Jid::new(t).ok()).collect();
-    let gone = cx.fan_out(stanza, &to, false).await;
+    let gone = cx.fan_out(stanza, &f.to, false).await;
     ghosts.extend(gone.iter().map(ToString::to_string));
 }

@@ -109,11 +109,7 @@ impl Room {
         o.fanned.push(Fanned {
             before: o.out.len(),
             stanza: message,
-            to: self
-                .occupants
-                .values()
-                .flat_map(|occ| occ.sessions.iter().cloned())
-                .collect(),
+            to: self.sessions.everyone(),
         });
     }
 

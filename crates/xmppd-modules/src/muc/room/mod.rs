@@ -3,6 +3,7 @@
 //! so everything here is tested without a server.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 
 use xmppd_core::{BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition};
 
@@ -148,7 +149,52 @@ pub struct Fanned {
     pub before: usize,
     pub stanza: Element,
     /// The full JIDs it goes to.
-    pub to: Vec<String>,
+    pub to: Arc<[Jid]>,
+}
+
+/// Every session in the room (full JID → nick key), and the list of them a message to
+/// everyone goes to, made once per change in who is here rather than once per message (a
+/// room of a thousand cloned and parsed a thousand JIDs per message). Read through
+/// `Deref`; every change goes through a method here, which drops the list.
+#[derive(Debug, Default)]
+struct Sessions {
+    keys: HashMap<String, String>,
+    everyone: OnceLock<Arc<[Jid]>>,
+}
+
+impl std::ops::Deref for Sessions {
+    type Target = HashMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.keys
+    }
+}
+
+impl Sessions {
+    fn insert(&mut self, full: String, key: String) {
+        self.everyone.take();
+        self.keys.insert(full, key);
+    }
+
+    fn remove(&mut self, full: &str) -> Option<String> {
+        self.everyone.take();
+        self.keys.remove(full)
+    }
+
+    fn clear(&mut self) {
+        self.everyone.take();
+        self.keys.clear();
+    }
+
+    fn everyone(&self) -> Arc<[Jid]> {
+        let list = || self.keys.keys().filter_map(|s| Jid::new(s).ok()).collect();
+        self.everyone.get_or_init(list).clone()
+    }
+}
+
+/// Full JIDs as [`Fanned::to`] holds them.
+fn recipients(sessions: Vec<String>) -> Arc<[Jid]> {
+    sessions.iter().filter_map(|s| Jid::new(s).ok()).collect()
 }
 
 #[derive(Debug, Default)]
@@ -196,8 +242,7 @@ pub struct Room {
     affiliations: HashMap<String, AffiliationEntry>,
     /// By nick key (see [`nick::key`]).
     occupants: HashMap<String, Occupant>,
-    /// Full JID → nick key.
-    sessions: HashMap<String, String>,
+    sessions: Sessions,
     history: VecDeque<(i64, Element)>,
     limits: Limits,
     /// The time of the stanza being handled (Unix milliseconds).
@@ -250,7 +295,7 @@ impl Room {
             subject,
             affiliations: affiliations.into_iter().collect(),
             occupants: HashMap::new(),
-            sessions: HashMap::new(),
+            sessions: Sessions::default(),
             history: history.into(),
             limits,
             now_ms: 0,
@@ -459,7 +504,7 @@ impl Room {
                     o.fanned.push(Fanned {
                         before: o.out.len(),
                         stanza: p,
-                        to,
+                        to: recipients(to),
                     });
                 }
             }

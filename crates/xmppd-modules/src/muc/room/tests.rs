@@ -48,7 +48,7 @@ fn to<'a>(o: &'a Outcome, jid: &str) -> Vec<&'a Element> {
         .chain(
             o.fanned
                 .iter()
-                .filter(|f| f.to.iter().any(|t| t == jid))
+                .filter(|f| f.to.iter().any(|t| t.as_str() == jid))
                 .map(|f| &f.stanza),
         )
         .collect()
