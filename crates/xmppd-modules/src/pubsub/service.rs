@@ -117,14 +117,23 @@ impl Judge {
                 };
             }
         }
+        // Read in place: a publish asks this for every contact.
         let affiliation = node
-            .map(|n| n.member(bare.as_str()).affiliation)
-            .and_then(|a| Affiliation::parse(&a));
+            .map(|n| {
+                let member = n.members.iter().find(|m| m.jid == bare.as_str());
+                member.map_or("none", |m| m.affiliation.as_str())
+            })
+            .and_then(Affiliation::parse);
         let item = self.roster.iter().find(|i| i.contact == bare.as_str());
+        // Only the roster access model looks at groups.
+        let groups_matter = node.is_none_or(|n| n.config.access_model == AccessModel::Roster);
         Relation {
             affiliation,
             presence_subscribed: item.is_some_and(|i| Sub::parse(&i.subscription).has_from()),
-            groups: item.map(|i| i.groups.clone()).unwrap_or_default(),
+            groups: match item {
+                Some(i) if groups_matter => i.groups.clone(),
+                _ => Vec::new(),
+            },
             subscribed: false,
         }
     }
@@ -1154,33 +1163,48 @@ impl PubSub {
     /// Sends a notification about `node` to everyone who should hear of it: explicit
     /// subscribers, and for PEP the presence-based interested resources (XEP-0163 §4).
     pub async fn notify(&self, cx: &mut Ctx<'_>, svc: &Service, node: &Node, child: Element) {
-        let mut to: Vec<String> = node
+        let explicit: Vec<&str> = node
             .members
             .iter()
             .filter(|m| m.subscription == "subscribed")
             .filter(|m| SubOptions::from_text(&m.options).deliver)
-            .map(|m| m.jid.clone())
+            .map(|m| m.jid.as_str())
             .collect();
-        if let Service::Pep(_) = svc {
-            match Judge::new(cx, svc).await {
-                Ok(judge) => to.extend(self.interested(cx, &judge, node).await),
-                Err(_) => tracing::warn!("PEP notifications without the roster"),
+        let interested = match svc {
+            Service::Pep(_) => match Judge::new(cx, svc).await {
+                Ok(judge) => self.interested(cx, &judge, node).await,
+                Err(_) => {
+                    tracing::warn!("PEP notifications without the roster");
+                    Vec::new()
+                }
+            },
+            Service::Domain(_) => Vec::new(),
+        };
+        // The interested resources are distinct full JIDs: only explicit subscriptions can
+        // repeat them. A bare JID's subscription reaches all its resources: no second copy
+        // to one of them.
+        let recipients = if explicit.is_empty() {
+            interested
+        } else {
+            let bare: HashSet<&str> = explicit
+                .iter()
+                .copied()
+                .filter(|j| !j.contains('/'))
+                .collect();
+            let mut sent = HashSet::new();
+            let mut recipients = Vec::new();
+            let candidates = explicit
+                .iter()
+                .filter_map(|j| Jid::new(j).ok())
+                .chain(interested);
+            for jid in candidates {
+                let covered = jid.resource().is_some() && bare.contains(jid.to_bare().as_str());
+                if !covered && sent.insert(jid.as_str().to_string()) {
+                    recipients.push(jid);
+                }
             }
-        }
-        // A bare JID's subscription reaches all its resources: no second copy to one of them.
-        let bare: HashSet<&str> = to
-            .iter()
-            .filter(|j| !j.contains('/'))
-            .map(String::as_str)
-            .collect();
-        let mut sent = HashSet::new();
-        let mut recipients = Vec::new();
-        for jid in &to {
-            let covered = jid.split_once('/').is_some_and(|(b, _)| bare.contains(b));
-            if !covered && sent.insert(jid.as_str()) {
-                recipients.extend(Jid::new(jid).ok());
-            }
-        }
+            recipients
+        };
         // One serialisation for every contact (a publish reaches dozens), routed as if the
         // owner sent each copy: its privacy lists and the contacts' apply.
         if let Ok(message) = Stanza::parse(event_message(svc, child)) {
@@ -1190,21 +1214,31 @@ impl PubSub {
 
     /// XEP-0163 §4.3: the full JIDs the PEP owner heard available presence from whose
     /// caps ask for `node+notify` and who may see the node.
-    async fn interested(&self, cx: &Ctx<'_>, judge: &Judge, node: &Node) -> Vec<String> {
+    async fn interested(&self, cx: &Ctx<'_>, judge: &Judge, node: &Node) -> Vec<Jid> {
         let Service::Pep(owner) = &judge.svc else {
             return Vec::new();
         };
         let notify = format!("{}+notify", node.name);
+        let heard = self.caps.heard_by(owner.as_str());
+        // Contacts mostly run a few clients: each `ver` is looked up once per publish.
+        let mut wanted: Vec<(&str, bool)> = Vec::new();
         let mut out = Vec::new();
-        for (full, ver) in self.caps.heard_by(owner.as_str()) {
-            let Ok(jid) = Jid::new(&full) else { continue };
-            let wants = self
-                .caps
-                .features(cx.storage(), &ver)
-                .await
-                .is_some_and(|f| f.contains(&notify));
-            if wants && judge.implicitly_subscribed(node, &jid.to_bare()) {
-                out.push(full);
+        for (full, ver) in &heard {
+            let wants = match wanted.iter().find(|(v, _)| v == ver) {
+                Some(&(_, wants)) => wants,
+                None => {
+                    let features = self.caps.features(cx.storage(), ver).await;
+                    let wants = features.is_some_and(|f| f.contains(&notify));
+                    wanted.push((ver, wants));
+                    wants
+                }
+            };
+            if !wants {
+                continue;
+            }
+            let Ok(jid) = Jid::new(full) else { continue };
+            if judge.implicitly_subscribed(node, &jid.to_bare()) {
+                out.push(jid);
             }
         }
         out
